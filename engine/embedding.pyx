@@ -1,0 +1,105 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Token embeddings scaled by sqrt(d_model) (or any ``scale``) plus positional encodings.
+
+``embedding_forward(ids, positions, table, pos_table, scale, out)``:
+``out[i] = table[ids[i]] * scale + pos_table[positions[i]]`` over packed tokens.
+``pos_table`` is a learned table or a precomputed sinusoidal one (see
+``sinusoidal_table``); ``None`` adds nothing. Ids and positions are range-checked
+before the parallel loop, so a bad id raises instead of reading out of bounds.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t
+from libc.math cimport sin, cos, pow
+
+import numpy as np
+
+
+def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
+                      const float[:, ::1] table, pos_table, float scale,
+                      float[:, ::1] out, int n_threads=1):
+    """ids, positions: [N] int32; table: [V, d]; pos_table: [P, d] or None; out: [N, d]."""
+    cdef Py_ssize_t n = ids.shape[0], i, bad = -1
+    cdef int d = table.shape[1], vocab = table.shape[0], j, max_pos = 0
+    cdef const float[:, ::1] pt
+    cdef const float* pp = NULL
+    cdef int32_t t
+    if out.shape[0] != n or out.shape[1] != d:
+        raise ValueError(f"out must be [{n}, {d}]")
+    if pos_table is not None:
+        pt = pos_table
+        if pt.shape[1] != d:
+            raise ValueError(f"pos_table has {pt.shape[1]} columns, expected {d}")
+        max_pos = pt.shape[0]
+        if positions.shape[0] != n:
+            raise ValueError("positions must have one entry per id")
+        if max_pos:
+            pp = &pt[0, 0]
+    with nogil:
+        for i in range(n):
+            t = ids[i]
+            if t < 0 or t >= vocab:
+                bad = i
+                break
+    if bad >= 0:
+        raise ValueError(f"token id {ids[bad]} at packed position {bad} is outside [0, {vocab})")
+    if pp != NULL:
+        with nogil:
+            for i in range(n):
+                if positions[i] < 0 or positions[i] >= max_pos:
+                    bad = i
+                    break
+        if bad >= 0:
+            raise ValueError(f"position {positions[bad]} is outside the table's [0, {max_pos}); "
+                             f"the sequence is longer than max_len")
+    if n == 0 or d == 0:
+        return
+    cdef const float* tp = &table[0, 0]
+    cdef float* op = &out[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+            _embed_row(tp + <long>ids[i] * d, pp + <long>positions[i] * d if pp != NULL else NULL,
+                       scale, op + i * d, d)
+
+
+cdef void _embed_row(const float* e, const float* p, float scale, float* o, int d) noexcept nogil:
+    cdef int j
+    if p != NULL:
+        for j in range(d):
+            o[j] = e[j] * scale + p[j]
+    else:
+        for j in range(d):
+            o[j] = e[j] * scale
+
+
+def sinusoidal_table(int n_positions, int d_model, layout="interleaved"):
+    """Fixed positional encodings [n_positions, d_model] from the paper.
+
+    PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+    ``layout="interleaved"`` places them as the paper does (sin, cos, sin, ...);
+    ``"halves"`` puts every sine first and every cosine second, as Marian (and
+    Hugging Face's MarianSinusoidalPositionalEmbedding) do.
+    """
+    cdef double[:, ::1] tab
+    cdef int pos, i, half = (d_model + 1) // 2
+    cdef double angle
+    cdef bint interleaved
+    if layout not in ("interleaved", "halves"):
+        raise ValueError(f"layout must be 'interleaved' or 'halves', not {layout!r}")
+    if n_positions < 0 or d_model <= 0:
+        raise ValueError("n_positions must be >= 0 and d_model > 0")
+    interleaved = layout == "interleaved"
+    arr = np.zeros((n_positions, d_model), dtype=np.float64)
+    tab = arr
+    with nogil:
+        for pos in range(n_positions):
+            for i in range(half):
+                angle = pos / pow(10000.0, (2.0 * i) / d_model)
+                if interleaved:
+                    tab[pos, 2 * i] = sin(angle)
+                    if 2 * i + 1 < d_model:
+                        tab[pos, 2 * i + 1] = cos(angle)
+                else:
+                    tab[pos, i] = sin(angle)
+                    if half + i < d_model:
+                        tab[pos, half + i] = cos(angle)
+    return arr.astype(np.float32)

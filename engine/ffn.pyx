@@ -1,0 +1,76 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Position-wise feed-forward pieces: bias + activation, fused, in place.
+
+The FFN is ``linear2(act(linear1(x)))``; the GEMMs live in ``linear``. This module
+adds the bias of the first projection and applies the activation in one pass over
+``[N, d_ff]``. ``ACTIVATIONS`` maps names (PyTorch's and Hugging Face's) to codes.
+"""
+from cython.parallel cimport prange
+from libc.math cimport erff, expf, tanhf
+
+ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3, "swish": 3, "gelu_tanh": 4,
+               "gelu_new": 4, "gelu_pytorch_tanh": 4}
+
+cdef float _SQRT1_2 = 0.7071067811865476
+cdef float _SQRT2_PI = 0.7978845608028654
+
+
+cdef inline float _act(float z, int act) noexcept nogil:
+    if act == 1:
+        return z if z > 0 else 0.0
+    elif act == 2:
+        return 0.5 * z * (1.0 + erff(z * _SQRT1_2))
+    elif act == 3:
+        return z / (1.0 + expf(-z))
+    elif act == 4:
+        return 0.5 * z * (1.0 + tanhf(_SQRT2_PI * (z + 0.044715 * z * z * z)))
+    return z
+
+
+def activation_code(name):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
+    """x[N, F] = act(x + bias[F]) in place; bias may be None. Rows may be strided."""
+    cdef int n = x.shape[0], f = x.shape[1], i, j
+    cdef int code = activation_code(act) if isinstance(act, str) else act
+    cdef const float[::1] b
+    cdef const float* bp = NULL
+    cdef long ld
+    if code < 0 or code > 4:
+        raise ValueError(f"unknown activation code {code}")
+    if bias is not None:
+        b = bias
+        if b.shape[0] != f:
+            raise ValueError(f"bias has {b.shape[0]} entries, expected {f}")
+        if f:
+            bp = &b[0]
+    if n == 0 or f == 0 or (bp == NULL and code == 0):
+        return
+    if f > 1 and x.strides[1] != sizeof(float):
+        raise ValueError("rows of x must be contiguous")
+    ld = x.strides[0] // sizeof(float)
+    cdef float* xp = &x[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+            _bias_act_row(xp + i * ld, bp, f, code)
+
+
+cdef void _bias_act_row(float* row, const float* bp, int f, int code) noexcept nogil:
+    # One loop per activation so the simple ones (ReLU, bias only) vectorise.
+    cdef int j
+    cdef float z
+    if bp != NULL:
+        for j in range(f):
+            row[j] = row[j] + bp[j]
+    if code == 1:
+        for j in range(f):
+            z = row[j]
+            row[j] = z if z > 0 else 0.0
+    elif code != 0:
+        for j in range(f):
+            row[j] = _act(row[j], code)

@@ -1,0 +1,124 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Linear layers as row-major SGEMM over SciPy's BLAS, split across OpenMP threads.
+
+Weights keep PyTorch's ``nn.Linear`` layout ``[out_features, in_features]``, so a
+projection is ``out[M, N] = x[M, K] @ weight[N, K]^T + bias[N]``.
+
+Threading: BLAS is called single-threaded from every OpenMP thread (the caller holds
+BLAS at one thread, see ``cyformer.threads``). Many rows (training, encoder, batched
+decoding) split by rows; few rows (step-wise decoding) split the output columns, so
+each thread streams its own share of the weight matrix.
+"""
+from cython.parallel cimport prange
+from _common cimport sgemm_rm, CYFORMER_HAVE_OPENMP
+
+# Below this many multiply-adds a GEMM is not worth a parallel region.
+cdef long _MIN_PARALLEL_WORK = 1 << 18
+# Row chunks are multiples of this, matching OpenBLAS's register blocking.
+cdef int _ROW_ALIGN = 16
+cdef int _COL_ALIGN = 64
+
+
+cdef inline void _linear_block(const float* x, int ldx, const float* w, int ldw,
+                               const float* bias, float* out, int ldo,
+                               int r0, int r1, int c0, int c1, int k,
+                               bint accumulate) noexcept nogil:
+    # out[r0:r1, c0:c1] (+)= x[r0:r1, :] @ w[c0:c1, :]^T (+ bias[c0:c1])
+    cdef int i, j
+    cdef float beta = 1.0 if accumulate else 0.0
+    if r1 <= r0 or c1 <= c0:
+        return
+    if bias != NULL:
+        if accumulate:
+            for i in range(r0, r1):
+                for j in range(c0, c1):
+                    out[i * ldo + j] += bias[j]
+        else:
+            for i in range(r0, r1):
+                for j in range(c0, c1):
+                    out[i * ldo + j] = bias[j]
+            beta = 1.0
+    sgemm_rm(False, True, r1 - r0, c1 - c0, k, 1.0,
+             x + r0 * ldx, ldx, w + c0 * ldw, ldw, beta, out + r0 * ldo + c0, ldo)
+
+
+cdef inline int _split(int total, int parts, int t, int align) noexcept nogil:
+    # Start of part t when splitting [0, total) into `parts` aligned chunks.
+    cdef long chunk = (total + parts - 1) // parts
+    chunk = ((chunk + align - 1) // align) * align
+    cdef long start = chunk * t
+    return <int>(start if start < total else total)
+
+
+cdef void linear_nogil(const float* x, int ldx, const float* w, int ldw, const float* bias,
+                       float* out, int ldo, int m, int n, int k, bint accumulate,
+                       int n_threads) noexcept nogil:
+    cdef int t
+    cdef long work = <long>m * n * k
+    if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
+        _linear_block(x, ldx, w, ldw, bias, out, ldo, 0, m, 0, n, k, accumulate)
+        return
+    if m >= 4 * _ROW_ALIGN * n_threads:
+        for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+            _linear_block(x, ldx, w, ldw, bias, out, ldo,
+                          _split(m, n_threads, t, _ROW_ALIGN), _split(m, n_threads, t + 1, _ROW_ALIGN),
+                          0, n, k, accumulate)
+    else:
+        for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+            _linear_block(x, ldx, w, ldw, bias, out, ldo, 0, m,
+                          _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
+                          k, accumulate)
+
+
+cdef inline int _ld(const float[:, :] a, str name) except -1:
+    if a.shape[0] > 1 and a.strides[1] != sizeof(float):
+        raise ValueError(f"{name}: rows must be contiguous (inner stride {a.strides[1]})")
+    if a.strides[0] % sizeof(float):
+        raise ValueError(f"{name}: row stride is not a multiple of 4 bytes")
+    if a.shape[1] > 1 and a.strides[1] != sizeof(float):
+        raise ValueError(f"{name}: rows must be contiguous")
+    return max(<int>(a.strides[0] // sizeof(float)), <int>a.shape[1], 1)
+
+
+def linear_forward(const float[:, :] x, const float[:, ::1] weight, bias, float[:, :] out,
+                   bint accumulate=False, int n_threads=1):
+    """out[M, N] (+)= x[M, K] @ weight[N, K]^T + bias[N].
+
+    ``x`` and ``out`` may be row-strided views (for example the K/V columns of a fused
+    projection); rows must be contiguous. ``accumulate`` adds into ``out`` (residual).
+    """
+    cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0]
+    cdef const float[::1] b
+    cdef const float* bias_ptr = NULL
+    if weight.shape[1] != k:
+        raise ValueError(f"weight is [{weight.shape[0]}, {weight.shape[1]}], expected [N, {k}]")
+    if out.shape[0] != m or out.shape[1] != n:
+        raise ValueError(f"out is [{out.shape[0]}, {out.shape[1]}], expected [{m}, {n}]")
+    if bias is not None:
+        b = bias
+        if b.shape[0] != n:
+            raise ValueError(f"bias has {b.shape[0]} entries, expected {n}")
+        bias_ptr = &b[0]
+    if m == 0 or n == 0:
+        return
+    cdef int ldx = _ld(x, "x"), ldo = _ld(out, "out")
+    with nogil:
+        linear_nogil(&x[0, 0], ldx, &weight[0, 0], k, bias_ptr, &out[0, 0], ldo,
+                     m, n, k, accumulate, n_threads)
+
+
+def gemm(const float[:, :] a, const float[:, :] b, float[:, :] c, bint trans_a=False,
+         bint trans_b=False, float alpha=1.0, float beta=0.0):
+    """Row-major c = alpha * op(a) @ op(b) + beta * c, single-threaded BLAS (test/utility)."""
+    cdef int m = c.shape[0], n = c.shape[1]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    if (a.shape[1] if trans_a else a.shape[0]) != m:
+        raise ValueError("a does not match c's rows")
+    if (b.shape[1] if trans_b else b.shape[0]) != k or (b.shape[0] if trans_b else b.shape[1]) != n:
+        raise ValueError("b does not match a and c")
+    if m == 0 or n == 0:
+        return
+    cdef int lda = _ld(a, "a"), ldb = _ld(b, "b"), ldc = _ld(c, "c")
+    with nogil:
+        sgemm_rm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], lda, &b[0, 0], ldb, beta,
+                 &c[0, 0], ldc)

@@ -1,0 +1,75 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""LayerNorm over the last axis, with the residual add fused in.
+
+``layer_norm_forward(x, residual, gamma, beta, out)``: when ``residual`` is given,
+``x += residual`` first (so ``x`` carries the residual stream on), then
+``out = (x - mean) * rstd * gamma + beta``. ``out`` may be ``x`` itself: post-LN is
+``x = LN(x + sublayer(x))`` in one pass, pre-LN is ``x += sublayer; y = LN(x)``.
+``mean`` and ``rstd`` ([N]) are saved when given, for the backward pass.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+
+
+cdef void _layer_norm_row(float* x, const float* r, const float* gamma, const float* beta,
+                          float* out, int d, float eps, float* mean_out,
+                          float* rstd_out) noexcept nogil:
+    cdef int j
+    cdef double acc = 0.0, var = 0.0, diff
+    cdef float mean, rstd
+    if r != NULL:
+        for j in range(d):
+            x[j] = x[j] + r[j]
+    for j in range(d):
+        acc = acc + x[j]
+    mean = <float>(acc / d)
+    # Two passes: the variance of x - mean does not cancel catastrophically.
+    for j in range(d):
+        diff = x[j] - mean
+        var = var + diff * diff
+    rstd = <float>(1.0 / sqrt(var / d + eps))
+    for j in range(d):
+        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j]
+    if mean_out != NULL:
+        mean_out[0] = mean
+        rstd_out[0] = rstd
+
+
+def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const float[::1] beta,
+                       float[:, ::1] out, float eps=1e-5, mean=None, rstd=None, int n_threads=1):
+    """x: [N, d] (updated to x + residual), residual: [N, d] or None, out: [N, d]."""
+    cdef int n = x.shape[0], d = x.shape[1], i
+    cdef const float[:, ::1] r
+    cdef float[::1] mean_v, rstd_v
+    cdef const float* rp = NULL
+    cdef float* mp = NULL
+    cdef float* sp = NULL
+    if gamma.shape[0] != d or beta.shape[0] != d:
+        raise ValueError(f"gamma and beta must have {d} entries")
+    if out.shape[0] != n or out.shape[1] != d:
+        raise ValueError("out must have x's shape")
+    if residual is not None:
+        r = residual
+        if r.shape[0] != n or r.shape[1] != d:
+            raise ValueError("residual must have x's shape")
+        if n:
+            rp = &r[0, 0]
+    if (mean is None) != (rstd is None):
+        raise ValueError("give both mean and rstd, or neither")
+    if mean is not None:
+        mean_v = mean
+        rstd_v = rstd
+        if mean_v.shape[0] != n or rstd_v.shape[0] != n:
+            raise ValueError(f"mean and rstd must have {n} entries")
+        if n:
+            mp = &mean_v[0]
+            sp = &rstd_v[0]
+    if n == 0 or d == 0:
+        return
+    cdef float* xp = &x[0, 0]
+    cdef float* op = &out[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+            _layer_norm_row(xp + <long>i * d, rp + <long>i * d if rp != NULL else NULL,
+                            &gamma[0], &beta[0], op + <long>i * d, d, eps,
+                            mp + i if mp != NULL else NULL, sp + i if sp != NULL else NULL)
