@@ -1,0 +1,9 @@
+"""cyformer: an encoder-decoder Transformer engine for CPUs (Cython + OpenMP + SciPy BLAS)."""
+from ._version import __version__
+from .config import TransformerConfig
+from .io import CheckpointError
+from .model import Transformer
+from .threads import get_num_threads, set_num_threads
+
+__all__ = ["__version__", "TransformerConfig", "Transformer", "CheckpointError",
+           "set_num_threads", "get_num_threads"]

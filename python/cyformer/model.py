@@ -1,0 +1,502 @@
+"""The encoder-decoder Transformer: one flat parameter buffer, named views, engine kernels.
+
+The Python layer decides what to compute; ``cyformer._engine`` computes it. Tokens of
+a batch are packed (no padding rows) into row-major ``[tokens, features]`` matrices,
+so every projection is one GEMM over the whole batch and attention masks are lengths.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import threads
+from ._engine.attention import attention_forward
+from ._engine.embedding import embedding_forward, sinusoidal_table
+from ._engine.ffn import activation_code, bias_act_forward
+from ._engine.linear import linear_forward
+from ._engine.norm import layer_norm_forward
+from .config import TransformerConfig
+from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
+                 safetensors_header)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+TokenBatch = Union[Sequence[Sequence[int]], np.ndarray]
+
+
+# -- parameter layout ------------------------------------------------------------------
+def _attention_params(prefix: str, d: int) -> List[Tuple[str, Tuple[int, ...]]]:
+    # in_proj_weight stacks W_Q, W_K, W_V ([3d, d], PyTorch's nn.MultiheadAttention layout).
+    return [(f"{prefix}.in_proj_weight", (3 * d, d)), (f"{prefix}.in_proj_bias", (3 * d,)),
+            (f"{prefix}.out_proj.weight", (d, d)), (f"{prefix}.out_proj.bias", (d,))]
+
+
+def _norm_params(prefix: str, d: int) -> List[Tuple[str, Tuple[int, ...]]]:
+    return [(f"{prefix}.weight", (d,)), (f"{prefix}.bias", (d,))]
+
+
+def _ffn_params(prefix: str, d: int, d_ff: int) -> List[Tuple[str, Tuple[int, ...]]]:
+    return [(f"{prefix}.linear1.weight", (d_ff, d)), (f"{prefix}.linear1.bias", (d_ff,)),
+            (f"{prefix}.linear2.weight", (d, d_ff)), (f"{prefix}.linear2.bias", (d,))]
+
+
+def parameter_layout(config: TransformerConfig) -> List[Tuple[str, Tuple[int, ...]]]:
+    """Every parameter's name and shape, in buffer order (names follow ``nn.Transformer``)."""
+    c = config
+    d = c.d_model
+    layout: List[Tuple[str, Tuple[int, ...]]] = [("encoder.embed_tokens.weight", (c.src_vocab_size, d))]
+    if not c.share_embeddings:
+        layout.append(("decoder.embed_tokens.weight", (c.tgt_vocab_size, d)))
+    if c.positional == "learned":
+        layout += [("encoder.embed_positions.weight", (c.max_len, d)),
+                   ("decoder.embed_positions.weight", (c.max_len, d))]
+    for i in range(c.n_encoder_layers):
+        p = f"encoder.layers.{i}"
+        layout += _attention_params(f"{p}.self_attn", d) + _norm_params(f"{p}.norm1", d)
+        layout += _ffn_params(p, d, c.d_ff) + _norm_params(f"{p}.norm2", d)
+    if c.final_norm:
+        layout += _norm_params("encoder.norm", d)
+    for i in range(c.n_decoder_layers):
+        p = f"decoder.layers.{i}"
+        layout += _attention_params(f"{p}.self_attn", d) + _norm_params(f"{p}.norm1", d)
+        layout += _attention_params(f"{p}.multihead_attn", d) + _norm_params(f"{p}.norm2", d)
+        layout += _ffn_params(p, d, c.d_ff) + _norm_params(f"{p}.norm3", d)
+    if c.final_norm:
+        layout += _norm_params("decoder.norm", d)
+    if not (c.tie_output or c.share_embeddings):
+        layout.append(("output_projection.weight", (c.tgt_vocab_size, d)))
+    if c.output_bias:
+        layout.append(("output_projection.bias", (c.tgt_vocab_size,)))
+    return layout
+
+
+# -- input validation --------------------------------------------------------------------
+class Batch:
+    """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``."""
+
+    __slots__ = ("ids", "start", "length", "positions")
+
+    def __init__(self, ids: np.ndarray, length: np.ndarray):
+        self.ids = ids
+        self.length = length
+        self.start = np.zeros(len(length), dtype=np.int32)
+        np.cumsum(length[:-1], out=self.start[1:])
+        # position of every packed token inside its own sequence
+        self.positions = (np.arange(len(ids), dtype=np.int32)
+                          - np.repeat(self.start, length)).astype(np.int32)
+
+    @property
+    def size(self) -> int:
+        return len(self.length)
+
+    @property
+    def max_length(self) -> int:
+        return int(self.length.max())
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """[tokens, F] -> [B, T_max, F], zeros in the padding."""
+        out = np.zeros((self.size, self.max_length, packed.shape[1]), dtype=packed.dtype)
+        rows = np.repeat(np.arange(self.size), self.length)
+        out[rows, self.positions] = packed
+        return out
+
+
+def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
+               name: str = "src") -> Batch:
+    """Validate a batch (lists of id lists, or a padded [B, T] int array plus lengths)."""
+    if isinstance(seqs, np.ndarray) or (lengths is not None and not isinstance(seqs, (list, tuple))):
+        arr = np.asarray(seqs)
+        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+            raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+        if arr.ndim == 1 and lengths is None:
+            arr = arr[None]
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must be [batch, length], got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch")
+        if lengths is None:
+            length = np.full(arr.shape[0], arr.shape[1], dtype=np.int64)
+        else:
+            length = np.asarray(lengths)
+            if length.dtype == np.bool_ or not np.issubdtype(length.dtype, np.integer):
+                raise TypeError(f"{name} lengths must be integers, got dtype {length.dtype}")
+            if length.shape != (arr.shape[0],):
+                raise ValueError(f"{name} lengths must have shape ({arr.shape[0]},), got {length.shape}")
+            if (length > arr.shape[1]).any():
+                raise ValueError(f"a {name} length exceeds the padded width {arr.shape[1]}")
+        mask = np.arange(arr.shape[1])[None, :] < length[:, None]
+        ids = arr[mask]
+    else:
+        if not isinstance(seqs, (list, tuple)):
+            raise TypeError(f"{name} must be a list of token-id lists or an int array, "
+                            f"not {type(seqs).__name__}")
+        if len(seqs) == 0:
+            raise ValueError(f"{name} is an empty batch")
+        parts = []
+        for b, s in enumerate(seqs):
+            a = np.asarray(s)
+            if a.ndim != 1:
+                raise ValueError(f"{name}[{b}] must be a flat list of token ids, got shape {a.shape}")
+            if a.size and (a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer)):
+                raise TypeError(f"{name}[{b}] must hold integer token ids, got dtype {a.dtype}")
+            parts.append(a.astype(np.int64, copy=False))
+        length = np.array([len(p) for p in parts], dtype=np.int64)
+        ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    empty = np.flatnonzero(length <= 0)
+    if empty.size:
+        raise ValueError(f"{name}[{empty[0]}] is empty (length {length[empty[0]]}); every sequence "
+                         f"needs at least one token")
+    long = np.flatnonzero(length > max_len)
+    if long.size:
+        raise ValueError(f"{name}[{long[0]}] has {length[long[0]]} tokens, more than max_len={max_len}")
+    if ids.size:
+        lo, hi = ids.min(), ids.max()
+        if lo < 0 or hi >= vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
+    return Batch(ids.astype(np.int32), length.astype(np.int32))
+
+
+# -- workspace -----------------------------------------------------------------------------
+class Workspace:
+    """Activation buffers reused across calls of the same or smaller shape (one per thread)."""
+
+    def __init__(self) -> None:
+        self._buffers: Dict[str, np.ndarray] = {}
+
+    def get(self, name: str, *shape: int) -> np.ndarray:
+        n = int(np.prod(shape))
+        buf = self._buffers.get(name)
+        if buf is None or buf.size < n:
+            buf = np.empty(max(n, 1), dtype=np.float32)
+            self._buffers[name] = buf
+        return buf[:n].reshape(shape)
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
+
+
+# -- the model ---------------------------------------------------------------------------------
+class Transformer:
+    """Encoder-decoder Transformer over one contiguous float32 parameter buffer.
+
+    ``Transformer(config, seed=0)`` initialises as PyTorch's ``nn.Transformer`` does
+    (Xavier-uniform matrices, zero attention biases, unit LayerNorm) with embeddings
+    drawn from N(0, d_model^-1/2). ``params`` is the flat buffer; ``parameters()`` maps
+    names to views into it.
+    """
+
+    def __init__(self, config: TransformerConfig, seed: Optional[int] = 0, *,
+                 params: Optional[np.ndarray] = None):
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, not {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.layout = parameter_layout(config)
+        total = sum(int(np.prod(s)) for _, s in self.layout)
+        if params is None:
+            self.params = np.zeros(total, dtype=np.float32)
+        else:
+            if params.dtype != np.float32 or params.ndim != 1 or params.size != total:
+                raise ValueError(f"params must be float32 [{total}], got {params.dtype} {params.shape}")
+            self.params = params
+        self._views: Dict[str, np.ndarray] = {}
+        offset = 0
+        for name, shape in self.layout:
+            n = int(np.prod(shape))
+            self._views[name] = self.params[offset:offset + n].reshape(shape)
+            offset += n
+        if params is None:
+            self.init_parameters(seed)
+        c = config
+        self._pos_table = None
+        if c.positional == "sinusoidal":
+            self._pos_table = sinusoidal_table(c.max_len, c.d_model, c.sinusoidal_layout)
+        self._act = activation_code(c.activation)
+        self._embed_scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0
+        self._local = threading.local()
+
+    @classmethod
+    def empty(cls, config: TransformerConfig) -> "Transformer":
+        """A model with zeroed parameters, to be filled by a loader or converter."""
+        total = sum(int(np.prod(s)) for _, s in parameter_layout(config))
+        return cls(config, params=np.zeros(total, dtype=np.float32))
+
+    # -- parameters -----------------------------------------------------------------------
+    def parameters(self) -> Dict[str, np.ndarray]:
+        """Name -> view into ``params`` (writes go to the model)."""
+        return dict(self._views)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._views[name]
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.params.size)
+
+    def init_parameters(self, seed: Optional[int] = 0) -> None:
+        rng = np.random.default_rng(seed)
+        d = self.config.d_model
+        for name, shape in self.layout:
+            v = self._views[name]
+            if "embed_tokens" in name or name == "output_projection.weight":
+                v[...] = rng.normal(0.0, d ** -0.5, size=shape)
+            elif "embed_positions" in name:
+                v[...] = rng.normal(0.0, 0.02, size=shape)
+            elif "norm" in name.rsplit(".", 2)[-2]:
+                v[...] = 1.0 if name.endswith("weight") else 0.0
+            elif len(shape) == 2:
+                bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+                v[...] = rng.uniform(-bound, bound, size=shape)
+            else:
+                v[...] = 0.0
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return self.parameters()
+
+    def load_state_dict(self, tensors: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Copy named tensors into the buffer, reporting missing, unexpected and mis-shaped names."""
+        missing = [n for n, _ in self.layout if n not in tensors]
+        unexpected = sorted(set(tensors) - set(self._views))
+        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(np.shape(tensors[n]))}"
+                      for n, _ in self.layout if n in tensors and np.shape(tensors[n]) != self._views[n].shape]
+        problems = []
+        if mismatched:
+            problems.append("mis-shaped: " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        if problems:
+            raise CheckpointError("weights do not match the model config — " + " | ".join(problems))
+        for name, value in tensors.items():
+            if name in self._views:
+                arr = np.asarray(value)
+                if not np.issubdtype(arr.dtype, np.floating):
+                    raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
+                self._views[name][...] = arr
+
+    # -- weight names the forward pass reads ------------------------------------------------------
+    def _src_embedding(self) -> np.ndarray:
+        return self._views["encoder.embed_tokens.weight"]
+
+    def _tgt_embedding(self) -> np.ndarray:
+        return self._views["encoder.embed_tokens.weight" if self.config.share_embeddings
+                           else "decoder.embed_tokens.weight"]
+
+    def _output_weight(self) -> np.ndarray:
+        if "output_projection.weight" in self._views:
+            return self._views["output_projection.weight"]
+        return self._tgt_embedding()
+
+    def _workspace(self) -> Workspace:
+        ws = getattr(self._local, "workspace", None)
+        if ws is None:
+            ws = self._local.workspace = Workspace()
+        return ws
+
+    # -- forward pieces ------------------------------------------------------------------------
+    def _embed(self, batch: Batch, side: str, out: np.ndarray, nt: int) -> None:
+        table = self._src_embedding() if side == "encoder" else self._tgt_embedding()
+        pos = (self._views[f"{side}.embed_positions.weight"] if self.config.positional == "learned"
+               else self._pos_table)
+        embedding_forward(batch.ids, batch.positions, table, pos, self._embed_scale, out, nt)
+
+    def _self_attention(self, prefix: str, y: np.ndarray, batch: Batch, causal: bool,
+                        ws: Workspace, nt: int) -> np.ndarray:
+        """Multi-head self-attention of normalised input y [N, d] -> context [N, d] (before W_O)."""
+        v = self._views
+        n, d = y.shape
+        qkv = ws.get("qkv", n, 3 * d)
+        linear_forward(y, v[f"{prefix}.in_proj_weight"], v[f"{prefix}.in_proj_bias"], qkv, n_threads=nt)
+        ctx = ws.get("ctx", n, d)
+        attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx,
+                          batch.start, batch.length, batch.start, batch.length,
+                          self.config.n_heads, causal=causal, n_threads=nt)
+        return ctx
+
+    def _cross_attention(self, prefix: str, y: np.ndarray, batch: Batch, memory_kv: np.ndarray,
+                         src: Batch, ws: Workspace, nt: int) -> np.ndarray:
+        v = self._views
+        n, d = y.shape
+        q = ws.get("q", n, d)
+        linear_forward(y, v[f"{prefix}.in_proj_weight"][:d], v[f"{prefix}.in_proj_bias"][:d], q,
+                       n_threads=nt)
+        ctx = ws.get("ctx", n, d)
+        attention_forward(q, memory_kv[:, :d], memory_kv[:, d:], ctx,
+                          batch.start, batch.length, src.start, src.length,
+                          self.config.n_heads, n_threads=nt)
+        return ctx
+
+    def _sublayer_out(self, prefix: str, ctx: np.ndarray, x: np.ndarray, norm: str,
+                      ws: Workspace, nt: int) -> None:
+        """Residual connection around a sublayer whose last projection is ``prefix``.
+
+        post-LN: x = LN(x + ctx W^T + b); pre-LN: x = x + ctx W^T + b (accumulated by the GEMM).
+        """
+        v = self._views
+        if self.config.norm_first:
+            linear_forward(ctx, v[f"{prefix}.weight"], v[f"{prefix}.bias"], x, accumulate=True, n_threads=nt)
+        else:
+            o = ws.get("sub", *x.shape)
+            linear_forward(ctx, v[f"{prefix}.weight"], v[f"{prefix}.bias"], o, n_threads=nt)
+            layer_norm_forward(x, o, v[f"{norm}.weight"], v[f"{norm}.bias"], x,
+                               self.config.layer_norm_eps, n_threads=nt)
+
+    def _pre_norm(self, norm: str, x: np.ndarray, ws: Workspace, nt: int) -> np.ndarray:
+        """Input of a sublayer: LN(x) for pre-LN, x itself for post-LN."""
+        if not self.config.norm_first:
+            return x
+        v = self._views
+        y = ws.get("normed", *x.shape)
+        layer_norm_forward(x, None, v[f"{norm}.weight"], v[f"{norm}.bias"], y,
+                           self.config.layer_norm_eps, n_threads=nt)
+        return y
+
+    def _feed_forward(self, prefix: str, x: np.ndarray, norm_in: str, norm_out: str,
+                      ws: Workspace, nt: int) -> None:
+        v = self._views
+        y = self._pre_norm(norm_in, x, ws, nt)
+        h = ws.get("ffn", x.shape[0], self.config.d_ff)
+        linear_forward(y, v[f"{prefix}.linear1.weight"], None, h, n_threads=nt)
+        bias_act_forward(h, v[f"{prefix}.linear1.bias"], self._act, nt)
+        self._sublayer_out(f"{prefix}.linear2", h, x, norm_out, ws, nt)
+
+    def _final_norm(self, side: str, x: np.ndarray, nt: int) -> None:
+        if self.config.final_norm:
+            v = self._views
+            layer_norm_forward(x, None, v[f"{side}.norm.weight"], v[f"{side}.norm.bias"], x,
+                               self.config.layer_norm_eps, n_threads=nt)
+
+    def _encode_packed(self, src: Batch, ws: Workspace, nt: int) -> np.ndarray:
+        """Encoder stack over packed tokens -> memory [N_src, d] (a workspace buffer)."""
+        x = ws.get("memory", len(src.ids), self.config.d_model)
+        self._embed(src, "encoder", x, nt)
+        for i in range(self.config.n_encoder_layers):
+            p = f"encoder.layers.{i}"
+            y = self._pre_norm(f"{p}.norm1", x, ws, nt)
+            ctx = self._self_attention(f"{p}.self_attn", y, src, False, ws, nt)
+            self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
+            self._feed_forward(p, x, f"{p}.norm2", f"{p}.norm2", ws, nt)
+        self._final_norm("encoder", x, nt)
+        return x
+
+    def _memory_kv(self, layer: int, memory: np.ndarray, ws: Workspace, nt: int) -> np.ndarray:
+        """Cross-attention keys and values of the encoder memory: [N_src, 2d]."""
+        v = self._views
+        d = self.config.d_model
+        p = f"decoder.layers.{layer}.multihead_attn"
+        kv = ws.get(f"memory_kv{layer}", memory.shape[0], 2 * d)
+        linear_forward(memory, v[f"{p}.in_proj_weight"][d:], v[f"{p}.in_proj_bias"][d:], kv, n_threads=nt)
+        return kv
+
+    def _decode_packed(self, tgt: Batch, memory: np.ndarray, src: Batch, ws: Workspace,
+                       nt: int) -> np.ndarray:
+        """Decoder stack (teacher forcing, causal) -> hidden states [N_tgt, d]."""
+        x = ws.get("dec_x", len(tgt.ids), self.config.d_model)
+        self._embed(tgt, "decoder", x, nt)
+        for i in range(self.config.n_decoder_layers):
+            p = f"decoder.layers.{i}"
+            y = self._pre_norm(f"{p}.norm1", x, ws, nt)
+            ctx = self._self_attention(f"{p}.self_attn", y, tgt, True, ws, nt)
+            self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
+            y = self._pre_norm(f"{p}.norm2", x, ws, nt)
+            kv = self._memory_kv(i, memory, ws, nt)
+            ctx = self._cross_attention(f"{p}.multihead_attn", y, tgt, kv, src, ws, nt)
+            self._sublayer_out(f"{p}.multihead_attn.out_proj", ctx, x, f"{p}.norm2", ws, nt)
+            self._feed_forward(p, x, f"{p}.norm3", f"{p}.norm3", ws, nt)
+        self._final_norm("decoder", x, nt)
+        return x
+
+    def _logits_packed(self, hidden: np.ndarray, nt: int) -> np.ndarray:
+        out = np.empty((hidden.shape[0], self.config.tgt_vocab_size), dtype=np.float32)
+        linear_forward(hidden, self._output_weight(), self._views.get("output_projection.bias"),
+                       out, n_threads=nt)
+        return out
+
+    # -- public API --------------------------------------------------------------------------------
+    def _src_batch(self, src, lengths) -> Batch:
+        return make_batch(src, lengths, vocab_size=self.config.src_vocab_size,
+                          max_len=self.config.max_len, name="src")
+
+    def _tgt_batch(self, tgt, lengths) -> Batch:
+        return make_batch(tgt, lengths, vocab_size=self.config.tgt_vocab_size,
+                          max_len=self.config.max_len, name="tgt_in")
+
+    def encode(self, src: TokenBatch, src_lengths=None) -> np.ndarray:
+        """Encoder output ``memory`` [B, S, d_model] (zeros past each source's length)."""
+        batch = self._src_batch(src, src_lengths)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            memory = self._encode_packed(batch, self._workspace(), nt)
+            return batch.unpack(memory)
+
+    def forward(self, src: TokenBatch, tgt_in: TokenBatch, src_lengths=None,
+                tgt_lengths=None) -> np.ndarray:
+        """Teacher-forced logits [B, T, tgt_vocab_size] (zeros past each target's length).
+
+        ``tgt_in`` is the decoder input (start token + target shifted right).
+        """
+        src_b = self._src_batch(src, src_lengths)
+        tgt_b = self._tgt_batch(tgt_in, tgt_lengths)
+        if src_b.size != tgt_b.size:
+            raise ValueError(f"src has {src_b.size} sequences but tgt_in has {tgt_b.size}")
+        nt = threads.get_num_threads()
+        ws = self._workspace()
+        with threads.blas_single_threaded():
+            memory = self._encode_packed(src_b, ws, nt)
+            hidden = self._decode_packed(tgt_b, memory, src_b, ws, nt)
+            return tgt_b.unpack(self._logits_packed(hidden, nt))
+
+    __call__ = forward
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str, format: str = "cyformer") -> None:
+        """Write ``config.json`` + ``model.safetensors`` to ``directory``, each atomically."""
+        if format != "cyformer":
+            from .convert import export_checkpoint
+            return export_checkpoint(self, directory, format)
+        os.makedirs(directory, exist_ok=True)
+        head = safetensors_header([(n, np.float32, s) for n, s in self.layout],
+                                  {"format": "cyformer", "config": self.config.to_json()})
+        # The data section is exactly the flat buffer: one write, and one mapping on load.
+        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [head, memoryview(self.params).cast("B")])
+        self.config.save(os.path.join(directory, CONFIG_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str, mmap: bool = True) -> "Transformer":
+        """Load a cyformer checkpoint or a Hugging Face MarianMT folder."""
+        import json
+        cfg_path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"{directory} is not a directory")
+        if not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
+        with open(cfg_path, encoding="utf-8") as f:
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+        model_type = raw.get("model_type") if isinstance(raw, dict) else None
+        if model_type == "marian":
+            from .convert.marian import load_marian
+            return load_marian(directory)
+        if model_type not in (None, "cyformer"):
+            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported "
+                             f"(cyformer and marian are)")
+        config = TransformerConfig.from_dict(raw)
+        path = os.path.join(directory, WEIGHTS_NAME)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+        layout = parameter_layout(config)
+        flat = load_flat_float32(path, layout, mmap=mmap)
+        if flat is not None:  # our own layout: the mapped file is the parameter buffer
+            return cls(config, params=flat)
+        model = cls.empty(config)
+        model.load_state_dict(load_safetensors(path, mmap=mmap))
+        return model
