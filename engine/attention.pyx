@@ -144,7 +144,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
         lk = k_len[b]
         if lq < 0 or lk < 0 or q_start[b] < 0 or k_start[b] < 0:
             raise ValueError("negative start or length")
-        if q_start[b] + lq > q.shape[0] or k_start[b] + lk > k.shape[0]:
+        if <long>q_start[b] + lq > q.shape[0] or <long>k_start[b] + lk > k.shape[0]:
             raise ValueError(f"sequence {b} runs past the end of q or k")
         max_lq = max(max_lq, lq)
         max_lk = max(max_lk, lk)
@@ -203,15 +203,15 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
                 if lq == 0:
                     continue
                 if lk == 0:
-                    _attend_one(qp, ldq, kp, ldk, vp, ldv, op + q_start[b] * ldo + h * d_k, ldo,
+                    _attend_one(qp, ldq, kp, ldk, vp, ldv, op + <long>q_start[b] * ldo + h * d_k, ldo,
                                 lq, 0, d_k, scale, causal, window, NULL, 0,
                                 probs_ptr + b * probs_bstride + h * probs_hstride if probs_ptr != NULL else NULL,
                                 ldp, scores, block)
                     continue
-                _attend_one(qp + q_start[b] * ldq + h * d_k, ldq,
-                            kp + k_start[b] * ldk + h * d_k, ldk,
-                            vp + k_start[b] * ldv + h * d_k, ldv,
-                            op + q_start[b] * ldo + h * d_k, ldo,
+                _attend_one(qp + <long>q_start[b] * ldq + h * d_k, ldq,
+                            kp + <long>k_start[b] * ldk + h * d_k, ldk,
+                            vp + <long>k_start[b] * ldv + h * d_k, ldv,
+                            op + <long>q_start[b] * ldo + h * d_k, ldo,
                             lq, lk, d_k, scale, causal, window,
                             mask_ptr + b * mask_bstride if mask_ptr != NULL else NULL, ldm,
                             probs_ptr + b * probs_bstride + h * probs_hstride if probs_ptr != NULL else NULL,

@@ -32,8 +32,7 @@ def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
         max_pos = pt.shape[0]
         if positions.shape[0] != n:
             raise ValueError("positions must have one entry per id")
-        if max_pos:
-            pp = &pt[0, 0]
+        pp = &pt[0, 0] if max_pos else NULL
     with nogil:
         for i in range(n):
             t = ids[i]
@@ -42,7 +41,7 @@ def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
                 break
     if bad >= 0:
         raise ValueError(f"token id {ids[bad]} at packed position {bad} is outside [0, {vocab})")
-    if pp != NULL:
+    if pos_table is not None:
         with nogil:
             for i in range(n):
                 if positions[i] < 0 or positions[i] >= max_pos:

@@ -20,9 +20,10 @@ cdef void _softmax_row(float* x, int v, bint log) noexcept nogil:
     if log:
         for j in range(v):
             s = s + expf(x[j] - m)
-        lse = m + <float>logf(<float>s)
+        # (x - m) - log(s): subtracting m first keeps the precision of large logits.
+        lse = <float>logf(<float>s)
         for j in range(v):
-            x[j] = x[j] - lse
+            x[j] = (x[j] - m) - lse
     else:
         for j in range(v):
             x[j] = expf(x[j] - m)
