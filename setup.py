@@ -12,7 +12,6 @@ import sysconfig
 import tempfile
 import warnings
 
-import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
@@ -55,10 +54,9 @@ def extensions():
         Extension(
             f"cyformer._engine.{name}",
             [os.path.join("engine", f"{name}.pyx")],
-            include_dirs=["engine", np.get_include()],
+            include_dirs=["engine"],
             extra_compile_args=extra,
             extra_link_args=lflags,
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         )
         for name in ENGINE_MODULES
     ]

@@ -23,8 +23,9 @@ class TransformerConfig:
     ``sinusoidal_layout`` 'interleaved' as in the paper or 'halves' as in Marian),
     ``'learned'`` (a ``[max_len, d_model]`` table per side) or ``'none'``.
     ``scale_embedding`` multiplies token embeddings by sqrt(d_model).
-    ``share_embeddings`` ties source, target and output projection (one table);
-    ``tie_output`` alone ties only the target embedding and the output projection.
+    ``share_embeddings`` ties the source and target embeddings (one table);
+    ``tie_output`` ties the target embedding and the output projection (pre-softmax
+    linear). Both together are the paper's single shared matrix.
     """
 
     src_vocab_size: int = 32000

@@ -68,7 +68,7 @@ def parameter_layout(config: TransformerConfig) -> List[Tuple[str, Tuple[int, ..
         layout += _ffn_params(p, d, c.d_ff) + _norm_params(f"{p}.norm3", d)
     if c.final_norm:
         layout += _norm_params("decoder.norm", d)
-    if not (c.tie_output or c.share_embeddings):
+    if not c.tie_output:
         layout.append(("output_projection.weight", (c.tgt_vocab_size, d)))
     if c.output_bias:
         layout.append(("output_projection.bias", (c.tgt_vocab_size,)))

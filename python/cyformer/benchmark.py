@@ -1,0 +1,160 @@
+"""Timing of cyformer and its peers on seeded models, as used by ``cyformer bench`` and bench/.
+
+Each engine runs in its own process (``python -m cyformer.benchmark ENGINE ...`` prints
+one JSON line), so thread pools and OpenMP runtimes of different libraries never share
+a process. Figures are medians of repeated calls after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+SIZES: Dict[str, Dict[str, int]] = {
+    "small": dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=3, n_decoder_layers=3),
+    "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6),
+}
+VOCAB = 32000
+
+
+def bench_config(size: str, vocab: int = VOCAB, activation: str = "relu"):
+    from .config import TransformerConfig
+
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    return TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, max_len=512,
+                             activation=activation, dropout=0.0, **SIZES[size])
+
+
+def encoder_flops(size: str, batch: int, src_len: int) -> float:
+    """Multiply-adds x 2 of the encoder stack (projections, FFN, QK^T and PV)."""
+    s = SIZES[size]
+    d, f, n = s["d_model"], s["d_ff"], batch * src_len
+    per_layer = 2 * n * d * (3 * d + d + 2 * f) + 4 * batch * src_len * src_len * d
+    return float(per_layer * s["n_encoder_layers"])
+
+
+def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 2) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def source_batch(batch: int, src_len: int, vocab: int = VOCAB, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, vocab, size=(batch, src_len))
+
+
+def run_cyformer_encoder(size: str, batch: int, src_len: int, threads: int, repeat: int) -> Dict:
+    import cyformer
+
+    cyformer.set_num_threads(threads)
+    model = cyformer.Transformer(bench_config(size), seed=0)
+    src = source_batch(batch, src_len)
+    times = time_calls(lambda: model.encode(src), repeat)
+    return {"engine": "cyformer", "times": times}
+
+
+def run_torch_encoder(size: str, batch: int, src_len: int, threads: int, repeat: int) -> Dict:
+    """The same post-LN encoder in PyTorch eager (nn.TransformerEncoder, inference mode)."""
+    import math
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    s = SIZES[size]
+    d = s["d_model"]
+    layer = nn.TransformerEncoderLayer(d, s["n_heads"], s["d_ff"], dropout=0.0, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, s["n_encoder_layers"], enable_nested_tensor=False).eval()
+    embed = nn.Embedding(VOCAB, d)
+    from ._engine.embedding import sinusoidal_table
+    pe = torch.from_numpy(sinusoidal_table(512, d))
+    src = torch.from_numpy(source_batch(batch, src_len))
+
+    def call():
+        with torch.inference_mode():
+            x = embed(src) * math.sqrt(d) + pe[:src_len]
+            return encoder(x)
+
+    times = time_calls(call, repeat)
+    return {"engine": "torch", "version": torch.__version__, "times": times}
+
+
+def sgemm_rate(threads: int, m: int = 1024, k: int = 512, n: int = 2048, repeat: int = 10) -> float:
+    """GFLOP/s of cyformer's linear kernel on one [m,k]x[k,n] GEMM (the machine's SGEMM rate)."""
+    from ._engine.linear import linear_forward
+    from .threads import blas_single_threaded
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, k), dtype=np.float32)
+    w = rng.standard_normal((n, k), dtype=np.float32)
+    out = np.empty((m, n), dtype=np.float32)
+    with blas_single_threaded():
+        times = time_calls(lambda: linear_forward(x, w, None, out, n_threads=threads), repeat)
+    return 2.0 * m * n * k / float(np.median(times)) / 1e9
+
+
+def blas_description() -> str:
+    """SciPy's OpenBLAS as threadpoolctl sees it, with OPENBLAS_CORETYPE when set."""
+    from .threads import blas_info
+
+    libs = [i for i in blas_info() if "scipy" in (i.get("filepath") or "") and "64_" not in i.get("filepath", "")]
+    libs = libs or blas_info()
+    if not libs:
+        return "unknown BLAS"
+    lib = libs[0]
+    env = os.environ.get("OPENBLAS_CORETYPE")
+    forced = f" (OPENBLAS_CORETYPE={env})" if env else ""
+    return f"{lib.get('internal_api')} {lib.get('version')} core={lib.get('architecture')}{forced}"
+
+
+def run_engine(engine: str, size: str, batch: int, src_len: int, threads: int, repeat: int,
+               env: Optional[Dict[str, str]] = None, timeout: float = 900) -> Optional[Dict]:
+    """Run one engine in a fresh process; None when it is not installed."""
+    cmd = [sys.executable, "-m", "cyformer.benchmark", engine, "--size", size, "--batch", str(batch),
+           "--src-len", str(src_len), "--threads", str(threads), "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        if "ModuleNotFoundError" in proc.stderr:
+            return None
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_RUNNERS = {"cyformer": run_cyformer_encoder, "torch": run_torch_encoder}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cyformer.benchmark")
+    p.add_argument("engine", choices=sorted(_RUNNERS) + ["sgemm"])
+    p.add_argument("--size", default="base", choices=sorted(SIZES))
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--src-len", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=10)
+    a = p.parse_args(argv)
+    if a.engine == "sgemm":
+        result = {"engine": "sgemm", "gflops": sgemm_rate(a.threads), "blas": blas_description()}
+    else:
+        result = _RUNNERS[a.engine](a.size, a.batch, a.src_len, a.threads, a.repeat)
+        result["median_ms"] = float(np.median(result["times"])) * 1e3
+        result["gflops"] = encoder_flops(a.size, a.batch, a.src_len) / (result["median_ms"] / 1e3) / 1e9
+    result.update(size=a.size, batch=a.batch, src_len=a.src_len, threads=a.threads)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

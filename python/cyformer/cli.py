@@ -1,0 +1,116 @@
+"""The ``cyformer`` command: ``info``, ``bench`` (and later ``translate``, ``train``, ``demo``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from typing import List, Optional
+
+from ._version import __version__
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    keep = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile"]
+                    return " ".join(k for k in keep if k in flags)
+                if line.startswith("model name"):
+                    pass
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cmd_info(args) -> int:
+    from . import threads
+    from .benchmark import blas_description
+
+    print(f"cyformer {__version__}  (Python {platform.python_version()}, {platform.system()} {platform.machine()})")
+    print(f"OpenMP: {'on' if threads.openmp_enabled() else 'off (serial build)'}; "
+          f"threads: {threads.get_num_threads()} (cores available: {threads._available_cores()})")
+    print(f"BLAS (scipy.linalg.cython_blas): {blas_description()}")
+    for lib in threads.blas_info():
+        print(f"  {lib.get('internal_api')} {lib.get('version')} core={lib.get('architecture')} "
+              f"threads={lib.get('num_threads')} {os.path.basename(lib.get('filepath', ''))}")
+    core = os.environ.get("OPENBLAS_CORETYPE")
+    if core:
+        print(f"  note: OPENBLAS_CORETYPE={core} is set in the environment and forces OpenBLAS's "
+              f"{core} kernels; unset it to let OpenBLAS pick the best for this CPU "
+              f"(see `cyformer bench --sgemm`)")
+    print(f"CPU: {_cpu_name()}; features: {_cpu_features()}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .benchmark import blas_description, encoder_flops, run_engine
+
+    threads_list = args.threads or [1, 2]
+    print(f"cyformer {__version__} | encoder forward | size={args.size} batch={args.batch} x {args.src_len} tokens "
+          f"| {encoder_flops(args.size, args.batch, args.src_len) / 1e9:.1f} GFLOP")
+    print(f"BLAS: {blas_description()}")
+    engines = ["cyformer"] + ([] if args.no_compare else ["torch"])
+    header = f"{'engine':<10} {'threads':>7} {'median ms':>10} {'GFLOP/s':>9} {'/core':>7} {'of SGEMM':>9} {'vs torch':>9}"
+    print(header)
+    print("-" * len(header))
+    for nt in threads_list:
+        peak = run_engine("sgemm", args.size, args.batch, args.src_len, nt, 10)["gflops"]
+        results = {}
+        for engine in engines:
+            r = run_engine(engine, args.size, args.batch, args.src_len, nt, args.repeat)
+            if r is not None:
+                results[engine] = r
+        for engine, r in results.items():
+            ratio = ""
+            if "torch" in results and engine != "torch":
+                ratio = f"{results['torch']['median_ms'] / r['median_ms']:.2f}x"
+            print(f"{engine:<10} {nt:>7} {r['median_ms']:>10.1f} {r['gflops']:>9.1f} {r['gflops'] / nt:>7.1f} "
+                  f"{r['gflops'] / peak:>8.0%} {ratio:>9}")
+        print(f"{'SGEMM':<10} {nt:>7} {'':>10} {peak:>9.1f} {peak / nt:>7.1f}")
+    if "torch" in engines and not any(True for _ in []):
+        pass
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cyformer", description="A CPU encoder-decoder Transformer engine.")
+    p.add_argument("--version", action="version", version=f"cyformer {__version__}")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("info", help="version, OpenMP, BLAS core type and threads, CPU features")
+    b = sub.add_parser("bench", help="time the forward pass on seeded weights (vs PyTorch when installed)")
+    b.add_argument("--size", default="base", choices=["small", "base"])
+    b.add_argument("--threads", type=int, nargs="+", help="thread counts to run (default: 1 2)")
+    b.add_argument("--batch", type=int, default=16)
+    b.add_argument("--src-len", type=int, default=64)
+    b.add_argument("--repeat", type=int, default=10)
+    b.add_argument("--no-compare", action="store_true", help="time cyformer only")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return cmd_info(args)
+    if args.command == "bench":
+        return cmd_bench(args)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""PyTorch / transformers reference models built locally with seeded weights (tests only)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+torch = None
+
+
+def _torch():
+    global torch
+    if torch is None:
+        import torch as _t
+        torch = _t
+    return torch
+
+
+def pad(seqs, pad_id):
+    """Lists of ids -> (LongTensor [B, T] padded with pad_id, BoolTensor [B, T] True at padding)."""
+    t = _torch()
+    width = max(len(s) for s in seqs)
+    ids = t.full((len(seqs), width), pad_id, dtype=t.long)
+    padding = t.ones((len(seqs), width), dtype=t.bool)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = t.tensor(s, dtype=t.long)
+        padding[i, :len(s)] = False
+    return ids, padding
+
+
+class TorchSeq2Seq:
+    """nn.Transformer + embeddings (scaled by sqrt(d)) + sinusoidal or learned positions + generator."""
+
+    def __init__(self, vocab=40, d=32, heads=4, d_ff=64, n_enc=2, n_dec=2, norm_first=False,
+                 activation="relu", positional="sinusoidal", share=False, final_norm=True,
+                 output_bias=True, max_len=64, seed=0):
+        t = _torch()
+        from torch import nn
+        import torch.nn.functional as F
+        from cyformer._engine.embedding import sinusoidal_table
+
+        t.manual_seed(seed)
+        act = {"relu": "relu", "gelu": "gelu", "silu": F.silu}[activation]
+        kw = dict(dropout=0.0, activation=act, batch_first=True, norm_first=norm_first)
+        if final_norm:
+            self.transformer = nn.Transformer(d, heads, n_enc, n_dec, d_ff, **kw)
+        else:
+            enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, heads, d_ff, **kw), n_enc,
+                                        enable_nested_tensor=False)
+            dec = nn.TransformerDecoder(nn.TransformerDecoderLayer(d, heads, d_ff, **kw), n_dec)
+            self.transformer = nn.Transformer(d, heads, custom_encoder=enc, custom_decoder=dec, **kw)
+        self.transformer.eval()
+        # Non-zero biases everywhere, so a dropped bias cannot pass unnoticed.
+        with t.no_grad():
+            for name, p in self.transformer.named_parameters():
+                if name.endswith("bias"):
+                    p.normal_(0, 0.1)
+                elif "norm" in name and name.endswith("weight"):
+                    p.uniform_(0.5, 1.5)
+        self.src_embed = nn.Embedding(vocab, d)
+        self.tgt_embed = self.src_embed if share else nn.Embedding(vocab, d)
+        self.generator = nn.Linear(d, vocab, bias=output_bias)
+        self.d = d
+        self.max_len = max_len
+        self.positional = positional
+        if positional == "learned":
+            self.src_pos = nn.Embedding(max_len, d)
+            self.tgt_pos = nn.Embedding(max_len, d)
+        else:
+            self.src_pos = self.tgt_pos = None
+            self.pe = t.from_numpy(sinusoidal_table(max_len, d))
+
+    def _embed(self, ids, embed, pos):
+        t = _torch()
+        x = embed(ids) * math.sqrt(self.d)
+        if pos is not None:
+            return x + pos(t.arange(ids.shape[1]))
+        return x + self.pe[:ids.shape[1]]
+
+    def to_cyformer(self):
+        from cyformer.convert import from_torch
+        return from_torch(self.transformer, self.src_embed, self.tgt_embed, self.generator,
+                          max_len=self.max_len, positional=self.positional,
+                          src_positions=self.src_pos, tgt_positions=self.tgt_pos)
+
+    def encode(self, src):
+        t = _torch()
+        ids, padding = pad(src, 0)
+        with t.no_grad():
+            x = self._embed(ids, self.src_embed, self.src_pos)
+            return self.transformer.encoder(x, src_key_padding_mask=padding).numpy()
+
+    def logits(self, src, tgt):
+        t = _torch()
+        from torch import nn
+        sids, spad = pad(src, 0)
+        tids, tpad = pad(tgt, 0)
+        with t.no_grad():
+            x = self._embed(sids, self.src_embed, self.src_pos)
+            y = self._embed(tids, self.tgt_embed, self.tgt_pos)
+            causal = nn.Transformer.generate_square_subsequent_mask(tids.shape[1])
+            h = self.transformer(x, y, tgt_mask=causal, src_key_padding_mask=spad,
+                                 tgt_key_padding_mask=tpad, memory_key_padding_mask=spad,
+                                 tgt_is_causal=True)
+            return self.generator(h).numpy()
+
+
+def marian_model(directory, activation="swish", vocab=60, d=32, heads=4, d_ff=64, layers=2,
+                 max_len=64, seed=0, scale_embedding=True):
+    """A MarianMTModel with seeded random weights (non-zero logits bias) saved to ``directory``."""
+    t = _torch()
+    from transformers import MarianConfig, MarianMTModel
+
+    t.manual_seed(seed)
+    cfg = MarianConfig(vocab_size=vocab, d_model=d, encoder_layers=layers, decoder_layers=layers,
+                       encoder_attention_heads=heads, decoder_attention_heads=heads,
+                       encoder_ffn_dim=d_ff, decoder_ffn_dim=d_ff, max_position_embeddings=max_len,
+                       pad_token_id=vocab - 1, decoder_start_token_id=vocab - 1, eos_token_id=0,
+                       activation_function=activation, dropout=0.0, attention_dropout=0.0,
+                       activation_dropout=0.0, scale_embedding=scale_embedding)
+    model = MarianMTModel(cfg).eval()
+    with t.no_grad():
+        model.final_logits_bias.normal_(0, 0.5)
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and "final_logits" not in name:
+                p.normal_(0, 0.1)
+    model.save_pretrained(str(directory))
+    return model
+
+
+def marian_logits(model, src, tgt_in):
+    t = _torch()
+    pad_id = model.config.pad_token_id
+    sids, spad = pad(src, pad_id)
+    tids, tpad = pad(tgt_in, pad_id)
+    with t.no_grad():
+        return model(input_ids=sids, attention_mask=(~spad).long(), decoder_input_ids=tids,
+                     decoder_attention_mask=(~tpad).long()).logits.numpy()
+
+
+def compare_padded(ours, ref, lengths):
+    """Largest |ours - ref| over the real (non-padding) positions."""
+    return max(float(np.abs(ours[i, :n] - ref[i, :n]).max()) for i, n in enumerate(lengths))
