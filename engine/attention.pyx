@@ -15,10 +15,13 @@ Only the columns a block of rows can see are ever multiplied. An optional dense
 adds arbitrary structure. A query that can see no key gets a zero output.
 """
 from cython.parallel cimport prange, parallel
-from libc.math cimport expf, INFINITY
+from libc.math cimport INFINITY
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, uint8_t
 from _common cimport sgemm_rm
+
+cdef extern from "vecmath.h" nogil:
+    int cyf_softmax_range(float* x, int lo, int hi, int width)
 
 import numpy as np
 
@@ -43,7 +46,6 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
     # mask [lq, ldm] or NULL; probs [lq, ldp] or NULL; scores is scratch [block, lk].
     cdef int shift = lk - lq
     cdef int r0, r1, i, j, lo, hi, row_lo, row_hi, width
-    cdef float m, s, inv
     cdef float* srow
     r0 = -block
     while r0 + block < lq:
@@ -78,23 +80,13 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
             if window >= 0:
                 row_lo = max(row_lo, i + shift - window)
                 row_hi = min(row_hi, i + shift + window + 1)
-            m = -INFINITY
-            for j in range(lo, hi):
-                if j < row_lo or j >= row_hi or (mask != NULL and mask[i * ldm + j] == 0):
-                    srow[j - lo] = -INFINITY
-                elif srow[j - lo] > m:
-                    m = srow[j - lo]
-            if m == -INFINITY:
-                for j in range(width):
-                    srow[j] = 0.0
-                continue
-            s = 0.0
-            for j in range(width):
-                srow[j] = expf(srow[j] - m)
-                s = s + srow[j]
-            inv = 1.0 / s
-            for j in range(width):
-                srow[j] = srow[j] * inv
+            row_hi = max(row_hi, row_lo)
+            if mask != NULL:
+                for j in range(row_lo, row_hi):
+                    if mask[i * ldm + j] == 0:
+                        srow[j - lo] = -INFINITY
+            # softmax over the visible columns; the rest of the block row becomes 0
+            cyf_softmax_range(srow, row_lo - lo, row_hi - lo, width)
             if probs != NULL:
                 for j in range(width):
                     probs[i * ldp + lo + j] = srow[j]

@@ -6,25 +6,12 @@ adds the bias of the first projection and applies the activation in one pass ove
 ``[N, d_ff]``. ``ACTIVATIONS`` maps names (PyTorch's and Hugging Face's) to codes.
 """
 from cython.parallel cimport prange
-from libc.math cimport erff, expf, tanhf
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3, "swish": 3, "gelu_tanh": 4,
                "gelu_new": 4, "gelu_pytorch_tanh": 4}
 
-cdef float _SQRT1_2 = 0.7071067811865476
-cdef float _SQRT2_PI = 0.7978845608028654
-
-
-cdef inline float _act(float z, int act) noexcept nogil:
-    if act == 1:
-        return z if z > 0 else 0.0
-    elif act == 2:
-        return 0.5 * z * (1.0 + erff(z * _SQRT1_2))
-    elif act == 3:
-        return z / (1.0 + expf(-z))
-    elif act == 4:
-        return 0.5 * z * (1.0 + tanhf(_SQRT2_PI * (z + 0.044715 * z * z * z)))
-    return z
+cdef extern from "vecmath.h" nogil:
+    void cyf_bias_act_row(float* row, const float* bias, int n, int code)
 
 
 def activation_code(name):
@@ -57,20 +44,4 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
     cdef float* xp = &x[0, 0]
     with nogil:
         for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
-            _bias_act_row(xp + i * ld, bp, f, code)
-
-
-cdef void _bias_act_row(float* row, const float* bp, int f, int code) noexcept nogil:
-    # One loop per activation so the simple ones (ReLU, bias only) vectorise.
-    cdef int j
-    cdef float z
-    if bp != NULL:
-        for j in range(f):
-            row[j] = row[j] + bp[j]
-    if code == 1:
-        for j in range(f):
-            z = row[j]
-            row[j] = z if z > 0 else 0.0
-    elif code != 0:
-        for j in range(f):
-            row[j] = _act(row[j], code)
+            cyf_bias_act_row(xp + i * ld, bp, f, code)

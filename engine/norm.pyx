@@ -8,31 +8,11 @@
 ``mean`` and ``rstd`` ([N]) are saved when given, for the backward pass.
 """
 from cython.parallel cimport prange
-from libc.math cimport sqrt
 
 
-cdef void _layer_norm_row(float* x, const float* r, const float* gamma, const float* beta,
-                          float* out, int d, float eps, float* mean_out,
-                          float* rstd_out) noexcept nogil:
-    cdef int j
-    cdef double acc = 0.0, var = 0.0, diff
-    cdef float mean, rstd
-    if r != NULL:
-        for j in range(d):
-            x[j] = x[j] + r[j]
-    for j in range(d):
-        acc = acc + x[j]
-    mean = <float>(acc / d)
-    # Two passes: the variance of x - mean does not cancel catastrophically.
-    for j in range(d):
-        diff = x[j] - mean
-        var = var + diff * diff
-    rstd = <float>(1.0 / sqrt(var / d + eps))
-    for j in range(d):
-        out[j] = (x[j] - mean) * rstd * gamma[j] + beta[j]
-    if mean_out != NULL:
-        mean_out[0] = mean
-        rstd_out[0] = rstd
+cdef extern from "vecmath.h" nogil:
+    void cyf_layer_norm_row(float* x, const float* r, const float* gamma, const float* beta,
+                            float* out, int d, float eps, float* mean_out, float* rstd_out)
 
 
 def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const float[::1] beta,
@@ -70,6 +50,6 @@ def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const 
     cdef float* op = &out[0, 0]
     with nogil:
         for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
-            _layer_norm_row(xp + <long>i * d, rp + <long>i * d if rp != NULL else NULL,
+            cyf_layer_norm_row(xp + <long>i * d, rp + <long>i * d if rp != NULL else NULL,
                             &gamma[0], &beta[0], op + <long>i * d, d, eps,
                             mp + i if mp != NULL else NULL, sp + i if sp != NULL else NULL)
