@@ -33,7 +33,8 @@
 static inline float cyf_expf(float x) {
     float xc = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
     float fx = xc * 1.44269504088896341f;
-    float r = (float)(int32_t)(fx + (fx >= 0.0f ? 0.5f : -0.5f)); /* round half away */
+    /* round to nearest with the 1.5 * 2^23 trick: branch-free and vectorisable everywhere */
+    float r = (fx + 12582912.0f) - 12582912.0f;
     float g = xc - r * 0.693359375f;
     g = g - r * -2.12194440e-4f;
     float z = g * g;
@@ -44,10 +45,10 @@ static inline float cyf_expf(float x) {
     y = y * g + 1.6666665459E-1f;
     y = y * g + 5.0000001201E-1f;
     y = y * z + g + 1.0f;
-    int32_t n = (int32_t)r + 127;
-    union { int32_t i; float f; } p;
-    p.i = n << 23;
-    float out = y * p.f;
+    int32_t bits = ((int32_t)r + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    float out = y * scale;
     return x < -87.33654f ? 0.0f : out;
 }
 
