@@ -2,7 +2,7 @@
 """LayerNorm over the last axis, with the residual add fused in.
 
 ``layer_norm_forward(x, residual, gamma, beta, out)``: when ``residual`` is given,
-``x += residual`` first (so ``x`` carries the residual stream on), then
+``x += residual (+ bias)`` first (so ``x`` carries the residual stream on), then
 ``out = (x - mean) * rstd * gamma + beta``. ``out`` may be ``x`` itself: post-LN is
 ``x = LN(x + sublayer(x))`` in one pass, pre-LN is ``x += sublayer; y = LN(x)``.
 ``mean`` and ``rstd`` ([N]) are saved when given, for the backward pass.
@@ -11,17 +11,21 @@ from cython.parallel cimport prange
 
 
 cdef extern from "vecmath.h" nogil:
-    void cyf_layer_norm_row(float* x, const float* r, const float* gamma, const float* beta,
-                            float* out, int d, float eps, float* mean_out, float* rstd_out)
+    void cyf_layer_norm_row(float* x, const float* r, const float* bias, const float* gamma,
+                            const float* beta, float* out, int d, float eps, float* mean_out,
+                            float* rstd_out)
 
 
 def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const float[::1] beta,
-                       float[:, ::1] out, float eps=1e-5, mean=None, rstd=None, int n_threads=1):
-    """x: [N, d] (updated to x + residual), residual: [N, d] or None, out: [N, d]."""
+                       float[:, ::1] out, float eps=1e-5, mean=None, rstd=None, int n_threads=1,
+                       bias=None):
+    """x: [N, d] (updated to x + residual + bias), residual: [N, d] or None, bias: [d] or None."""
     cdef int n = x.shape[0], d = x.shape[1], i
     cdef const float[:, ::1] r
     cdef float[::1] mean_v, rstd_v
     cdef const float* rp = NULL
+    cdef const float[::1] bv
+    cdef const float* bp = NULL
     cdef float* mp = NULL
     cdef float* sp = NULL
     if gamma.shape[0] != d or beta.shape[0] != d:
@@ -34,6 +38,12 @@ def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const 
             raise ValueError("residual must have x's shape")
         if n:
             rp = &r[0, 0]
+    if bias is not None:
+        bv = bias
+        if bv.shape[0] != d:
+            raise ValueError(f"bias must have {d} entries")
+        if d:
+            bp = &bv[0]
     if (mean is None) != (rstd is None):
         raise ValueError("give both mean and rstd, or neither")
     if mean is not None:
@@ -50,6 +60,6 @@ def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const 
     cdef float* op = &out[0, 0]
     with nogil:
         for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
-            cyf_layer_norm_row(xp + <long>i * d, rp + <long>i * d if rp != NULL else NULL,
+            cyf_layer_norm_row(xp + <long>i * d, rp + <long>i * d if rp != NULL else NULL, bp,
                             &gamma[0], &beta[0], op + <long>i * d, d, eps,
                             mp + i if mp != NULL else NULL, sp + i if sp != NULL else NULL)

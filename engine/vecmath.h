@@ -104,14 +104,20 @@ CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
     }
 }
 
-/* x += r (when r), then out = (x - mean) * rstd * gamma + beta. out may alias x. */
-CYF_CLONES static void cyf_layer_norm_row(float* x, const float* r, const float* gamma,
-                                          const float* beta, float* out, int d, float eps,
-                                          float* mean_out, float* rstd_out) {
+/* x += r + bias (each when given), then out = (x - mean) * rstd * gamma + beta.
+ * out may alias x. The bias is a sublayer's output bias, folded in here so its GEMM
+ * need not pre-fill its output. */
+CYF_CLONES static void cyf_layer_norm_row(float* x, const float* r, const float* bias,
+                                          const float* gamma, const float* beta, float* out,
+                                          int d, float eps, float* mean_out, float* rstd_out) {
     int j;
     float sum = 0.0f, var = 0.0f, mean, rstd;
-    if (r) {
+    if (r && bias) {
+        for (j = 0; j < d; j++) x[j] += r[j] + bias[j];
+    } else if (r) {
         for (j = 0; j < d; j++) x[j] += r[j];
+    } else if (bias) {
+        for (j = 0; j < d; j++) x[j] += bias[j];
     }
     CYF_SIMD_SUM(sum)
     for (j = 0; j < d; j++) sum += x[j];

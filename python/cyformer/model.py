@@ -344,9 +344,10 @@ class Transformer:
             linear_forward(ctx, v[f"{prefix}.weight"], v[f"{prefix}.bias"], x, accumulate=True, n_threads=nt)
         else:
             o = ws.get("sub", *x.shape)
-            linear_forward(ctx, v[f"{prefix}.weight"], v[f"{prefix}.bias"], o, n_threads=nt)
+            # The projection's bias is added inside the LayerNorm pass.
+            linear_forward(ctx, v[f"{prefix}.weight"], None, o, n_threads=nt)
             layer_norm_forward(x, o, v[f"{norm}.weight"], v[f"{norm}.bias"], x,
-                               self.config.layer_norm_eps, n_threads=nt)
+                               self.config.layer_norm_eps, n_threads=nt, bias=v[f"{prefix}.bias"])
 
     def _pre_norm(self, norm: str, x: np.ndarray, ws: Workspace, nt: int) -> np.ndarray:
         """Input of a sublayer: LN(x) for pre-LN, x itself for post-LN."""
