@@ -52,44 +52,21 @@ static inline float cyf_expf(float x) {
     return x < -87.33654f ? 0.0f : out;
 }
 
-/* softmax over x[lo:hi] in place; x[0:lo] and x[hi:width] are set to 0. Entries equal to
- * -inf (masked) get 0. Returns 0 when no entry is finite (the row is all zeros). */
-CYF_CLONES static int cyf_softmax_range(float* x, int lo, int hi, int width) {
+/* softmax (log == 0) or log-softmax of x[0:n] in place. Returns 0 (and writes zeros, or
+ * -inf for log) when no entry is finite. Loops index from 0 so they vectorise cleanly. */
+static inline int cyf_softmax_inplace(float* x, int n, int log) {
     int j;
-    float m = -INFINITY, s = 0.0f, inv;
-    for (j = 0; j < lo; j++) x[j] = 0.0f;
-    for (j = hi; j < width; j++) x[j] = 0.0f;
-    CYF_SIMD_MAX(m)
-    for (j = lo; j < hi; j++) m = x[j] > m ? x[j] : m;
-    if (!(m > -INFINITY)) {
-        for (j = lo; j < hi; j++) x[j] = 0.0f;
-        return 0;
-    }
-    CYF_SIMD_SUM(s)
-    for (j = lo; j < hi; j++) {
-        float e = cyf_expf(x[j] - m);
-        x[j] = e;
-        s += e;
-    }
-    inv = 1.0f / s;
-    for (j = lo; j < hi; j++) x[j] *= inv;
-    return 1;
-}
-
-/* log_softmax (log != 0) or softmax of x[0:n] in place. */
-CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
-    int j;
-    float m = -INFINITY, s = 0.0f, lse;
+    float m = -INFINITY, s = 0.0f;
     CYF_SIMD_MAX(m)
     for (j = 0; j < n; j++) m = x[j] > m ? x[j] : m;
     if (!(m > -INFINITY)) {
         for (j = 0; j < n; j++) x[j] = log ? -INFINITY : 0.0f;
-        return;
+        return 0;
     }
     if (log) {
         CYF_SIMD_SUM(s)
         for (j = 0; j < n; j++) s += cyf_expf(x[j] - m);
-        lse = logf(s);
+        float lse = logf(s);
         /* (x - m) - log(s): subtracting m first keeps the precision of large logits */
         for (j = 0; j < n; j++) x[j] = (x[j] - m) - lse;
     } else {
@@ -102,6 +79,20 @@ CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
         float inv = 1.0f / s;
         for (j = 0; j < n; j++) x[j] *= inv;
     }
+    return 1;
+}
+
+/* softmax over x[lo:hi] in place; x[0:lo] and x[hi:width] are set to 0. Entries equal to
+ * -inf (masked) get 0. Returns 0 when no entry is finite (the row is all zeros). */
+CYF_CLONES static int cyf_softmax_range(float* x, int lo, int hi, int width) {
+    if (lo > 0) memset(x, 0, sizeof(float) * (size_t)lo);
+    if (width > hi) memset(x + hi, 0, sizeof(float) * (size_t)(width - hi));
+    return hi > lo ? cyf_softmax_inplace(x + lo, hi - lo, 0) : 0;
+}
+
+/* log_softmax (log != 0) or softmax of x[0:n] in place. */
+CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
+    cyf_softmax_inplace(x, n, log);
 }
 
 /* x += r + bias (each when given), then out = (x - mean) * rstd * gamma + beta.
