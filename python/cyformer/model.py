@@ -98,8 +98,15 @@ class Batch:
     def max_length(self) -> int:
         return int(self.length.max())
 
-    def unpack(self, packed: np.ndarray) -> np.ndarray:
-        """[tokens, F] -> [B, T_max, F], zeros in the padding."""
+    def unpack(self, packed: np.ndarray, copy: bool = True) -> np.ndarray:
+        """[tokens, F] -> [B, T_max, F], zeros in the padding.
+
+        Without padding this is a reshape; ``copy=False`` then returns a view of ``packed``
+        (for arrays the caller owns, such as fresh logits).
+        """
+        if int(self.length.min()) == self.max_length:
+            shaped = packed.reshape(self.size, self.max_length, packed.shape[1])
+            return shaped.copy() if copy else shaped
         out = np.zeros((self.size, self.max_length, packed.shape[1]), dtype=packed.dtype)
         rows = np.repeat(np.arange(self.size), self.length)
         out[rows, self.positions] = packed
@@ -452,7 +459,7 @@ class Transformer:
         with threads.blas_single_threaded():
             memory = self._encode_packed(src_b, ws, nt)
             hidden = self._decode_packed(tgt_b, memory, src_b, ws, nt)
-            return tgt_b.unpack(self._logits_packed(hidden, nt))
+            return tgt_b.unpack(self._logits_packed(hidden, nt), copy=False)
 
     __call__ = forward
 
