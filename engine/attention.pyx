@@ -22,12 +22,17 @@ from _common cimport sgemm_rm
 
 cdef extern from "vecmath.h" nogil:
     int cyf_softmax_range(float* x, int lo, int hi, int width)
+    int cyf_attend_row(const float* q, const float* k, long ldk, const float* v, long ldv,
+                       float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
+                       float* scores)
 
 import numpy as np
 
 # Rows of queries multiplied at once; small enough that causal/window blocks skip
 # most masked columns, large enough for an efficient GEMM.
 cdef int _BLOCK_ROWS = 32
+# Up to this many queries per sequence (incremental decoding) take the per-row path.
+cdef int _ROW_PATH_MAX_Q = 4
 
 
 cdef inline int _ld(const float[:, :] a) noexcept:
@@ -47,6 +52,23 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
     cdef int shift = lk - lq
     cdef int r0, r1, i, j, lo, hi, row_lo, row_hi, width
     cdef float* srow
+    if lq <= _ROW_PATH_MAX_Q:
+        for i in range(lq):
+            row_lo = 0
+            row_hi = lk
+            if causal:
+                row_hi = min(row_hi, i + shift + 1)
+            if window >= 0:
+                row_lo = max(row_lo, i + shift - window)
+                row_hi = min(row_hi, i + shift + window + 1)
+            cyf_attend_row(q + i * ldq, k, ldk, v, ldv, out + i * ldo, row_lo, row_hi, d_k, scale,
+                           mask + i * ldm if mask != NULL else NULL, scores)
+            if probs != NULL:
+                for j in range(lk):
+                    probs[i * ldp + j] = 0.0
+                for j in range(row_lo, row_hi):
+                    probs[i * ldp + j] = scores[j - row_lo]
+        return
     r0 = -block
     while r0 + block < lq:
         r0 = r0 + block

@@ -95,6 +95,33 @@ CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
     cyf_softmax_inplace(x, n, log);
 }
 
+/* One query against keys [lo, hi) of one head: out[0:d_k] = softmax(scale * q K^T) V.
+ * k and v rows are ldk / ldv floats apart; mask (NULL = none) is indexed by key. scores
+ * is scratch for hi - lo floats and holds the weights afterwards. Returns 0 (out = 0)
+ * when no key is visible. This is the decoding path: a GEMM per query would cost more
+ * in call overhead than the arithmetic. */
+CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, const float* v,
+                                     long ldv, float* out, int lo, int hi, int d_k, float scale,
+                                     const uint8_t* mask, float* scores) {
+    int j, c, n = hi - lo;
+    for (c = 0; c < d_k; c++) out[c] = 0.0f;
+    if (n <= 0) return 0;
+    for (j = 0; j < n; j++) {
+        const float* kj = k + (long)(lo + j) * ldk;
+        float dot = 0.0f;
+        CYF_SIMD_SUM(dot)
+        for (c = 0; c < d_k; c++) dot += q[c] * kj[c];
+        scores[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
+    }
+    if (!cyf_softmax_inplace(scores, n, 0)) return 0;
+    for (j = 0; j < n; j++) {
+        const float* vj = v + (long)(lo + j) * ldv;
+        float p = scores[j];
+        for (c = 0; c < d_k; c++) out[c] += p * vj[c];
+    }
+    return 1;
+}
+
 /* x += r + bias (each when given), then out = (x - mean) * rstd * gamma + beta.
  * out may alias x. The bias is a sublayer's output bias, folded in here so its GEMM
  * need not pre-fill its output. */
