@@ -25,7 +25,9 @@ class TransformerConfig:
     ``scale_embedding`` multiplies token embeddings by sqrt(d_model).
     ``share_embeddings`` ties the source and target embeddings (one table);
     ``tie_output`` ties the target embedding and the output projection (pre-softmax
-    linear). Both together are the paper's single shared matrix.
+    linear). Both together are the paper's single shared matrix. ``forced_eos`` makes
+    generation end with EOS when it reaches ``max_length`` (Hugging Face's
+    ``forced_eos_token_id``, which Marian checkpoints set).
     """
 
     src_vocab_size: int = 32000
@@ -51,6 +53,7 @@ class TransformerConfig:
     bos_id: int = 1
     eos_id: int = 2
     decoder_start_id: Optional[int] = None
+    forced_eos: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,7 +84,7 @@ class TransformerConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         for name in ("norm_first", "final_norm", "scale_embedding", "share_embeddings", "tie_output",
-                     "output_bias"):
+                     "output_bias", "forced_eos"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"TransformerConfig.{name} must be a bool")
         if self.activation not in ACTIVATIONS:

@@ -394,12 +394,18 @@ class Transformer:
         self._final_norm("encoder", x, nt)
         return x
 
-    def _memory_kv(self, layer: int, memory: np.ndarray, ws: Workspace, nt: int) -> np.ndarray:
-        """Cross-attention keys and values of the encoder memory: [N_src, 2d]."""
+    def _memory_kv(self, layer: int, memory: np.ndarray, ws: Optional[Workspace], nt: int) -> np.ndarray:
+        """Cross-attention keys and values of the encoder memory: [N_src, 2d].
+
+        With ``ws=None`` the result is a fresh array the caller keeps (a decoding state).
+        """
         v = self._views
         d = self.config.d_model
         p = f"decoder.layers.{layer}.multihead_attn"
-        kv = ws.get(f"memory_kv{layer}", memory.shape[0], 2 * d)
+        if ws is None:
+            kv = np.empty((memory.shape[0], 2 * d), dtype=np.float32)
+        else:
+            kv = ws.get(f"memory_kv{layer}", memory.shape[0], 2 * d)
         linear_forward(memory, v[f"{p}.in_proj_weight"][d:], v[f"{p}.in_proj_bias"][d:], kv, n_threads=nt)
         return kv
 
@@ -426,6 +432,86 @@ class Transformer:
         linear_forward(hidden, self._output_weight(), self._views.get("output_projection.bias"),
                        out, n_threads=nt)
         return out
+
+    # -- incremental decoding ---------------------------------------------------------------------
+    def start_decoding(self, src: TokenBatch, src_lengths=None, rows_per_source: int = 1,
+                       max_steps: int = 64) -> "DecoderState":
+        """Encode ``src`` once and return a decoding state of ``B * rows_per_source`` rows.
+
+        Row ``r`` decodes source ``r // rows_per_source`` (beams of one source are adjacent,
+        the ``[batch * beam]`` layout). The cross-attention keys/values of the memory are
+        computed here, once; ``decode_step`` then costs O(current length).
+        """
+        batch = self._src_batch(src, src_lengths)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            memory = self._encode_packed(batch, self._workspace(), nt)
+            memory_kv = [self._memory_kv(i, memory, None, nt) for i in range(self.config.n_decoder_layers)]
+        rows_src = np.repeat(np.arange(batch.size, dtype=np.int32), rows_per_source)
+        return DecoderState(self.config, memory_kv, batch, rows_src, max_steps)
+
+    def decode_step(self, state: "DecoderState", tokens, attention: Optional[np.ndarray] = None) -> np.ndarray:
+        """Feed one token per row at position ``state.length``; return logits [R, tgt_vocab].
+
+        The returned array is a per-thread buffer, overwritten by the next step. With
+        ``attention`` ([R, n_heads, S_max] float32), the last decoder layer's
+        cross-attention weights of this step are written into it.
+        """
+        c = self.config
+        tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+        rows = state.rows
+        if tokens.shape != (rows,):
+            raise ValueError(f"decode_step needs one token per row ({rows}), got shape {tokens.shape}")
+        if rows and (tokens.min() < 0 or tokens.max() >= c.tgt_vocab_size):
+            raise ValueError(f"decoder token outside the vocabulary [0, {c.tgt_vocab_size})")
+        t = state.length
+        if t >= c.max_len:
+            raise ValueError(f"cannot decode past max_len={c.max_len} positions")
+        state.reserve(t + 1)
+        nt = threads.get_num_threads()
+        ws = self._workspace()
+        v = self._views
+        d = c.d_model
+        with threads.blas_single_threaded():
+            x = ws.get("step_x", rows, d)
+            pos = (v["decoder.embed_positions.weight"] if c.positional == "learned" else self._pos_table)
+            embedding_forward(tokens, np.full(rows, t, dtype=np.int32), self._tgt_embedding(), pos,
+                              self._embed_scale, x, nt)
+            one = state.ones[:rows]
+            q_start = state.arange[:rows]
+            k_start = state.cache_start[:rows]
+            k_len = np.full(rows, t + 1, dtype=np.int32)
+            for i in range(c.n_decoder_layers):
+                p = f"decoder.layers.{i}"
+                y = self._pre_norm(f"{p}.norm1", x, ws, nt)
+                qkv = ws.get("step_qkv", rows, 3 * d)
+                linear_forward(y, v[f"{p}.self_attn.in_proj_weight"], v[f"{p}.self_attn.in_proj_bias"], qkv,
+                               n_threads=nt)
+                keys, values = state.keys[i], state.values[i]
+                keys[:rows, t] = qkv[:, d:2 * d]
+                values[:rows, t] = qkv[:, 2 * d:]
+                ctx = ws.get("step_ctx", rows, d)
+                attention_forward(qkv[:, :d], keys.reshape(-1, d), values.reshape(-1, d), ctx,
+                                  q_start, one, k_start, k_len, c.n_heads, n_threads=nt)
+                self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
+                y = self._pre_norm(f"{p}.norm2", x, ws, nt)
+                q = ws.get("step_q", rows, d)
+                linear_forward(y, v[f"{p}.multihead_attn.in_proj_weight"][:d],
+                               v[f"{p}.multihead_attn.in_proj_bias"][:d], q, n_threads=nt)
+                kv = state.memory_kv[i]
+                probs = None
+                if attention is not None and i == c.n_decoder_layers - 1:
+                    probs = attention.reshape(rows, c.n_heads, 1, -1)
+                attention_forward(q, kv[:, :d], kv[:, d:], ctx, q_start, one,
+                                  state.src_start[:rows], state.src_len[:rows], c.n_heads,
+                                  probs=probs, n_threads=nt)
+                self._sublayer_out(f"{p}.multihead_attn.out_proj", ctx, x, f"{p}.norm2", ws, nt)
+                self._feed_forward(p, x, f"{p}.norm3", f"{p}.norm3", ws, nt)
+            self._final_norm("decoder", x, nt)
+            logits = ws.get("step_logits", rows, c.tgt_vocab_size)
+            linear_forward(x, self._output_weight(), v.get("output_projection.bias"), logits, n_threads=nt)
+        state.length = t + 1
+        return logits
 
     # -- public API --------------------------------------------------------------------------------
     def _src_batch(self, src, lengths) -> Batch:
@@ -462,6 +548,24 @@ class Transformer:
             return tgt_b.unpack(self._logits_packed(hidden, nt), copy=False)
 
     __call__ = forward
+
+    def generate(self, src: TokenBatch, src_lengths=None, *, beam_size: int = 1, max_length: int = 256,
+                 min_length: int = 0, length_penalty: float = 1.0, num_hypotheses: int = 1,
+                 sampling_topk: int = 1, sampling_topp: float = 1.0, sampling_temperature: float = 1.0,
+                 seed: Optional[int] = None, return_scores: bool = True, return_attention: bool = False,
+                 attention_per_head: bool = False):
+        """Decode every source; returns one ``GenerationResult`` per source (see ``cyformer.decoding``).
+
+        ``beam_size=1`` is greedy search (or sampling when ``sampling_topk != 1`` or
+        ``sampling_topp < 1``); ``max_length`` counts generated tokens, EOS included.
+        """
+        from .decoding import generate
+        return generate(self, src, src_lengths, beam_size=beam_size, max_length=max_length,
+                        min_length=min_length, length_penalty=length_penalty,
+                        num_hypotheses=num_hypotheses, sampling_topk=sampling_topk,
+                        sampling_topp=sampling_topp, sampling_temperature=sampling_temperature,
+                        seed=seed, return_scores=return_scores, return_attention=return_attention,
+                        attention_per_head=attention_per_head)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str, format: str = "cyformer") -> None:
@@ -508,3 +612,69 @@ class Transformer:
         model = cls.empty(config)
         model.load_state_dict(load_safetensors(path, mmap=mmap))
         return model
+
+
+
+class DecoderState:
+    """Per-row decoder caches for incremental decoding.
+
+    ``keys[l]`` / ``values[l]``: [rows, capacity, d_model] self-attention cache of layer l
+    (row r's position t at row ``r * capacity + t`` of the flattened view the attention
+    kernel reads); ``memory_kv[l]``: [N_src, 2 * d_model] cross-attention keys/values,
+    computed once per source batch and shared by every row (beam) of a source.
+    """
+
+    def __init__(self, config: TransformerConfig, memory_kv: List[np.ndarray], src: Batch,
+                 rows_src: np.ndarray, max_steps: int):
+        self.config = config
+        self.memory_kv = memory_kv
+        self.src_lengths = src.length
+        self.rows_src = rows_src.astype(np.int32)
+        self.src_start = src.start[self.rows_src]
+        self.src_len = src.length[self.rows_src]
+        self.rows = len(rows_src)
+        self.length = 0
+        self.capacity = 0
+        n = max(self.rows, 1)
+        self.ones = np.ones(n, dtype=np.int32)
+        self.arange = np.arange(n, dtype=np.int32)
+        self.keys: List[np.ndarray] = []
+        self.values: List[np.ndarray] = []
+        self.reserve(max(1, min(max_steps, config.max_len)))
+
+    @property
+    def cache_start(self) -> np.ndarray:
+        return self.arange * self.capacity
+
+    def reserve(self, steps: int) -> None:
+        """Make room for ``steps`` positions (grows by doubling, keeping what is cached)."""
+        if steps <= self.capacity:
+            return
+        capacity = min(max(steps, 2 * self.capacity), self.config.max_len)
+        d = self.config.d_model
+        rows = max(self.rows, 1)
+        for cache in (self.keys, self.values):
+            for i in range(self.config.n_decoder_layers):
+                grown = np.empty((rows, capacity, d), dtype=np.float32)
+                if i < len(cache):
+                    grown[:, :self.length] = cache[i][:rows, :self.length]
+                    cache[i] = grown
+                else:
+                    cache.append(grown)
+        self.capacity = capacity
+
+    def select(self, index) -> None:
+        """Keep rows ``index`` (in that order): beam reordering and dropping finished rows."""
+        index = np.asarray(index, dtype=np.intp)
+        if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= self.rows)):
+            raise ValueError("row index out of range")
+        n = len(index)
+        t = self.length
+        if not (n == self.rows and np.array_equal(index, np.arange(n))):
+            for cache in (self.keys, self.values):
+                for arr in cache:
+                    arr[:n, :t] = arr[index, :t]
+        self.rows_src = self.rows_src[index]
+        self.src_start = self.src_start[index]
+        self.src_len = self.src_len[index]
+        self.rows = n

@@ -52,6 +52,7 @@ def marian_config(hf: Dict) -> TransformerConfig:
         tie_output=bool(get("tie_word_embeddings", True)), output_bias=True,
         dropout=float(get("dropout", 0.1)), layer_norm_eps=1e-5, pad_id=pad,
         bos_id=start, eos_id=int(get("eos_token_id", 0)), decoder_start_id=start,
+        forced_eos=get("forced_eos_token_id") is not None and get("forced_eos_token_id") == get("eos_token_id", 0),
         extra={"source_format": "marian"})
 
 
