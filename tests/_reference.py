@@ -141,3 +141,36 @@ def marian_logits(model, src, tgt_in):
 def compare_padded(ours, ref, lengths):
     """Largest |ours - ref| over the real (non-padding) positions."""
     return max(float(np.abs(ours[i, :n] - ref[i, :n]).max()) for i, n in enumerate(lengths))
+
+
+def toy_pairs(rng, n, vocab_lo=1, vocab_hi=30, min_len=2, max_len=9, eos=0):
+    """Source/target id lists for a reversal task (targets end in EOS)."""
+    pairs = []
+    for _ in range(n):
+        k = int(rng.integers(min_len, max_len + 1))
+        s = [int(x) for x in rng.integers(vocab_lo, vocab_hi, size=k)]
+        t = list(reversed(s))
+        pairs.append((s + [eos], t + [eos]))
+    return pairs
+
+
+def trained_marian_model(directory, activation="swish", steps=500, seed=0, vocab=60, d=32, layers=2):
+    """A small MarianMTModel trained briefly with PyTorch, so decoding is neither degenerate nor tied."""
+    t = _torch()
+    model = marian_model(directory, activation=activation, vocab=vocab, d=d, layers=layers, seed=seed)
+    model.train()
+    rng = np.random.default_rng(seed)
+    opt = t.optim.Adam(model.parameters(), lr=3e-3)
+    pad_id = model.config.pad_token_id
+    for _ in range(steps):
+        batch = toy_pairs(rng, 32)
+        src, _ = pad([s for s, _ in batch], pad_id)
+        labels, lab_pad = pad([tg for _, tg in batch], pad_id)
+        labels = labels.masked_fill(lab_pad, -100)
+        loss = model(input_ids=src, attention_mask=(src != pad_id).long(), labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    model.save_pretrained(str(directory))
+    return model

@@ -2,8 +2,12 @@
 from ._version import __version__
 from .config import TransformerConfig
 from .io import CheckpointError
+from .decoding import GenerationResult
 from .model import Transformer
+from .tokenizer import SentencePieceTokenizer, Tokenizer, VocabTokenizer
+from .translate import Translator
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["__version__", "TransformerConfig", "Transformer", "CheckpointError",
+__all__ = ["__version__", "TransformerConfig", "Transformer", "CheckpointError", "GenerationResult",
+           "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator",
            "set_num_threads", "get_num_threads"]

@@ -86,6 +86,23 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_translate(args) -> int:
+    from . import set_num_threads
+    from .translate import Translator
+
+    if args.threads:
+        set_num_threads(args.threads)
+    translator = Translator.from_pretrained(args.model_dir, args.tokenizer)
+    lines = [line.rstrip("\n") for line in sys.stdin]
+    out = translator.translate(lines, beam_size=args.beam_size, max_length=args.max_length,
+                               length_penalty=args.length_penalty, max_batch_size=args.batch_size,
+                               sampling_topk=args.sampling_topk, sampling_temperature=args.sampling_temperature,
+                               seed=args.seed, progress=sys.stderr.isatty() and not args.quiet)
+    sys.stdout.write("".join(t + "\n" for t in out))
+    sys.stdout.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cyformer", description="A CPU encoder-decoder Transformer engine.")
     p.add_argument("--version", action="version", version=f"cyformer {__version__}")
@@ -98,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--src-len", type=int, default=64)
     b.add_argument("--repeat", type=int, default=10)
     b.add_argument("--no-compare", action="store_true", help="time cyformer only")
+    t = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
+    t.add_argument("model_dir")
+    t.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+    t.add_argument("--beam-size", type=int, default=4)
+    t.add_argument("--max-length", type=int, default=None, help="generated tokens, EOS included")
+    t.add_argument("--length-penalty", type=float, default=1.0)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--sampling-topk", type=int, default=1)
+    t.add_argument("--sampling-temperature", type=float, default=1.0)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -108,6 +137,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_info(args)
     if args.command == "bench":
         return cmd_bench(args)
+    if args.command == "translate":
+        try:
+            return cmd_translate(args)
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            print(f"cyformer translate: error: {e}", file=sys.stderr)
+            return 2
     parser.print_help()
     return 0
 

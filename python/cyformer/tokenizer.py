@@ -1,0 +1,214 @@
+"""Tokenizers: SentencePiece models (as Marian folders carry them) and simple word/char vocabularies.
+
+Both share one interface: ``encode(texts, side)`` -> id lists (ending in EOS), and
+``decode(ids, side)`` -> texts. ``side`` is ``"source"`` or ``"target"``: a Marian folder
+has one SentencePiece model per side (``source.spm``, ``target.spm``) and one
+``vocab.json`` mapping pieces to ids. Unknown pieces map to ``<unk>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from .io import atomic_write_bytes
+
+SPECIALS = ("<pad>", "</s>", "<unk>", "<s>")
+
+
+class Tokenizer:
+    """Base class and factory; use ``Tokenizer.from_pretrained(dir)``."""
+
+    pad_id: int
+    eos_id: int
+    unk_id: int
+
+    # -- interface ----------------------------------------------------------------------
+    def tokenize(self, text: str, side: str = "source") -> List[str]:
+        raise NotImplementedError
+
+    def detokenize(self, pieces: List[str], side: str = "target") -> str:
+        raise NotImplementedError
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str) -> None:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def _id_to_piece(self) -> List[str]:
+        cache = getattr(self, "_inverse", None)
+        if cache is None:
+            cache = [""] * (max(self.vocab.values()) + 1)
+            for piece, i in self.vocab.items():
+                cache[i] = piece
+            self._inverse = cache
+        return cache
+
+    @property
+    def special_ids(self) -> set:
+        return {i for p, i in self.vocab.items() if p in SPECIALS}
+
+    def encode(self, texts: Sequence[str], side: str = "source", add_eos: bool = True) -> List[List[int]]:
+        """Texts -> id lists (each ending in EOS when ``add_eos``)."""
+        if isinstance(texts, str):
+            raise TypeError("encode takes a list of texts; wrap a single text in a list")
+        vocab = self.vocab
+        out = []
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"encode needs str texts, got {type(text).__name__}")
+            ids = [vocab.get(p, self.unk_id) for p in self.tokenize(text, side)]
+            if add_eos:
+                ids.append(self.eos_id)
+            out.append(ids)
+        return out
+
+    def decode(self, sequences: Iterable[Sequence[int]], side: str = "target",
+               skip_special: bool = True) -> List[str]:
+        """Id lists -> texts; generation stops at EOS; special tokens are dropped."""
+        inverse = self._id_to_piece()
+        specials = self.special_ids
+        out = []
+        for seq in sequences:
+            pieces = []
+            for i in seq:
+                i = int(i)
+                if i == self.eos_id and skip_special:
+                    break
+                if not 0 <= i < len(inverse):
+                    raise ValueError(f"token id {i} is outside the vocabulary [0, {len(inverse)})")
+                if skip_special and i in specials:
+                    continue
+                pieces.append(inverse[i])
+            out.append(self.detokenize(pieces, side))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "Tokenizer":
+        """A Marian-style SentencePiece folder, or one saved by a cyformer tokenizer."""
+        if os.path.exists(os.path.join(directory, "source.spm")):
+            return SentencePieceTokenizer.from_pretrained(directory)
+        cfg = os.path.join(directory, "tokenizer_config.json")
+        if os.path.exists(cfg):
+            with open(cfg, encoding="utf-8") as f:
+                kind = json.load(f).get("tokenizer_class", "")
+            if kind == "VocabTokenizer":
+                return VocabTokenizer.from_pretrained(directory)
+            if kind in ("SentencePieceTokenizer", "MarianTokenizer"):
+                return SentencePieceTokenizer.from_pretrained(directory)
+        raise FileNotFoundError(f"{directory} holds no tokenizer (source.spm + vocab.json, or a "
+                                f"cyformer tokenizer_config.json)")
+
+
+def _load_vocab(path: str) -> Dict[str, int]:
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise ValueError(f"{path} must map pieces to integer ids")
+    return vocab
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece segmentation per side, ids from a shared ``vocab.json`` (Marian's layout)."""
+
+    def __init__(self, source_model: str, target_model: Optional[str], vocab: Dict[str, int],
+                 eos: str = "</s>", unk: str = "<unk>", pad: str = "<pad>"):
+        try:
+            import sentencepiece as spm
+        except ImportError as e:  # pragma: no cover - declared dependency
+            raise ImportError("SentencePiece tokenizers need the 'sentencepiece' package") from e
+        self._paths = (source_model, target_model or source_model)
+        self._sp = {"source": spm.SentencePieceProcessor(model_file=source_model),
+                    "target": spm.SentencePieceProcessor(model_file=target_model or source_model)}
+        self._vocab = dict(vocab)
+        for name, piece in (("eos", eos), ("unk", unk), ("pad", pad)):
+            if piece not in self._vocab:
+                raise ValueError(f"vocab has no {name} token {piece!r}")
+        self.eos_id, self.unk_id, self.pad_id = self._vocab[eos], self._vocab[unk], self._vocab[pad]
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        return self._vocab
+
+    def tokenize(self, text: str, side: str = "source") -> List[str]:
+        return self._sp[side].encode(text, out_type=str)
+
+    def detokenize(self, pieces: List[str], side: str = "target") -> str:
+        return self._sp[side].decode_pieces(pieces)
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "SentencePieceTokenizer":
+        src = os.path.join(directory, "source.spm")
+        tgt = os.path.join(directory, "target.spm")
+        vocab = os.path.join(directory, "vocab.json")
+        for p in (src, vocab):
+            if not os.path.exists(p):
+                raise FileNotFoundError(f"{directory} has no {os.path.basename(p)}")
+        return cls(src, tgt if os.path.exists(tgt) else None, _load_vocab(vocab))
+
+    def save_pretrained(self, directory: str) -> None:
+        import shutil
+        os.makedirs(directory, exist_ok=True)
+        for name, path in zip(("source.spm", "target.spm"), self._paths):
+            dest = os.path.join(directory, name)
+            if os.path.abspath(path) != os.path.abspath(dest):
+                shutil.copyfile(path, dest)
+        atomic_write_bytes(os.path.join(directory, "vocab.json"),
+                           json.dumps(self._vocab, ensure_ascii=False, indent=1).encode())
+
+
+class VocabTokenizer(Tokenizer):
+    """Whitespace words or characters over a fixed vocabulary (the built-in tasks)."""
+
+    def __init__(self, tokens: Sequence[str], level: str = "word"):
+        if level not in ("word", "char"):
+            raise ValueError(f"level must be 'word' or 'char', not {level!r}")
+        self.level = level
+        ordered = list(SPECIALS) + [t for t in tokens if t not in SPECIALS]
+        self._vocab = {t: i for i, t in enumerate(dict.fromkeys(ordered))}
+        self.pad_id, self.eos_id, self.unk_id = 0, 1, 2
+        self.bos_id = 3
+
+    @classmethod
+    def build(cls, texts: Iterable[str], level: str = "word", min_count: int = 1) -> "VocabTokenizer":
+        counts: Dict[str, int] = {}
+        for text in texts:
+            for t in (text.split() if level == "word" else list(text)):
+                counts[t] = counts.get(t, 0) + 1
+        tokens = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+        return cls(tokens, level)
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        return self._vocab
+
+    def tokenize(self, text: str, side: str = "source") -> List[str]:
+        return text.split() if self.level == "word" else list(text)
+
+    def detokenize(self, pieces: List[str], side: str = "target") -> str:
+        return (" " if self.level == "word" else "").join(pieces)
+
+    def save_pretrained(self, directory: str) -> None:
+        os.makedirs(directory, exist_ok=True)
+        atomic_write_bytes(os.path.join(directory, "vocab.json"),
+                           json.dumps(self._vocab, ensure_ascii=False, indent=1).encode())
+        atomic_write_bytes(os.path.join(directory, "tokenizer_config.json"),
+                           json.dumps({"tokenizer_class": "VocabTokenizer", "level": self.level}).encode())
+
+    @classmethod
+    def from_pretrained(cls, directory: str) -> "VocabTokenizer":
+        vocab = _load_vocab(os.path.join(directory, "vocab.json"))
+        with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
+            level = json.load(f).get("level", "word")
+        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        tok = cls(tokens, level)
+        if tok.vocab != vocab:
+            raise ValueError(f"{directory}/vocab.json must list {SPECIALS} first, as ids 0-3")
+        return tok
