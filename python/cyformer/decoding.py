@@ -188,5 +188,143 @@ def _sample(logp: np.ndarray, opts: GenerationOptions, rng: np.random.Generator)
     return out
 
 
+_PENALTY = np.float32(-1.0e9)
+
+
+def _top_sorted(values: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest entries of each row, best first (ties: lower index first)."""
+    k = min(k, values.shape[1])
+    part = np.argpartition(-values, k - 1, axis=1)[:, :k]
+    # order the k candidates by (-value, index) so equal scores keep a deterministic order
+    part.sort(axis=1)
+    order = np.argsort(-np.take_along_axis(values, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
 def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[GenerationResult]:
-    raise NotImplementedError
+    """Hugging Face's (transformers 5) beam search with ``early_stopping=False``, over a KV cache.
+
+    Per sentence: ``beam_size`` running hypotheses (sums of log-probs; all but the first
+    start at -1e9 so the first step expands one beam) and up to ``beam_size`` finished
+    ones. Each step takes the top ``2 * beam_size`` of ``running + log p`` over
+    ``beam_size * vocab``; a candidate that ends (EOS, or the length limit) and ranks within
+    the first ``beam_size`` competes for the finished list with score
+    ``sum / generated_length ** length_penalty``; the best ``beam_size`` others continue. A
+    sentence is done once its finished list is full and the best running hypothesis,
+    normalised by the current length, cannot beat the worst finished one; done sentences
+    leave the batch (their rows are dropped from the caches).
+    """
+    config = model.config
+    K = opts.beam_size
+    L = opts.max_length
+    V = config.tgt_vocab_size
+    lp = np.float32(opts.length_penalty)
+    state = model.start_decoding(src, src_lengths, K, max_steps=L)
+    B = state.rows // K
+    nt = threads.get_num_threads()
+    s_max = int(state.src_lengths.max())
+    heads = config.n_heads
+
+    run_scores = np.zeros((B, K), dtype=np.float32)
+    run_scores[:, 1:] = _PENALTY
+    run_hist = np.zeros((B, K, L), dtype=np.int32)
+    fin_scores = np.full((B, K), _PENALTY, dtype=np.float32)
+    fin_hist = np.zeros((B, K, L), dtype=np.int32)
+    fin_len = np.zeros((B, K), dtype=np.int32)
+    fin_flag = np.zeros((B, K), dtype=bool)
+    unsatisfied = np.ones(B, dtype=bool)
+    want_attn = opts.return_attention
+    attn_shape = (heads, s_max) if opts.attention_per_head else (s_max,)
+    run_attn = np.zeros((B, K, L) + attn_shape, dtype=np.float32) if want_attn else None
+    fin_attn = np.zeros((B, K, L) + attn_shape, dtype=np.float32) if want_attn else None
+
+    active = np.arange(B)
+    tokens = np.full(B * K, config.decoder_start_id, dtype=np.int32)
+    for step in range(L):
+        n = len(active)
+        attn = np.zeros((n * K, heads, s_max), dtype=np.float32) if want_attn else None
+        logp = model.decode_step(state, tokens, attention=attn)
+        softmax_forward(logp, log=True, n_threads=nt)
+        _mask_logprobs(logp, step, opts, config)
+        acc = (logp.reshape(n, K, V) + run_scores[active][:, :, None]).reshape(n, K * V)
+        cand = _top_sorted(acc, 2 * K)                        # [n, 2K] flat indices, best first
+        cand_vals = np.take_along_axis(acc, cand, axis=1)
+        parent = cand // V
+        tok = (cand % V).astype(np.int32)
+        hits = (tok == config.eos_id) | (step + 1 >= L)
+
+        # running hypotheses for the next step: the best K candidates that did not end
+        pen = cand_vals + hits.astype(np.float32) * _PENALTY
+        keep = _top_sorted(pen, K)                            # [n, K] positions in the 2K list
+        next_scores = np.take_along_axis(pen, keep, axis=1)
+        next_parent = np.take_along_axis(parent, keep, axis=1)
+        next_tok = np.take_along_axis(tok, keep, axis=1)
+
+        # finished hypotheses: ended candidates ranked within the first K compete by normalised score
+        did = hits.copy()
+        did[:, K:] = False
+        norm = cand_vals / np.float32(step + 1) ** lp
+        norm = norm + (~unsatisfied[active])[:, None].astype(np.float32) * _PENALTY
+        norm = norm + (~did).astype(np.float32) * _PENALTY
+        merged = np.concatenate([fin_scores[active], norm], axis=1)
+        best = _top_sorted(merged, K)
+        rows_b = active[:, None]
+        old = best < K
+        new = ~old
+        new_pos = np.where(new, best - K, 0)
+        new_parent = np.take_along_axis(parent, new_pos, axis=1)
+        new_tok = np.take_along_axis(tok, new_pos, axis=1)
+        hist_old = fin_hist[rows_b, np.where(old, best, 0)]
+        hist_new = run_hist[rows_b, new_parent]
+        hist_new[:, :, step] = new_tok
+        fin_hist[active] = np.where(new[:, :, None], hist_new, hist_old)
+        fin_len[active] = np.where(new, step + 1, fin_len[rows_b, np.where(old, best, 0)])
+        fin_flag[active] = np.where(new, did[np.arange(n)[:, None], new_pos],
+                                    fin_flag[rows_b, np.where(old, best, 0)])
+        fin_scores[active] = np.take_along_axis(merged, best, axis=1)
+        if want_attn:
+            step_attn = _step_attention(attn, state, opts, s_max).reshape((n, K) + attn_shape)
+            a_old = fin_attn[rows_b, np.where(old, best, 0)]
+            a_new = run_attn[rows_b, new_parent]
+            a_new[:, :, step] = step_attn[np.arange(n)[:, None], new_parent]
+            fin_attn[active] = np.where(new.reshape(new.shape + (1,) * (a_new.ndim - 2)), a_new, a_old)
+
+        # move the running hypotheses on
+        hist = run_hist[rows_b, next_parent]
+        hist[:, :, step] = next_tok
+        run_hist[active] = hist
+        run_scores[active] = next_scores
+        if want_attn:
+            a = run_attn[rows_b, next_parent]
+            a[:, :, step] = step_attn[np.arange(n)[:, None], next_parent]
+            run_attn[active] = a
+
+        # can a running hypothesis still beat the worst finished one? (HF's early-stop heuristic)
+        best_possible = next_scores[:, 0] / np.float32(step + 1) ** lp
+        worst = np.where(fin_flag[active], fin_scores[active].min(axis=1, keepdims=True), _PENALTY)
+        unsatisfied[active] &= (best_possible[:, None] > worst).any(axis=1)
+        if hits.all() or not unsatisfied[active].any():
+            break
+        still = unsatisfied[active]
+        rows = (np.flatnonzero(still)[:, None] * K + next_parent[still]).reshape(-1)
+        state.select(rows)
+        tokens = next_tok[still].reshape(-1).astype(np.int32)
+        active = active[still]
+
+    results = []
+    for b in range(B):
+        count = min(opts.num_hypotheses, K)
+        seqs = [fin_hist[b, j, :fin_len[b, j]].tolist() for j in range(count)]
+        res = GenerationResult(sequences=seqs)
+        if opts.return_scores:
+            res.scores = [float(fin_scores[b, j]) for j in range(count)]
+        if want_attn:
+            n_src = int(state.src_lengths[b])
+            res.attention = [fin_attn[b, j, :fin_len[b, j], ..., :n_src].copy() for j in range(count)]
+        results.append(res)
+    return results
+
+
+def _step_attention(attn: np.ndarray, state, opts: GenerationOptions, s_max: int) -> np.ndarray:
+    """This step's cross-attention per row: [rows, heads, S] or head-averaged [rows, S]."""
+    return attn if opts.attention_per_head else attn.mean(axis=1)
