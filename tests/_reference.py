@@ -106,7 +106,7 @@ class TorchSeq2Seq:
 
 
 def marian_model(directory, activation="swish", vocab=60, d=32, heads=4, d_ff=64, layers=2,
-                 max_len=64, seed=0, scale_embedding=True):
+                 max_len=64, seed=0, scale_embedding=True, forced_eos=True):
     """A MarianMTModel with seeded random weights (non-zero logits bias) saved to ``directory``."""
     t = _torch()
     from transformers import MarianConfig, MarianMTModel
@@ -117,7 +117,9 @@ def marian_model(directory, activation="swish", vocab=60, d=32, heads=4, d_ff=64
                        encoder_ffn_dim=d_ff, decoder_ffn_dim=d_ff, max_position_embeddings=max_len,
                        pad_token_id=vocab - 1, decoder_start_token_id=vocab - 1, eos_token_id=0,
                        activation_function=activation, dropout=0.0, attention_dropout=0.0,
-                       activation_dropout=0.0, scale_embedding=scale_embedding)
+                       activation_dropout=0.0, scale_embedding=scale_embedding,
+                       # as in the released opus-mt configs: pad is never generated
+                       bad_words_ids=[[vocab - 1]], forced_eos_token_id=0 if forced_eos else None)
     model = MarianMTModel(cfg).eval()
     with t.no_grad():
         model.final_logits_bias.normal_(0, 0.5)

@@ -36,7 +36,7 @@ class GenerationResult:
 @dataclass
 class GenerationOptions:
     beam_size: int = 1
-    max_length: int = 256
+    max_length: Optional[int] = None  # None: min(256, the model's max_len)
     min_length: int = 0
     length_penalty: float = 1.0
     num_hypotheses: int = 1
@@ -50,6 +50,8 @@ class GenerationOptions:
     suppress_pad: bool = True
 
     def validate(self, max_len: int) -> None:
+        if self.max_length is None:
+            self.max_length = min(256, max_len)
         def whole(name, low):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):

@@ -549,7 +549,7 @@ class Transformer:
 
     __call__ = forward
 
-    def generate(self, src: TokenBatch, src_lengths=None, *, beam_size: int = 1, max_length: int = 256,
+    def generate(self, src: TokenBatch, src_lengths=None, *, beam_size: int = 1, max_length: Optional[int] = None,
                  min_length: int = 0, length_penalty: float = 1.0, num_hypotheses: int = 1,
                  sampling_topk: int = 1, sampling_topp: float = 1.0, sampling_temperature: float = 1.0,
                  seed: Optional[int] = None, return_scores: bool = True, return_attention: bool = False,
@@ -557,7 +557,8 @@ class Transformer:
         """Decode every source; returns one ``GenerationResult`` per source (see ``cyformer.decoding``).
 
         ``beam_size=1`` is greedy search (or sampling when ``sampling_topk != 1`` or
-        ``sampling_topp < 1``); ``max_length`` counts generated tokens, EOS included.
+        ``sampling_topp < 1``); ``max_length`` counts generated tokens, EOS included
+        (default: 256, or the model's ``max_len`` when smaller).
         """
         from .decoding import generate
         return generate(self, src, src_lengths, beam_size=beam_size, max_length=max_length,
