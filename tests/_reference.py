@@ -176,3 +176,48 @@ def trained_marian_model(directory, activation="swish", steps=500, seed=0, vocab
     model.eval()
     model.save_pretrained(str(directory))
     return model
+
+
+TOY_WORDS = ("the cat dog house tree small big red blue green runs sees eats quickly slowly "
+             "and or not under over near far bird fish water stone light dark").split()
+
+
+def toy_sentences(rng, n, min_words=2, max_words=9):
+    return [" ".join(rng.choice(TOY_WORDS, size=int(rng.integers(min_words, max_words + 1))))
+            for _ in range(n)]
+
+
+def sentencepiece_folder(directory, vocab_size=48, seed=0):
+    """Train source/target SentencePiece models on toy text and write Marian's tokenizer files.
+
+    vocab.json puts </s> at 0, <unk> at 1 and <pad> last, as Marian folders do.
+    """
+    import json
+    import os
+
+    import sentencepiece as spm
+
+    rng = np.random.default_rng(seed)
+    text = os.path.join(directory, "corpus.txt")
+    with open(text, "w") as f:
+        f.write("\n".join(toy_sentences(rng, 400)) + "\n")
+    pieces = []
+    for side in ("source", "target"):
+        prefix = os.path.join(directory, side)
+        spm.SentencePieceTrainer.train(input=text, model_prefix=prefix, vocab_size=vocab_size - 4,
+                                       model_type="unigram", character_coverage=1.0,
+                                       bos_id=-1, eos_id=-1, unk_id=0, pad_id=-1,
+                                       num_threads=1, minloglevel=2)
+        os.replace(prefix + ".model", prefix + ".spm")
+        os.remove(prefix + ".vocab")
+        sp = spm.SentencePieceProcessor(model_file=prefix + ".spm")
+        pieces += [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    os.remove(text)
+    vocab = {"</s>": 0, "<unk>": 1}
+    for p in pieces:
+        if p not in vocab and p != "<unk>":
+            vocab[p] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    return vocab
