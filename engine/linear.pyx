@@ -12,6 +12,14 @@ each thread streams its own share of the weight matrix.
 from cython.parallel cimport prange
 from _common cimport sgemm_rm, CYFORMER_HAVE_OPENMP
 
+cdef extern from "vecmath.h" nogil:
+    void cyf_skinny_gemm(const float* x, long ldx, const float* w, long ldw, const float* bias,
+                         float* out, long ldo, int M, int n0, int n1, int K, int accumulate)
+
+# Up to this many rows (decoding steps) the skinny kernel beats BLAS, which packs the
+# whole weight matrix on every call. Settable for benchmarking (set_skinny_rows).
+cdef int _SKINNY_MAX_ROWS = 16
+
 # Below this many multiply-adds a GEMM is not worth a parallel region.
 cdef long _MIN_PARALLEL_WORK = 1 << 18
 # Row chunks are multiples of this, matching OpenBLAS's register blocking.
@@ -55,6 +63,15 @@ cdef void linear_nogil(const float* x, int ldx, const float* w, int ldw, const f
                        int n_threads) noexcept nogil:
     cdef int t
     cdef long work = <long>m * n * k
+    if m <= _SKINNY_MAX_ROWS:
+        if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
+            cyf_skinny_gemm(x, ldx, w, ldw, bias, out, ldo, m, 0, n, k, accumulate)
+        else:
+            for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+                cyf_skinny_gemm(x, ldx, w, ldw, bias, out, ldo, m,
+                                _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
+                                k, accumulate)
+        return
     if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
         _linear_block(x, ldx, w, ldw, bias, out, ldo, 0, m, 0, n, k, accumulate)
         return
@@ -122,3 +139,11 @@ def gemm(const float[:, :] a, const float[:, :] b, float[:, :] c, bint trans_a=F
     with nogil:
         sgemm_rm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], lda, &b[0, 0], ldb, beta,
                  &c[0, 0], ldc)
+
+
+def set_skinny_rows(int rows):
+    """Use the skinny kernel up to ``rows`` rows (0 disables it); returns the previous value."""
+    global _SKINNY_MAX_ROWS
+    old = _SKINNY_MAX_ROWS
+    _SKINNY_MAX_ROWS = rows
+    return old

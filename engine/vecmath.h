@@ -13,14 +13,17 @@
 #include <stdint.h>
 #include <string.h>
 
+/* Each engine module includes this header and uses only some of its functions. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && !defined(CYFORMER_NO_CLONES)
-#define CYF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define CYF_CLONES __attribute__((unused, target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__GNUC__)
+#define CYF_CLONES __attribute__((unused))
 #else
 #define CYF_CLONES
 #endif
 
-#if defined(_OPENMP) || defined(__clang__)
 #define CYF_PRAGMA(x) _Pragma(#x)
+#if defined(_OPENMP) || defined(__clang__)
 #define CYF_SIMD_SUM(v) CYF_PRAGMA(omp simd reduction(+:v))
 #define CYF_SIMD_MAX(v) CYF_PRAGMA(omp simd reduction(max:v))
 #else
@@ -120,6 +123,63 @@ CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, c
         for (c = 0; c < d_k; c++) out[c] += p * vj[c];
     }
     return 1;
+}
+
+/* Skinny GEMM for decoding: out[m, n] (+)= sum_k x[m, k] * w[n, k] (+ bias[n]) for all
+ * m < M and n0 <= n < n1, with x [M, K] and w [N, K] row-major (PyTorch's weight layout).
+ * BLAS packs the whole weight matrix on every call, which for a handful of rows costs
+ * more than the product; here each block of 4 weight rows is read once from memory and
+ * used for every row of x (kept in cache), 4 x-rows at a time in registers. */
+CYF_CLONES static void cyf_skinny_gemm(const float* x, long ldx, const float* w, long ldw,
+                                       const float* bias, float* out, long ldo, int M,
+                                       int n0, int n1, int K, int accumulate) {
+    int n, m, k, i, j;
+    for (n = n0; n < n1; n += 4) {
+        int nb = n1 - n < 4 ? n1 - n : 4;
+        const float* wr[4];
+        for (j = 0; j < 4; j++) wr[j] = w + (long)(n + (j < nb ? j : 0)) * ldw;
+        for (m = 0; m < M; m += 4) {
+            int mb = M - m < 4 ? M - m : 4;
+            const float* xr[4];
+            float acc[4][4];
+            for (i = 0; i < 4; i++) xr[i] = x + (long)(m + (i < mb ? i : 0)) * ldx;
+            if (mb == 4 && nb == 4) {
+                float a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
+                float a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
+                const float *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
+                const float *w0 = wr[0], *w1 = wr[1], *w2 = wr[2], *w3 = wr[3];
+                CYF_PRAGMA(omp simd reduction(+:a00,a01,a02,a03,a10,a11,a12,a13,a20,a21,a22,a23,a30,a31,a32,a33))
+                for (k = 0; k < K; k++) {
+                    float v0 = w0[k], v1 = w1[k], v2 = w2[k], v3 = w3[k];
+                    a00 += x0[k] * v0; a01 += x0[k] * v1; a02 += x0[k] * v2; a03 += x0[k] * v3;
+                    a10 += x1[k] * v0; a11 += x1[k] * v1; a12 += x1[k] * v2; a13 += x1[k] * v3;
+                    a20 += x2[k] * v0; a21 += x2[k] * v1; a22 += x2[k] * v2; a23 += x2[k] * v3;
+                    a30 += x3[k] * v0; a31 += x3[k] * v1; a32 += x3[k] * v2; a33 += x3[k] * v3;
+                }
+                acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02; acc[0][3] = a03;
+                acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12; acc[1][3] = a13;
+                acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22; acc[2][3] = a23;
+                acc[3][0] = a30; acc[3][1] = a31; acc[3][2] = a32; acc[3][3] = a33;
+            } else {
+                for (i = 0; i < mb; i++) {
+                    for (j = 0; j < nb; j++) {
+                        const float *xi = xr[i], *wj = wr[j];
+                        float a = 0;
+                        CYF_SIMD_SUM(a)
+                        for (k = 0; k < K; k++) a += xi[k] * wj[k];
+                        acc[i][j] = a;
+                    }
+                }
+            }
+            for (i = 0; i < mb; i++) {
+                float* o = out + (long)(m + i) * ldo + n;
+                for (j = 0; j < nb; j++) {
+                    float v = acc[i][j] + (bias ? bias[n + j] : 0.0f);
+                    o[j] = accumulate ? o[j] + v : v;
+                }
+            }
+        }
+    }
 }
 
 /* x += r + bias (each when given), then out = (x - mean) * rstd * gamma + beta.

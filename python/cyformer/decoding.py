@@ -20,6 +20,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ._engine.search import topk
 from ._engine.softmax import softmax_forward
 from . import threads
 
@@ -195,12 +196,7 @@ _PENALTY = np.float32(-1.0e9)
 
 def _top_sorted(values: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the k largest entries of each row, best first (ties: lower index first)."""
-    k = min(k, values.shape[1])
-    part = np.argpartition(-values, k - 1, axis=1)[:, :k]
-    # order the k candidates by (-value, index) so equal scores keep a deterministic order
-    part.sort(axis=1)
-    order = np.argsort(-np.take_along_axis(values, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return topk(np.ascontiguousarray(values, dtype=np.float32), min(k, values.shape[1]))[1]
 
 
 def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[GenerationResult]:
@@ -248,9 +244,9 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
         logp = model.decode_step(state, tokens, attention=attn)
         softmax_forward(logp, log=True, n_threads=nt)
         _mask_logprobs(logp, step, opts, config)
-        acc = (logp.reshape(n, K, V) + run_scores[active][:, :, None]).reshape(n, K * V)
-        cand = _top_sorted(acc, 2 * K)                        # [n, 2K] flat indices, best first
-        cand_vals = np.take_along_axis(acc, cand, axis=1)
+        # running score + log p, in place in the step's logits buffer: [n, K * V]
+        logp.reshape(n, K, V)[...] += run_scores[active][:, :, None]
+        cand_vals, cand = topk(logp.reshape(n, K * V), 2 * K, nt)   # [n, 2K] best first
         parent = cand // V
         tok = (cand % V).astype(np.int32)
         hits = (tok == config.eos_id) | (step + 1 >= L)
