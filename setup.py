@@ -15,7 +15,8 @@ import warnings
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-ENGINE_MODULES = ["linear", "attention", "norm", "ffn", "embedding", "softmax", "search", "runtime"]
+ENGINE_MODULES = ["linear", "attention", "norm", "ffn", "embedding", "softmax", "search", "runtime", "loss", "optim",
+                  "dropout"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -70,6 +70,58 @@ cdef void _embed_row(const float* e, const float* p, float scale, float* o, int 
             o[j] = e[j] * scale
 
 
+def embedding_backward(const int32_t[::1] ids, const int32_t[::1] positions, const float[:, ::1] dout,
+                       float scale, float[:, ::1] dtable, dpos_table=None, int skip_id=-1,
+                       int n_threads=1):
+    """Gradients of ``embedding_forward``: ``dtable[ids[i]] += scale * dout[i]`` and, for a
+    learned positional table, ``dpos_table[positions[i]] += dout[i]``.
+
+    Tokens equal to ``skip_id`` add nothing to ``dtable`` (``nn.Embedding(padding_idx=...)``).
+    Threads split the model dimension, each adding its columns for every token in order, so
+    repeated ids never race and sums do not depend on the thread count.
+    """
+    cdef Py_ssize_t n = ids.shape[0], i
+    cdef int d = dtable.shape[1], vocab = dtable.shape[0], t, nt, c0, c1, chunk
+    cdef float[:, ::1] dp
+    cdef float* dpp = NULL
+    cdef int max_pos = 0
+    if dout.shape[0] != n or dout.shape[1] != d:
+        raise ValueError(f"dout must be [{n}, {d}]")
+    if dpos_table is not None:
+        dp = dpos_table
+        if dp.shape[1] != d:
+            raise ValueError(f"dpos_table has {dp.shape[1]} columns, expected {d}")
+        if positions.shape[0] != n:
+            raise ValueError("positions must have one entry per id")
+        max_pos = dp.shape[0]
+        if n and (np.min(positions) < 0 or np.max(positions) >= max_pos):
+            raise ValueError(f"a position is outside the table's [0, {max_pos})")
+        dpp = &dp[0, 0] if max_pos else NULL
+    if n and (np.min(ids) < 0 or np.max(ids) >= vocab):
+        raise ValueError(f"a token id is outside [0, {vocab})")
+    if n == 0 or d == 0:
+        return
+    nt = max(1, min(n_threads, (d + 15) // 16))
+    chunk = ((d + nt - 1) // nt + 15) // 16 * 16
+    cdef const float* gp = &dout[0, 0]
+    cdef float* tp = &dtable[0, 0]
+    with nogil:
+        for t in prange(nt, num_threads=nt, schedule='static'):
+            c0 = min(d, chunk * t)
+            c1 = min(d, chunk * (t + 1))
+            for i in range(n):
+                if ids[i] != skip_id:
+                    _add_scaled(tp + <long>ids[i] * d, gp + i * d, scale, c0, c1)
+                if dpp != NULL:
+                    _add_scaled(dpp + <long>positions[i] * d, gp + i * d, 1.0, c0, c1)
+
+
+cdef inline void _add_scaled(float* dst, const float* src, float scale, int c0, int c1) noexcept nogil:
+    cdef int j
+    for j in range(c0, c1):
+        dst[j] += scale * src[j]
+
+
 def sinusoidal_table(int n_positions, int d_model, layout="interleaved"):
     """Fixed positional encodings [n_positions, d_model] from the paper.
 

@@ -6,6 +6,7 @@ adds the bias of the first projection and applies the activation in one pass ove
 ``[N, d_ff]``. ``ACTIVATIONS`` maps names (PyTorch's and Hugging Face's) to codes.
 """
 from cython.parallel cimport prange
+from libc.string cimport memcpy
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3, "swish": 3, "gelu_tanh": 4,
                "gelu_new": 4, "gelu_pytorch_tanh": 4}
@@ -45,3 +46,52 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
     with nogil:
         for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
             cyf_bias_act_row(xp + i * ld, bp, f, code)
+
+
+cdef extern from "vecmath.h" nogil:
+    void cyf_act_backward_row(float* dh, const float* pre, int n, int code)
+
+
+def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n_threads=1):
+    """Training form: ``pre += bias`` (kept for the backward pass), ``out = act(pre)``."""
+    cdef int n = pre.shape[0], f = pre.shape[1], i
+    cdef int code = activation_code(act) if isinstance(act, str) else act
+    cdef const float[::1] b
+    cdef const float* bp = NULL
+    if code < 0 or code > 4:
+        raise ValueError(f"unknown activation code {code}")
+    if out.shape[0] != n or out.shape[1] != f:
+        raise ValueError(f"out must be [{n}, {f}], like pre")
+    if bias is not None:
+        b = bias
+        if b.shape[0] != f:
+            raise ValueError(f"bias has {b.shape[0]} entries, expected {f}")
+        if f:
+            bp = &b[0]
+    if n == 0 or f == 0:
+        return
+    cdef float* pp = &pre[0, 0]
+    cdef float* op = &out[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+            if bp != NULL:
+                cyf_bias_act_row(pp + <long>i * f, bp, f, 0)
+            memcpy(op + <long>i * f, pp + <long>i * f, sizeof(float) * f)
+            cyf_bias_act_row(op + <long>i * f, NULL, f, code)
+
+
+def act_backward(float[:, ::1] dh, const float[:, ::1] pre, act, int n_threads=1):
+    """``dh *= act'(pre)`` in place; ``pre`` is the activation's input (bias included)."""
+    cdef int n = dh.shape[0], f = dh.shape[1], i
+    cdef int code = activation_code(act) if isinstance(act, str) else act
+    if code < 0 or code > 4:
+        raise ValueError(f"unknown activation code {code}")
+    if pre.shape[0] != n or pre.shape[1] != f:
+        raise ValueError(f"pre must be [{n}, {f}], like dh")
+    if n == 0 or f == 0 or code == 0:
+        return
+    cdef float* dp = &dh[0, 0]
+    cdef const float* pp = &pre[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+            cyf_act_backward_row(dp + <long>i * f, pp + <long>i * f, f, code)

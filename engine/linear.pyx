@@ -147,3 +147,82 @@ def set_skinny_rows(int rows):
     old = _SKINNY_MAX_ROWS
     _SKINNY_MAX_ROWS = rows
     return old
+
+
+cdef void linear_backward_nogil(const float* x, int ldx, const float* w, int ldw,
+                                const float* dout, int ldd, float* dx, int lddx,
+                                float* dw, float* db, int m, int n, int k,
+                                bint accumulate_dx, int n_threads) noexcept nogil:
+    # dx[M, K] (+)= dout[M, N] @ w[N, K]; dw[N, K] += dout^T @ x; db[N] += sum_rows(dout).
+    # dx splits by rows and dw/db by output features, so no two threads write one element.
+    cdef int t, r0, r1, c0, c1, i, j
+    cdef float beta = 1.0 if accumulate_dx else 0.0
+    if n_threads <= 1 or <long>m * n * k < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
+        n_threads = 1
+    for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+        if dx != NULL:
+            r0 = _split(m, n_threads, t, _ROW_ALIGN)
+            r1 = _split(m, n_threads, t + 1, _ROW_ALIGN)
+            if r1 > r0:
+                sgemm_rm(False, False, r1 - r0, k, n, 1.0, dout + <long>r0 * ldd, ldd, w, ldw, beta,
+                         dx + <long>r0 * lddx, lddx)
+        c0 = _split(n, n_threads, t, _ROW_ALIGN)
+        c1 = _split(n, n_threads, t + 1, _ROW_ALIGN)
+        if c1 > c0:
+            if dw != NULL:
+                sgemm_rm(True, False, c1 - c0, k, m, 1.0, dout + c0, ldd, x, ldx, 1.0,
+                         dw + <long>c0 * k, k)
+            if db != NULL:
+                for i in range(m):
+                    for j in range(c0, c1):
+                        db[j] += dout[<long>i * ldd + j]
+
+
+def linear_backward(const float[:, :] x, const float[:, ::1] weight, const float[:, :] dout,
+                    dx, dweight, dbias, bint accumulate_dx=False, int n_threads=1):
+    """Gradients of ``out = x @ weight^T + bias`` given ``dout`` [M, N].
+
+    ``dx`` [M, K] is overwritten (or added to with ``accumulate_dx``); ``dweight`` [N, K]
+    and ``dbias`` [N] are always accumulated into (one zero-grad per step, as in llm.c, lets
+    tied weights sum). Any of the three may be None. Row-strided views are allowed for
+    ``x``, ``dout`` and ``dx`` (the Q/K/V column blocks of a fused projection).
+    """
+    cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0]
+    cdef float[:, :] dx_v
+    cdef float[:, ::1] dw_v
+    cdef float[::1] db_v
+    cdef float* dx_ptr = NULL
+    cdef float* dw_ptr = NULL
+    cdef float* db_ptr = NULL
+    cdef int lddx = k
+    if weight.shape[1] != k:
+        raise ValueError(f"weight is [{weight.shape[0]}, {weight.shape[1]}], expected [N, {k}]")
+    if dout.shape[0] != m or dout.shape[1] != n:
+        raise ValueError(f"dout is [{dout.shape[0]}, {dout.shape[1]}], expected [{m}, {n}]")
+    if dx is not None:
+        dx_v = dx
+        if dx_v.shape[0] != m or dx_v.shape[1] != k:
+            raise ValueError(f"dx is [{dx_v.shape[0]}, {dx_v.shape[1]}], expected [{m}, {k}]")
+    if dweight is not None:
+        dw_v = dweight
+        if dw_v.shape[0] != n or dw_v.shape[1] != k:
+            raise ValueError(f"dweight is [{dw_v.shape[0]}, {dw_v.shape[1]}], expected [{n}, {k}]")
+    if dbias is not None:
+        db_v = dbias
+        if db_v.shape[0] != n:
+            raise ValueError(f"dbias has {db_v.shape[0]} entries, expected {n}")
+    if m == 0 or n == 0 or k == 0:
+        if dx is not None and not accumulate_dx and m and k:
+            dx_v[...] = 0.0
+        return
+    if dx is not None:
+        lddx = _ld(dx_v, "dx")
+        dx_ptr = &dx_v[0, 0]
+    if dweight is not None:
+        dw_ptr = &dw_v[0, 0]
+    if dbias is not None:
+        db_ptr = &db_v[0]
+    cdef int ldx = _ld(x, "x"), ldd = _ld(dout, "dout")
+    with nogil:
+        linear_backward_nogil(&x[0, 0], ldx, &weight[0, 0], k, &dout[0, 0], ldd, dx_ptr, lddx,
+                              dw_ptr, db_ptr, m, n, k, accumulate_dx, n_threads)

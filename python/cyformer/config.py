@@ -27,7 +27,10 @@ class TransformerConfig:
     ``tie_output`` ties the target embedding and the output projection (pre-softmax
     linear). Both together are the paper's single shared matrix. ``forced_eos`` makes
     generation end with EOS when it reaches ``max_length`` (Hugging Face's
-    ``forced_eos_token_id``, which Marian checkpoints set).
+    ``forced_eos_token_id``, which Marian checkpoints set). ``dropout`` applies to the
+    embeddings and every sublayer's output, ``attention_dropout`` to the attention weights
+    and ``activation_dropout`` inside the FFN (``None``: the same as ``dropout``, as in
+    ``nn.Transformer``); dropout acts only in training.
     """
 
     src_vocab_size: int = 32000
@@ -48,6 +51,8 @@ class TransformerConfig:
     tie_output: bool = True
     output_bias: bool = False
     dropout: float = 0.1
+    attention_dropout: Optional[float] = None
+    activation_dropout: Optional[float] = None
     layer_norm_eps: float = 1e-5
     pad_id: int = 0
     bos_id: int = 1
@@ -63,6 +68,11 @@ class TransformerConfig:
             self.final_norm = self.norm_first
         if self.decoder_start_id is None:
             self.decoder_start_id = self.bos_id
+        # nn.Transformer uses one rate everywhere; Marian sets the three separately.
+        if self.attention_dropout is None:
+            self.attention_dropout = self.dropout
+        if self.activation_dropout is None:
+            self.activation_dropout = self.dropout
         self.validate()
 
     @property
@@ -97,8 +107,10 @@ class TransformerConfig:
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(f"share_embeddings needs equal vocabularies, got "
                              f"src_vocab_size={self.src_vocab_size}, tgt_vocab_size={self.tgt_vocab_size}")
-        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
         for name in ("pad_id", "bos_id", "eos_id", "decoder_start_id"):

@@ -50,7 +50,9 @@ def marian_config(hf: Dict) -> TransformerConfig:
         activation=_ACTIVATIONS[act], positional="sinusoidal", sinusoidal_layout="halves",
         scale_embedding=bool(get("scale_embedding", True)), share_embeddings=share,
         tie_output=bool(get("tie_word_embeddings", True)), output_bias=True,
-        dropout=float(get("dropout", 0.1)), layer_norm_eps=1e-5, pad_id=pad,
+        dropout=float(get("dropout", 0.1)),
+        attention_dropout=float(get("attention_dropout", 0.0)),
+        activation_dropout=float(get("activation_dropout", 0.0)), layer_norm_eps=1e-5, pad_id=pad,
         bos_id=start, eos_id=int(get("eos_token_id", 0)), decoder_start_id=start,
         forced_eos=get("forced_eos_token_id") is not None and get("forced_eos_token_id") == get("eos_token_id", 0),
         extra={"source_format": "marian"})
