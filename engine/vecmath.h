@@ -20,131 +20,6 @@
 #define CYF_CLONES __attribute__((unused))
 #else
 #define CYF_CLONES
-/* Counter-based dropout: element `index` of stream `seed` is kept when a 32-bit hash of
- * the pair is >= threshold (= p * 2^32). The mask is a pure function of (seed, index), so
- * the backward pass regenerates it instead of storing it, and it does not depend on the
- * thread count or on how work is split. SplitMix64's finaliser mixes the pair. */
-static inline uint32_t cyf_hash32(uint64_t seed, uint64_t index) {
-    uint64_t z = seed + index * 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (uint32_t)(z >> 32);
-}
-
-/* x[0:n] *= keep(seed, first + j) / (1 - p), dropped entries become 0. */
-CYF_CLONES static void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first,
-                                       uint32_t threshold, float inv_keep) {
-    int j;
-    for (j = 0; j < n; j++)
-        x[j] = cyf_hash32(seed, first + (uint64_t)j) >= threshold ? x[j] * inv_keep : 0.0f;
-}
-
-/* LayerNorm backward for one row. x is the LayerNorm input (the residual sum), dy the
- * gradient of its output: dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)) with
- * g = dy * gamma and xhat = (x - mean) * rstd. dgamma / dbeta are reduced elsewhere
- * (over rows, by column ranges) so threads never share them. dx may alias dy. */
-CYF_CLONES static void cyf_layer_norm_backward_row(const float* x, const float* dy, const float* gamma,
-                                                   float mean, float rstd, float* dx, int d,
-                                                   int accumulate) {
-    int j;
-    float sg = 0.0f, sgx = 0.0f;
-    CYF_SIMD_SUM(sg)
-    for (j = 0; j < d; j++) sg += dy[j] * gamma[j];
-    CYF_SIMD_SUM(sgx)
-    for (j = 0; j < d; j++) sgx += dy[j] * gamma[j] * (x[j] - mean) * rstd;
-    float mg = sg / (float)d, mgx = sgx / (float)d;
-    if (accumulate) {
-        for (j = 0; j < d; j++)
-            dx[j] += rstd * (dy[j] * gamma[j] - mg - (x[j] - mean) * rstd * mgx);
-    } else {
-        for (j = 0; j < d; j++)
-            dx[j] = rstd * (dy[j] * gamma[j] - mg - (x[j] - mean) * rstd * mgx);
-    }
-}
-
-/* dgamma[c] += sum_i dy[i, c] * xhat[i, c]; dbeta[c] += sum_i dy[i, c], for columns [c0, c1). */
-CYF_CLONES static void cyf_layer_norm_param_grads(const float* x, const float* dy, const float* mean,
-                                                  const float* rstd, float* dgamma, float* dbeta,
-                                                  long n, int d, int c0, int c1) {
-    long i;
-    int j;
-    for (i = 0; i < n; i++) {
-        const float* xr = x + i * d;
-        const float* gr = dy + i * d;
-        float mu = mean[i], rs = rstd[i];
-        for (j = c0; j < c1; j++) {
-            dgamma[j] += gr[j] * (xr[j] - mu) * rs;
-            dbeta[j] += gr[j];
-        }
-    }
-}
-
-/* dh[0:n] *= act'(pre[0:n]) where pre is the activation's input (bias included). */
-CYF_CLONES static void cyf_act_backward_row(float* dh, const float* pre, int n, int code) {
-    int j;
-    switch (code) {
-    case CYF_RELU:
-        for (j = 0; j < n; j++) dh[j] = pre[j] > 0.0f ? dh[j] : 0.0f;
-        break;
-    case CYF_GELU:
-        /* d/dz [z * Phi(z)] = Phi(z) + z * phi(z) */
-        for (j = 0; j < n; j++) {
-            float z = pre[j];
-            float cdf = 0.5f * (1.0f + cyf_erff(z * 0.70710678118654752f));
-            float pdf = 0.39894228040143268f * cyf_expf(-0.5f * z * z);
-            dh[j] *= cdf + z * pdf;
-        }
-        break;
-    case CYF_SILU:
-        /* d/dz [z * s(z)] = s(z) * (1 + z * (1 - s(z))) */
-        for (j = 0; j < n; j++) {
-            float z = pre[j];
-            float sg = 1.0f / (1.0f + cyf_expf(-z));
-            dh[j] *= sg * (1.0f + z * (1.0f - sg));
-        }
-        break;
-    case CYF_GELU_TANH:
-        for (j = 0; j < n; j++) {
-            float z = pre[j];
-            float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
-            float th = 1.0f - 2.0f / (cyf_expf(2.0f * u) + 1.0f);
-            float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * z * z);
-            dh[j] *= 0.5f * (1.0f + th) + 0.5f * z * (1.0f - th * th) * du;
-        }
-        break;
-    default:
-        break;
-    }
-}
-
-/* Cross-entropy with label smoothing for one row of logits x[0:V] and label y, as
- * PyTorch's CrossEntropyLoss(label_smoothing=eps): the target is (1 - eps) on y plus eps/V
- * on every class. Returns the loss and writes the NLL of y to *nll. With grad != 0 the row
- * becomes scale * (softmax(x) - target). */
-CYF_CLONES static float cyf_cross_entropy_row(float* x, int V, int y, float eps, float scale,
-                                              int grad, float* nll) {
-    int j;
-    float m = -INFINITY, s = 0.0f, sx = 0.0f;
-    CYF_SIMD_MAX(m)
-    for (j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
-    CYF_SIMD_SUM(s)
-    for (j = 0; j < V; j++) s += cyf_expf(x[j] - m);
-    CYF_SIMD_SUM(sx)
-    for (j = 0; j < V; j++) sx += x[j] - m;
-    float lse = logf(s);
-    float nll_y = lse - (x[y] - m);
-    /* -mean_j log p_j = lse - mean_j (x_j - m) */
-    float smooth = lse - sx / (float)V;
-    *nll = nll_y;
-    if (grad) {
-        float inv = 1.0f / s, u = eps / (float)V;
-        for (j = 0; j < V; j++) x[j] = scale * (cyf_expf(x[j] - m) * inv - u);
-        x[y] -= scale * (1.0f - eps);
-    }
-    return (1.0f - eps) * nll_y + eps * smooth;
-}
-
 #endif
 
 #define CYF_PRAGMA(x) _Pragma(#x)
@@ -154,131 +29,6 @@ CYF_CLONES static float cyf_cross_entropy_row(float* x, int V, int y, float eps,
 #else
 #define CYF_SIMD_SUM(v)
 #define CYF_SIMD_MAX(v)
-/* Counter-based dropout: element `index` of stream `seed` is kept when a 32-bit hash of
- * the pair is >= threshold (= p * 2^32). The mask is a pure function of (seed, index), so
- * the backward pass regenerates it instead of storing it, and it does not depend on the
- * thread count or on how work is split. SplitMix64's finaliser mixes the pair. */
-static inline uint32_t cyf_hash32(uint64_t seed, uint64_t index) {
-    uint64_t z = seed + index * 0x9E3779B97F4A7C15ULL;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    z ^= z >> 31;
-    return (uint32_t)(z >> 32);
-}
-
-/* x[0:n] *= keep(seed, first + j) / (1 - p), dropped entries become 0. */
-CYF_CLONES static void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first,
-                                       uint32_t threshold, float inv_keep) {
-    int j;
-    for (j = 0; j < n; j++)
-        x[j] = cyf_hash32(seed, first + (uint64_t)j) >= threshold ? x[j] * inv_keep : 0.0f;
-}
-
-/* LayerNorm backward for one row. x is the LayerNorm input (the residual sum), dy the
- * gradient of its output: dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)) with
- * g = dy * gamma and xhat = (x - mean) * rstd. dgamma / dbeta are reduced elsewhere
- * (over rows, by column ranges) so threads never share them. dx may alias dy. */
-CYF_CLONES static void cyf_layer_norm_backward_row(const float* x, const float* dy, const float* gamma,
-                                                   float mean, float rstd, float* dx, int d,
-                                                   int accumulate) {
-    int j;
-    float sg = 0.0f, sgx = 0.0f;
-    CYF_SIMD_SUM(sg)
-    for (j = 0; j < d; j++) sg += dy[j] * gamma[j];
-    CYF_SIMD_SUM(sgx)
-    for (j = 0; j < d; j++) sgx += dy[j] * gamma[j] * (x[j] - mean) * rstd;
-    float mg = sg / (float)d, mgx = sgx / (float)d;
-    if (accumulate) {
-        for (j = 0; j < d; j++)
-            dx[j] += rstd * (dy[j] * gamma[j] - mg - (x[j] - mean) * rstd * mgx);
-    } else {
-        for (j = 0; j < d; j++)
-            dx[j] = rstd * (dy[j] * gamma[j] - mg - (x[j] - mean) * rstd * mgx);
-    }
-}
-
-/* dgamma[c] += sum_i dy[i, c] * xhat[i, c]; dbeta[c] += sum_i dy[i, c], for columns [c0, c1). */
-CYF_CLONES static void cyf_layer_norm_param_grads(const float* x, const float* dy, const float* mean,
-                                                  const float* rstd, float* dgamma, float* dbeta,
-                                                  long n, int d, int c0, int c1) {
-    long i;
-    int j;
-    for (i = 0; i < n; i++) {
-        const float* xr = x + i * d;
-        const float* gr = dy + i * d;
-        float mu = mean[i], rs = rstd[i];
-        for (j = c0; j < c1; j++) {
-            dgamma[j] += gr[j] * (xr[j] - mu) * rs;
-            dbeta[j] += gr[j];
-        }
-    }
-}
-
-/* dh[0:n] *= act'(pre[0:n]) where pre is the activation's input (bias included). */
-CYF_CLONES static void cyf_act_backward_row(float* dh, const float* pre, int n, int code) {
-    int j;
-    switch (code) {
-    case CYF_RELU:
-        for (j = 0; j < n; j++) dh[j] = pre[j] > 0.0f ? dh[j] : 0.0f;
-        break;
-    case CYF_GELU:
-        /* d/dz [z * Phi(z)] = Phi(z) + z * phi(z) */
-        for (j = 0; j < n; j++) {
-            float z = pre[j];
-            float cdf = 0.5f * (1.0f + cyf_erff(z * 0.70710678118654752f));
-            float pdf = 0.39894228040143268f * cyf_expf(-0.5f * z * z);
-            dh[j] *= cdf + z * pdf;
-        }
-        break;
-    case CYF_SILU:
-        /* d/dz [z * s(z)] = s(z) * (1 + z * (1 - s(z))) */
-        for (j = 0; j < n; j++) {
-            float z = pre[j];
-            float sg = 1.0f / (1.0f + cyf_expf(-z));
-            dh[j] *= sg * (1.0f + z * (1.0f - sg));
-        }
-        break;
-    case CYF_GELU_TANH:
-        for (j = 0; j < n; j++) {
-            float z = pre[j];
-            float u = 0.7978845608028654f * (z + 0.044715f * z * z * z);
-            float th = 1.0f - 2.0f / (cyf_expf(2.0f * u) + 1.0f);
-            float du = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * z * z);
-            dh[j] *= 0.5f * (1.0f + th) + 0.5f * z * (1.0f - th * th) * du;
-        }
-        break;
-    default:
-        break;
-    }
-}
-
-/* Cross-entropy with label smoothing for one row of logits x[0:V] and label y, as
- * PyTorch's CrossEntropyLoss(label_smoothing=eps): the target is (1 - eps) on y plus eps/V
- * on every class. Returns the loss and writes the NLL of y to *nll. With grad != 0 the row
- * becomes scale * (softmax(x) - target). */
-CYF_CLONES static float cyf_cross_entropy_row(float* x, int V, int y, float eps, float scale,
-                                              int grad, float* nll) {
-    int j;
-    float m = -INFINITY, s = 0.0f, sx = 0.0f;
-    CYF_SIMD_MAX(m)
-    for (j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
-    CYF_SIMD_SUM(s)
-    for (j = 0; j < V; j++) s += cyf_expf(x[j] - m);
-    CYF_SIMD_SUM(sx)
-    for (j = 0; j < V; j++) sx += x[j] - m;
-    float lse = logf(s);
-    float nll_y = lse - (x[y] - m);
-    /* -mean_j log p_j = lse - mean_j (x_j - m) */
-    float smooth = lse - sx / (float)V;
-    *nll = nll_y;
-    if (grad) {
-        float inv = 1.0f / s, u = eps / (float)V;
-        for (j = 0; j < V; j++) x[j] = scale * (cyf_expf(x[j] - m) * inv - u);
-        x[y] -= scale * (1.0f - eps);
-    }
-    return (1.0f - eps) * nll_y + eps * smooth;
-}
-
 #endif
 
 /* exp(x) for float, Cephes-style: 2^n * p(g) with |g| <= ln2/2; about 2 ulp. Below
@@ -511,21 +261,53 @@ CYF_CLONES static void cyf_bias_act_row(float* row, const float* bias, int n, in
 /* Counter-based dropout: element `index` of stream `seed` is kept when a 32-bit hash of
  * the pair is >= threshold (= p * 2^32). The mask is a pure function of (seed, index), so
  * the backward pass regenerates it instead of storing it, and it does not depend on the
- * thread count or on how work is split. SplitMix64's finaliser mixes the pair. */
-static inline uint32_t cyf_hash32(uint64_t seed, uint64_t index) {
-    uint64_t z = seed + index * 0x9E3779B97F4A7C15ULL;
+ * thread count or on how a row is split into calls. The high half of the index and the
+ * seed are mixed once per call (SplitMix64); each element then costs one 32-bit hash
+ * (lowbias32) of its low half, which vectorises. */
+static inline uint32_t cyf_mix64to32(uint64_t seed, uint32_t high) {
+    uint64_t z = seed + (uint64_t)high * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     z ^= z >> 31;
     return (uint32_t)(z >> 32);
 }
 
+static inline uint32_t cyf_hash_low(uint32_t key, uint32_t low) {
+    uint32_t x = (low * 0x9E3779B9u) ^ key;
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+static inline void cyf_dropout_span(float* x, int n, uint32_t key, uint32_t low, uint32_t threshold,
+                                    float inv_keep) {
+    int j;
+    for (j = 0; j < n; j++) {
+        /* branch-free select: all-ones bits where kept */
+        uint32_t keep = 0u - (uint32_t)(cyf_hash_low(key, low + (uint32_t)j) >= threshold);
+        union { float f; uint32_t u; } v;
+        v.f = x[j] * inv_keep;
+        v.u &= keep;
+        x[j] = v.f;
+    }
+}
+
 /* x[0:n] *= keep(seed, first + j) / (1 - p), dropped entries become 0. */
 CYF_CLONES static void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first,
                                        uint32_t threshold, float inv_keep) {
-    int j;
-    for (j = 0; j < n; j++)
-        x[j] = cyf_hash32(seed, first + (uint64_t)j) >= threshold ? x[j] * inv_keep : 0.0f;
+    while (n > 0) {
+        uint32_t low = (uint32_t)first;
+        /* elements up to the next multiple of 2^32 share the high half of their index */
+        uint64_t room = ((uint64_t)1 << 32) - low;
+        int m = (uint64_t)n < room ? n : (int)room;
+        cyf_dropout_span(x, m, cyf_mix64to32(seed, (uint32_t)(first >> 32)), low, threshold, inv_keep);
+        x += m;
+        first += (uint64_t)m;
+        n -= m;
+    }
 }
 
 /* LayerNorm backward for one row. x is the LayerNorm input (the residual sum), dy the
