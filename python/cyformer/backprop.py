@@ -29,7 +29,7 @@ from ._engine.ffn import act_backward, bias_act_forward_save
 from ._engine.linear import linear_backward, linear_forward
 from ._engine.loss import cross_entropy
 from ._engine.norm import layer_norm_backward, layer_norm_forward
-from .model import Batch, Transformer, Workspace
+from .model import Batch, Transformer, Workspace, named_views
 
 _MASK64 = (1 << 64) - 1
 
@@ -58,12 +58,7 @@ class ForwardBackward:
         self.model = model
         self.config = model.config
         self.grads = np.zeros_like(model.params, dtype=np.float32)
-        self._g: Dict[str, np.ndarray] = {}
-        offset = 0
-        for name, shape in model.layout:
-            n = int(np.prod(shape))
-            self._g[name] = self.grads[offset:offset + n].reshape(shape)
-            offset += n
+        self._g = named_views(self.grads, model.layout)
         self._ws = Workspace()
         self._saved: Optional[dict] = None
 

@@ -55,6 +55,11 @@ def atomic_write_bytes(path: str, chunks) -> None:
         except OSError:
             pass
         raise
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename inside ``folder`` durable (where the file system allows it)."""
     try:
         dfd = os.open(folder, os.O_RDONLY)
         try:

@@ -75,6 +75,17 @@ def parameter_layout(config: TransformerConfig) -> List[Tuple[str, Tuple[int, ..
     return layout
 
 
+def named_views(flat: np.ndarray, layout) -> Dict[str, np.ndarray]:
+    """Name -> view of ``flat`` for each (name, shape) of ``layout``, back to back."""
+    views: Dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in layout:
+        n = int(np.prod(shape))
+        views[name] = flat[offset:offset + n].reshape(shape)
+        offset += n
+    return views
+
+
 # -- input validation --------------------------------------------------------------------
 class Batch:
     """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``."""
@@ -212,12 +223,7 @@ class Transformer:
             if params.dtype != np.float32 or params.ndim != 1 or params.size != total:
                 raise ValueError(f"params must be float32 [{total}], got {params.dtype} {params.shape}")
             self.params = params
-        self._views: Dict[str, np.ndarray] = {}
-        offset = 0
-        for name, shape in self.layout:
-            n = int(np.prod(shape))
-            self._views[name] = self.params[offset:offset + n].reshape(shape)
-            offset += n
+        self._rebind_views()
         if params is None:
             self.init_parameters(seed)
         c = config
@@ -227,6 +233,10 @@ class Transformer:
         self._act = activation_code(c.activation)
         self._embed_scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0
         self._local = threading.local()
+
+    def _rebind_views(self) -> None:
+        """Name -> view of ``self.params`` (again after the buffer is replaced)."""
+        self._views = named_views(self.params, self.layout)
 
     @classmethod
     def empty(cls, config: TransformerConfig) -> "Transformer":

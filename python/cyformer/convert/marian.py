@@ -58,6 +58,25 @@ def marian_config(hf: Dict) -> TransformerConfig:
         extra={"source_format": "marian"})
 
 
+def _layer_names(config: TransformerConfig):
+    """(ours, theirs, kind) for every per-layer tensor group: kind 'attention' names a module
+    whose q/k/v are fused here, 'plain' a single tensor. Marian names lack the 'model.' prefix."""
+    for side, n, norms in (("encoder", config.n_encoder_layers, ("self_attn_layer_norm", "final_layer_norm")),
+                           ("decoder", config.n_decoder_layers,
+                            ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"))):
+        for i in range(n):
+            p = f"{side}.layers.{i}"
+            yield f"{p}.self_attn", f"{p}.self_attn", "attention"
+            if side == "decoder":
+                yield f"{p}.multihead_attn", f"{p}.encoder_attn", "attention"
+            for k, norm in enumerate(norms, start=1):
+                for w in ("weight", "bias"):
+                    yield f"{p}.norm{k}.{w}", f"{p}.{norm}.{w}", "plain"
+            for ours, theirs in (("linear1", "fc1"), ("linear2", "fc2")):
+                for w in ("weight", "bias"):
+                    yield f"{p}.{ours}.{w}", f"{p}.{theirs}.{w}", "plain"
+
+
 def _strip(name: str) -> str:
     return name[len("model."):] if name.startswith("model.") else name
 
@@ -102,20 +121,8 @@ def marian_tensors(hf_tensors: Dict[str, np.ndarray], config: TransformerConfig)
     out["encoder.embed_tokens.weight"] = shared
     if not config.share_embeddings:
         out["decoder.embed_tokens.weight"] = first_of("decoder.embed_tokens.weight")
-    for side, n, norms in (("encoder", config.n_encoder_layers, ("self_attn_layer_norm", "final_layer_norm")),
-                           ("decoder", config.n_decoder_layers,
-                            ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"))):
-        for i in range(n):
-            o, t = f"{side}.layers.{i}", f"{side}.layers.{i}"
-            attention(f"{o}.self_attn", f"{t}.self_attn")
-            if side == "decoder":
-                attention(f"{o}.multihead_attn", f"{t}.encoder_attn")
-            for k, norm in enumerate(norms, start=1):
-                for p in ("weight", "bias"):
-                    plain(f"{o}.norm{k}.{p}", f"{t}.{norm}.{p}")
-            for ours, theirs in (("linear1", "fc1"), ("linear2", "fc2")):
-                for p in ("weight", "bias"):
-                    plain(f"{o}.{ours}.{p}", f"{t}.{theirs}.{p}")
+    for ours, theirs, kind in _layer_names(config):
+        (attention if kind == "attention" else plain)(ours, theirs)
     if not config.tie_output:
         plain("output_projection.weight", "lm_head.weight")
     try:
@@ -149,3 +156,88 @@ def load_marian(directory: str):
     model = Transformer.empty(config)
     model.load_state_dict(marian_tensors(load_safetensors(path), config))
     return model
+
+
+_EXPORT_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "silu": "swish", "gelu_tanh": "gelu_new"}
+
+
+def marian_export_config(config: TransformerConfig) -> Dict:
+    """The Hugging Face MarianConfig dict for our config; ValueError for what Marian cannot hold."""
+    c = config
+    problems = []
+    if c.norm_first or c.final_norm:
+        problems.append("Marian is post-LN without final norms (norm_first=False, final_norm=False)")
+    if c.positional != "sinusoidal" or c.sinusoidal_layout != "halves":
+        problems.append("Marian uses the sinusoidal table with sines and cosines in halves "
+                        "(positional='sinusoidal', sinusoidal_layout='halves')")
+    if not c.tie_output:
+        problems.append("Marian ties the output projection to the target embedding (tie_output=True)")
+    if c.activation not in _EXPORT_ACTIVATIONS:
+        problems.append(f"activation {c.activation!r} has no Marian name")
+    if problems:
+        raise ValueError("this model cannot be written as a MarianMT folder: " + "; ".join(problems))
+    return {
+        "model_type": "marian", "architectures": ["MarianMTModel"],
+        "vocab_size": c.src_vocab_size, "decoder_vocab_size": c.tgt_vocab_size,
+        "share_encoder_decoder_embeddings": c.share_embeddings, "tie_word_embeddings": True,
+        "d_model": c.d_model, "encoder_layers": c.n_encoder_layers, "decoder_layers": c.n_decoder_layers,
+        "encoder_attention_heads": c.n_heads, "decoder_attention_heads": c.n_heads,
+        "encoder_ffn_dim": c.d_ff, "decoder_ffn_dim": c.d_ff, "max_position_embeddings": c.max_len,
+        "activation_function": _EXPORT_ACTIVATIONS[c.activation], "scale_embedding": c.scale_embedding,
+        "dropout": c.dropout, "attention_dropout": c.attention_dropout,
+        "activation_dropout": c.activation_dropout, "init_std": 0.02, "encoder_layerdrop": 0.0,
+        "decoder_layerdrop": 0.0, "use_cache": True, "is_encoder_decoder": True,
+        "pad_token_id": c.pad_id, "eos_token_id": c.eos_id, "bos_token_id": c.bos_id,
+        "decoder_start_token_id": c.decoder_start_id,
+        "forced_eos_token_id": c.eos_id if c.forced_eos else None,
+        "normalize_before": False, "add_final_layer_norm": False, "normalize_embedding": False,
+        "static_position_embeddings": True,
+    }
+
+
+def save_marian(model, directory: str) -> None:
+    """Write ``model`` as a Hugging Face MarianMT folder (config.json + model.safetensors).
+
+    The fused Q/K/V projections are split back into q/k/v, the output bias becomes
+    ``final_logits_bias``, so ``MarianMTModel.from_pretrained`` (and CTranslate2's converter)
+    read the folder as is.
+    """
+    from ..io import atomic_write_bytes, save_safetensors
+
+    c = model.config
+    hf_config = marian_export_config(c)
+    v = model.parameters()
+    d = c.d_model
+    out: Dict[str, np.ndarray] = {}
+    # Tied copies (encoder/decoder embed_tokens, lm_head) and the fixed sinusoidal tables
+    # are left out, as transformers' own save_pretrained does; it re-ties and recomputes them.
+    if c.share_embeddings:
+        out["model.shared.weight"] = v["encoder.embed_tokens.weight"]
+    else:
+        out["model.encoder.embed_tokens.weight"] = v["encoder.embed_tokens.weight"]
+        out["model.decoder.embed_tokens.weight"] = v["decoder.embed_tokens.weight"]
+
+    def attention(ours: str, theirs: str) -> None:
+        w, b = v[f"{ours}.in_proj_weight"], v[f"{ours}.in_proj_bias"]
+        for i, p in enumerate("qkv"):
+            out[f"{theirs}.{p}_proj.weight"] = w[i * d:(i + 1) * d]
+            out[f"{theirs}.{p}_proj.bias"] = b[i * d:(i + 1) * d]
+        out[f"{theirs}.out_proj.weight"] = v[f"{ours}.out_proj.weight"]
+        out[f"{theirs}.out_proj.bias"] = v[f"{ours}.out_proj.bias"]
+
+    for ours, theirs, kind in _layer_names(c):
+        if kind == "attention":
+            attention(ours, f"model.{theirs}")
+        else:
+            out[f"model.{theirs}"] = v[ours]
+    bias = v.get("output_projection.bias")
+    out["final_logits_bias"] = (np.zeros((1, c.tgt_vocab_size), np.float32) if bias is None
+                                else bias.reshape(1, -1))
+    os.makedirs(directory, exist_ok=True)
+    save_safetensors(os.path.join(directory, "model.safetensors"),
+                     {k: np.ascontiguousarray(a, dtype=np.float32) for k, a in out.items()}, {"format": "pt"})
+    atomic_write_bytes(os.path.join(directory, "config.json"), (json.dumps(hf_config, indent=2) + "\n").encode())
+    gen = {"decoder_start_token_id": c.decoder_start_id, "eos_token_id": c.eos_id, "pad_token_id": c.pad_id,
+           "bad_words_ids": [[c.pad_id]], "forced_eos_token_id": c.eos_id if c.forced_eos else None,
+           "max_length": c.max_len, "num_beams": 4}
+    atomic_write_bytes(os.path.join(directory, "generation_config.json"), (json.dumps(gen, indent=2) + "\n").encode())

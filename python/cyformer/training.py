@@ -1,0 +1,475 @@
+"""Training: teacher forcing, label-smoothed cross-entropy, Adam with warm-up, checkpoints, exact resume.
+
+``Trainer(model, ...)`` owns the gradient buffer (``cyformer.backprop``), the optimizer
+state and the schedule. ``step(src, tgt)`` runs one update on a batch of token-id
+sequences; ``fit(train, valid, ...)`` loops over batches formed by token count, validates
+(loss, and BLEU of greedy decodes when a tokenizer is given), writes checkpoints and resumes
+from them.
+
+Teacher forcing: for a target ``y_1 .. y_n`` (ending in EOS; EOS is appended when
+missing) the decoder reads ``decoder_start_id, y_1 .. y_{n-1}`` and is trained to predict
+``y_1 .. y_n``.
+
+A checkpoint is a folder ``checkpoint-STEP`` holding the model (``config.json`` +
+``model.safetensors``), ``optimizer.safetensors`` and ``trainer_state.json`` (step, data
+position, schedule, history). It is written under a temporary name and renamed into place
+when complete, so a crash mid-write leaves the previous checkpoints intact. Everything
+random (data order, dropout masks) is a function of the seed, the epoch and the step, so a
+run resumed from step k reproduces the losses of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .backprop import ForwardBackward, mix_seed
+from .io import atomic_write_bytes, fsync_dir, load_safetensors, save_safetensors
+from .model import Batch, TokenBatch, Transformer, make_batch
+from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer, make_schedule, schedule_from_dict
+
+Pair = Tuple[Sequence[int], Sequence[int]]
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STATE_NAME = "trainer_state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+@dataclass
+class TrainingHistory:
+    """What ``fit`` logged: per-step training loss and learning rate, periodic validation."""
+
+    steps: List[int] = field(default_factory=list)
+    loss: List[float] = field(default_factory=list)
+    lr: List[float] = field(default_factory=list)
+    valid: List[Dict[str, float]] = field(default_factory=list)   # {"step", "loss", "ppl", "bleu"?}
+
+    def to_dict(self) -> Dict:
+        return {"steps": self.steps, "loss": self.loss, "lr": self.lr, "valid": self.valid}
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "TrainingHistory":
+        return cls(list(d.get("steps", [])), list(d.get("loss", [])), list(d.get("lr", [])),
+                   list(d.get("valid", [])))
+
+
+def _as_ids(seq, name: str) -> List[int]:
+    arr = np.asarray(seq)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a flat sequence of token ids, got shape {arr.shape}")
+    if arr.size and (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
+        raise TypeError(f"{name} must hold integer token ids, got dtype {arr.dtype}")
+    return [int(t) for t in arr]
+
+
+def make_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: int,
+                 max_sentences: Optional[int] = None) -> List[np.ndarray]:
+    """Indices of each batch for one epoch: similar lengths together, batch order shuffled.
+
+    ``lengths[i]`` is the cost of example i in tokens (max of source and decoder lengths);
+    a batch holds at most ``batch_tokens`` of them (an example longer than that is a batch
+    of its own). The order is a function of (seed, epoch) only.
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    n = len(lengths)
+    if n == 0:
+        return []
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch])
+    lengths = np.asarray(lengths)
+    order = np.lexsort((rng.permutation(n), lengths))  # by length, random among equals
+    batches, current, tokens = [], [], 0
+    for i in order:
+        cost = int(lengths[i])
+        if current and (tokens + cost > batch_tokens or (max_sentences and len(current) >= max_sentences)):
+            batches.append(np.array(current))
+            current, tokens = [], 0
+        current.append(i)
+        tokens += cost
+    if current:
+        batches.append(np.array(current))
+    return [batches[j] for j in rng.permutation(len(batches))]
+
+
+class Trainer:
+    """Trains a ``Transformer`` in place.
+
+    Options (the paper's defaults): ``optimizer`` 'adam' (betas 0.9/0.98, eps 1e-9),
+    'adamw' or 'sgd' (``momentum``); ``schedule`` 'noam' (``lr`` scales the paper's formula,
+    default 1.0, with ``warmup_steps``, default 4000), 'constant' or 'linear' (``lr`` is the
+    peak, reached after ``warmup_steps``, default 0, and for 'linear' decaying to 0 at
+    ``total_steps``); ``label_smoothing`` 0.1; ``clip_norm`` (global gradient norm,
+    off by default); ``seed`` for data order and dropout. Dropout rates come from the
+    model's config. ``frozen`` names parameters that are not trained (default: Marian's
+    ``final_logits_bias``, a fixed buffer in Hugging Face, for models imported from Marian).
+    """
+
+    def __init__(self, model: Transformer, *, optimizer: str = "adam", lr: Optional[float] = None,
+                 schedule: str = "noam", warmup_steps: Optional[int] = None, total_steps: Optional[int] = None,
+                 betas: Tuple[float, float] = (0.9, 0.98), eps: float = 1e-9, weight_decay: float = 0.0,
+                 momentum: float = 0.9, label_smoothing: float = 0.1, clip_norm: Optional[float] = None,
+                 seed: int = 0, frozen: Optional[Sequence[str]] = None):
+        if not isinstance(model, Transformer):
+            raise TypeError(f"model must be a cyformer.Transformer, not {type(model).__name__}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 (or None), got {clip_norm}")
+        if isinstance(model.params, np.memmap) or not model.params.flags.writeable:
+            # a memory-mapped checkpoint: train on a private copy
+            model.params = np.array(model.params, dtype=np.float32)
+            model._rebind_views()
+        self.model = model
+        self.config = model.config
+        self.passes = ForwardBackward(model)
+        self.optimizer: Optimizer = make_optimizer(optimizer, model.num_parameters, betas=betas, eps=eps,
+                                                   weight_decay=weight_decay, momentum=momentum)
+        self.schedule: Schedule = make_schedule(schedule, d_model=model.config.d_model, lr=lr,
+                                                warmup_steps=warmup_steps, total_steps=total_steps)
+        self.label_smoothing = float(label_smoothing)
+        self.clip_norm = clip_norm
+        self.seed = int(seed)
+        self.step_count = 0          # optimizer updates done
+        self.epoch = 0               # data position for fit / resume
+        self.batch_in_epoch = 0
+        self.history = TrainingHistory()
+        self.last_grad_norm: Optional[float] = None
+        if frozen is None:
+            frozen = ["output_projection.bias"] if (model.config.extra.get("source_format") == "marian"
+                                                    and model.config.output_bias) else []
+        unknown = [n for n in frozen if n not in model.parameters()]
+        if unknown:
+            raise ValueError(f"frozen names unknown parameters: {', '.join(unknown)}")
+        self.frozen = list(frozen)
+
+    # -- batches -----------------------------------------------------------------------------
+    def _teacher_forcing(self, pairs: Sequence[Pair]) -> Tuple[Batch, Batch, np.ndarray]:
+        """(source batch, decoder-input batch, labels) for (src, tgt) id sequences."""
+        c = self.config
+        if len(pairs) == 0:
+            raise ValueError("empty batch")
+        srcs, tgt_in, labels = [], [], []
+        for i, (s, t) in enumerate(pairs):
+            s, t = _as_ids(s, f"src[{i}]"), _as_ids(t, f"tgt[{i}]")
+            if not t:
+                raise ValueError(f"tgt[{i}] is empty; a target needs at least EOS")
+            if t[-1] != c.eos_id:
+                t = t + [c.eos_id]
+            srcs.append(s)
+            tgt_in.append([c.decoder_start_id] + t[:-1])
+            labels.append(t)
+        src_b = make_batch(srcs, vocab_size=c.src_vocab_size, max_len=c.max_len, name="src")
+        tgt_b = make_batch(tgt_in, vocab_size=c.tgt_vocab_size, max_len=c.max_len, name="tgt")
+        lab = np.concatenate([np.asarray(x, np.int64) for x in labels])
+        if lab.min() < 0 or lab.max() >= c.tgt_vocab_size:
+            raise ValueError(f"tgt holds a token id outside the vocabulary [0, {c.tgt_vocab_size})")
+        return src_b, tgt_b, lab.astype(np.int32)
+
+    @staticmethod
+    def _pairs(src: TokenBatch, tgt: TokenBatch, src_lengths=None, tgt_lengths=None) -> List[Pair]:
+        def rows(x, lengths, name):
+            if isinstance(x, np.ndarray):
+                if x.ndim != 2:
+                    raise ValueError(f"{name} must be [batch, length], got shape {x.shape}")
+                lens = [x.shape[1]] * x.shape[0] if lengths is None else list(np.asarray(lengths))
+                if len(lens) != x.shape[0]:
+                    raise ValueError(f"{name} lengths must have {x.shape[0]} entries")
+                return [x[i, :int(n)] for i, n in enumerate(lens)]
+            if not isinstance(x, (list, tuple)):
+                raise TypeError(f"{name} must be a list of token-id lists or an int array")
+            return list(x)
+        s, t = rows(src, src_lengths, "src"), rows(tgt, tgt_lengths, "tgt")
+        if len(s) != len(t):
+            raise ValueError(f"src has {len(s)} sequences but tgt has {len(t)}")
+        return list(zip(s, t))
+
+    # -- one update --------------------------------------------------------------------------
+    def loss_and_gradients(self, pairs: Sequence[Pair], training: bool = True) -> Tuple[float, int]:
+        """Zero the gradients, run forward and backward; returns (mean loss, label tokens)."""
+        src_b, tgt_b, labels = self._teacher_forcing(pairs)
+        self.passes.zero_grad()
+        total, _, n = self.passes.forward(src_b, tgt_b, labels, label_smoothing=self.label_smoothing,
+                                          training=training, seed=mix_seed(self.seed, self.step_count))
+        self.passes.backward()
+        return total / max(n, 1), n
+
+    def _update(self) -> float:
+        step = self.step_count + 1
+        lr = self.schedule(step)
+        kept = []
+        for name in self.frozen:
+            self.passes.grad(name)[...] = 0.0
+            kept.append((self.model[name], self.model[name].copy()))
+        if self.clip_norm is not None:
+            self.last_grad_norm = clip_grad_norm(self.passes.grads, self.clip_norm)
+        self.optimizer.step(self.model.params, self.passes.grads, lr)
+        for view, value in kept:  # weight decay must not move them either
+            view[...] = value
+        self.step_count = step
+        return lr
+
+    def step(self, src: TokenBatch, tgt: TokenBatch, src_lengths=None, tgt_lengths=None) -> float:
+        """One training step (forward, backward, optimizer) on a batch; returns the mean loss
+        per target token (label-smoothed) before the update."""
+        loss, _ = self.loss_and_gradients(self._pairs(src, tgt, src_lengths, tgt_lengths))
+        lr = self._update()
+        self.history.steps.append(self.step_count)
+        self.history.loss.append(loss)
+        self.history.lr.append(lr)
+        return loss
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, pairs: Sequence[Pair], batch_tokens: int = 4096) -> Dict[str, float]:
+        """Mean label-smoothed loss, NLL and perplexity per target token (no dropout)."""
+        if len(pairs) == 0:
+            raise ValueError("evaluate needs at least one example")
+        total = nll = 0.0
+        count = 0
+        lengths = [max(len(s), len(t) + 1) for s, t in pairs]
+        for idx in make_batches(lengths, batch_tokens, 0, 0):
+            src_b, tgt_b, labels = self._teacher_forcing([pairs[i] for i in idx])
+            t, n_l, n = self.passes.forward(src_b, tgt_b, labels, label_smoothing=self.label_smoothing,
+                                            training=False, grad_scale=0.0)
+            total, nll, count = total + t, nll + n_l, count + n
+        return {"loss": total / count, "nll": nll / count, "ppl": math.exp(min(nll / count, 50.0))}
+
+    def bleu(self, pairs: Sequence[Pair], tokenizer, *, beam_size: int = 1, batch_size: int = 64,
+             max_sentences: Optional[int] = None) -> Dict[str, float]:
+        """Corpus BLEU (sacrebleu) and exact-match accuracy of decodes against the references."""
+        hyps, refs = self.translate_ids(pairs[:max_sentences] if max_sentences else pairs, tokenizer,
+                                        beam_size=beam_size, batch_size=batch_size)
+        return {"bleu": corpus_bleu(hyps, refs), "exact": float(np.mean([h == r for h, r in zip(hyps, refs)]))}
+
+    def translate_ids(self, pairs: Sequence[Pair], tokenizer, *, beam_size: int = 1,
+                      batch_size: int = 64) -> Tuple[List[str], List[str]]:
+        hyps, refs = [], []
+        for i in range(0, len(pairs), batch_size):
+            chunk = pairs[i:i + batch_size]
+            longest = max(len(t) for _, t in chunk)
+            max_length = min(self.config.max_len, 2 * longest + 10)
+            results = self.model.generate([list(s) for s, _ in chunk], beam_size=beam_size,
+                                          max_length=max_length, return_scores=False)
+            hyps += tokenizer.decode([r.sequences[0] for r in results])
+            refs += tokenizer.decode([list(t) for _, t in chunk])
+        return hyps, refs
+
+    # -- the training loop -------------------------------------------------------------------
+    def fit(self, train: Sequence[Pair], valid: Optional[Sequence[Pair]] = None, *,
+            max_steps: Optional[int] = None, epochs: Optional[int] = None, batch_tokens: int = 4096,
+            max_sentences: Optional[int] = None, valid_every: Optional[int] = None,
+            bleu_sentences: Optional[int] = 200, tokenizer=None, output_dir: Optional[str] = None,
+            checkpoint_every: Optional[int] = None, keep_checkpoints: int = 2, resume: bool = True,
+            progress: Optional[bool] = None, callback: Optional[Callable[["Trainer", Dict], None]] = None
+            ) -> TrainingHistory:
+        """Train until ``max_steps`` updates or ``epochs`` passes over ``train``.
+
+        ``train`` / ``valid``: (source ids, target ids) pairs. Batches hold up to
+        ``batch_tokens`` tokens (per side). Every ``valid_every`` steps (and at the end) the
+        validation loss is computed, and BLEU of greedy decodes on the first
+        ``bleu_sentences`` when ``tokenizer`` is given. With ``output_dir``, a checkpoint is
+        written every ``checkpoint_every`` steps and at the end; with ``resume`` the newest
+        checkpoint there is loaded first, continuing exactly where it stopped. Ctrl-C stops
+        between steps, leaving the model usable (and checkpointed when ``output_dir`` is set).
+        """
+        if max_steps is None and epochs is None:
+            raise ValueError("give max_steps or epochs")
+        if len(train) == 0:
+            raise ValueError("train is empty")
+        if output_dir is not None and resume:
+            latest = latest_checkpoint(output_dir)
+            if latest is not None:
+                self.load_checkpoint(latest)
+        c = self.config
+        keep = [i for i, (s, t) in enumerate(train)
+                if 0 < len(s) <= c.max_len and 0 < len(t) + (0 if len(t) and t[-1] == c.eos_id else 1) <= c.max_len]
+        if len(keep) < len(train):
+            warnings.warn(f"skipping {len(train) - len(keep)} training examples that are empty or longer "
+                          f"than max_len={c.max_len}")
+            train = [train[i] for i in keep]
+            if not train:
+                raise ValueError("no training example fits max_len")
+        lengths = [max(len(s), len(t) + 1) for s, t in train]
+        if progress is None:
+            progress = sys.stderr.isatty()
+        total = max_steps
+        if epochs is not None:
+            per_epoch = len(make_batches(lengths, batch_tokens, self.seed, 0, max_sentences))
+            by_epochs = epochs * per_epoch
+            total = by_epochs if total is None else min(total, by_epochs)
+        bar = _progress(total, self.step_count, progress)
+        last_valid = None
+        try:
+            while self.step_count < total:
+                batches = make_batches(lengths, batch_tokens, self.seed, self.epoch, max_sentences)
+                while self.batch_in_epoch < len(batches) and self.step_count < total:
+                    idx = batches[self.batch_in_epoch]
+                    loss, _ = self.loss_and_gradients([train[i] for i in idx])
+                    lr = self._update()
+                    self.batch_in_epoch += 1
+                    h = self.history
+                    h.steps.append(self.step_count)
+                    h.loss.append(loss)
+                    h.lr.append(lr)
+                    bar.update(1)
+                    if bar.enabled:
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
+                                        **({"bleu": f"{last_valid['bleu']:.1f}"} if last_valid and "bleu" in last_valid else {}))
+                    if valid is not None and valid_every and self.step_count % valid_every == 0:
+                        last_valid = self.validate(valid, tokenizer, batch_tokens, bleu_sentences)
+                        if callback:
+                            callback(self, last_valid)
+                    if output_dir is not None and checkpoint_every and self.step_count % checkpoint_every == 0:
+                        self.save_checkpoint(output_dir, keep=keep_checkpoints)
+                if self.batch_in_epoch >= len(batches):
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        except KeyboardInterrupt:
+            bar.close()
+            if output_dir is not None:
+                self.save_checkpoint(output_dir, keep=keep_checkpoints)
+            raise
+        bar.close()
+        if valid is not None and (not self.history.valid or self.history.valid[-1]["step"] != self.step_count):
+            self.validate(valid, tokenizer, batch_tokens, bleu_sentences)
+        if output_dir is not None:
+            self.save_checkpoint(output_dir, keep=keep_checkpoints)
+        return self.history
+
+    def validate(self, valid: Sequence[Pair], tokenizer=None, batch_tokens: int = 4096,
+                 bleu_sentences: Optional[int] = 200) -> Dict[str, float]:
+        metrics: Dict[str, float] = {"step": self.step_count}
+        metrics.update(self.evaluate(valid, batch_tokens))
+        if tokenizer is not None:
+            metrics.update(self.bleu(valid, tokenizer, max_sentences=bleu_sentences))
+        self.history.valid.append(metrics)
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _state(self) -> Dict:
+        return {"format": "cyformer-trainer", "version": 1, "step": self.step_count, "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch, "seed": self.seed,
+                "optimizer": {"name": self.optimizer.name, "steps": self.optimizer.steps,
+                              "hyper": self.optimizer.hyper()},
+                "schedule": self.schedule.to_dict(), "label_smoothing": self.label_smoothing,
+                "clip_norm": self.clip_norm, "history": self.history.to_dict()}
+
+    def save_checkpoint(self, output_dir: str, keep: Optional[int] = 2) -> str:
+        """Write ``output_dir/checkpoint-STEP`` atomically; keep the newest ``keep``."""
+        os.makedirs(output_dir, exist_ok=True)
+        final = os.path.join(output_dir, f"checkpoint-{self.step_count}")
+        if os.path.exists(final):
+            shutil.rmtree(final)  # the same step saved again (e.g. after an interrupt)
+        tmp = tempfile.mkdtemp(prefix=f".checkpoint-{self.step_count}-", dir=output_dir)
+        try:
+            self.model.save_pretrained(tmp)
+            arrays = self.optimizer.state_arrays()
+            save_safetensors(os.path.join(tmp, OPTIMIZER_NAME), arrays, {"format": "cyformer-optimizer"})
+            atomic_write_bytes(os.path.join(tmp, STATE_NAME), json.dumps(self._state(), indent=1).encode())
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(output_dir)
+        if keep:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore parameters, optimizer state, schedule, data position and history."""
+        with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("format") != "cyformer-trainer":
+            raise ValueError(f"{path}/{STATE_NAME} is not a cyformer trainer state")
+        loaded = Transformer.from_pretrained(path, mmap=False)
+        if loaded.config.to_dict() != self.config.to_dict():
+            raise ValueError(f"{path} holds a model with a different config than this trainer's")
+        self.model.params[...] = loaded.params
+        opt = state["optimizer"]
+        if opt["name"] != self.optimizer.name:
+            raise ValueError(f"{path} was trained with {opt['name']}, this trainer uses {self.optimizer.name}")
+        arrays = load_safetensors(os.path.join(path, OPTIMIZER_NAME), mmap=False)
+        self.optimizer.load_state({k: np.asarray(v) for k, v in arrays.items()}, opt["steps"])
+        self.schedule = schedule_from_dict(state["schedule"])
+        self.step_count = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.seed = int(state["seed"])
+        self.label_smoothing = float(state["label_smoothing"])
+        self.clip_norm = state["clip_norm"]
+        self.history = TrainingHistory.from_dict(state.get("history", {}))
+
+    @classmethod
+    def from_checkpoint(cls, path: str, **options) -> "Trainer":
+        """A trainer (and its model) restored from a checkpoint folder."""
+        with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
+            state = json.load(f)
+        model = Transformer.from_pretrained(path, mmap=False)
+        opt = state["optimizer"]
+        hyper = dict(opt.get("hyper", {}))
+        kwargs = {"optimizer": opt["name"]}
+        if opt["name"] in ("adam", "adamw"):
+            kwargs.update(betas=tuple(hyper.get("betas", (0.9, 0.98))), eps=hyper.get("eps", 1e-9),
+                          weight_decay=hyper.get("weight_decay", 0.0))
+        else:
+            kwargs.update(momentum=hyper.get("momentum", 0.9), weight_decay=hyper.get("weight_decay", 0.0))
+        kwargs.update(options)
+        trainer = cls(model, **kwargs)
+        trainer.load_checkpoint(path)
+        return trainer
+
+
+def list_checkpoints(output_dir: str) -> List[str]:
+    """Complete checkpoint folders in ``output_dir``, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = _CHECKPOINT.match(name)
+        if m and os.path.exists(os.path.join(output_dir, name, STATE_NAME)):
+            found.append((int(m.group(1)), os.path.join(output_dir, name)))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(output_dir: str) -> Optional[str]:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """sacrebleu's corpus BLEU (13a tokenisation), 0-100."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+class _NoBar:
+    enabled = False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: Optional[int], initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=True)
+    bar.enabled = True
+    return bar
