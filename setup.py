@@ -3,6 +3,13 @@
 OpenMP is detected by compiling a tiny program, as scikit-learn does; without it the
 build still succeeds, serial, with a warning. BLAS comes from scipy.linalg.cython_blas,
 so nothing is linked beyond the OpenMP runtime.
+
+Cython and the compiler probe run only when extensions are built (``build_ext``), not when
+pip or ``python -m build`` asks for metadata or an sdist: the sdist ships the .pyx sources
+(not generated C), so a wheel built from it is cythonized exactly once, from the same sources.
+
+Environment: CYFORMER_BUILD_JOBS (parallel Cython and C jobs; default: the usable cores),
+CYFORMER_NO_OPENMP (serial build), CYFORMER_NATIVE (-march=native: never for a wheel you ship).
 """
 import os
 import shutil
@@ -44,25 +51,74 @@ def openmp_flags():
     return [], []
 
 
-def extensions():
-    from Cython.Build import cythonize
+def build_jobs():
+    """Parallel Cython/C jobs: CYFORMER_BUILD_JOBS, else the cores this process may use."""
+    env = os.environ.get("CYFORMER_BUILD_JOBS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            sys.exit(f"setup.py: CYFORMER_BUILD_JOBS must be an integer, got {env!r}")
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
-    cflags, lflags = openmp_flags()
-    extra = ["-O3", "-fno-math-errno"] + cflags
-    if os.environ.get("CYFORMER_NATIVE"):
-        extra.append("-march=native")
-    exts = [
+
+def check_stubs():
+    """Warn about compiled modules without a type stub (python/cyformer/_engine/NAME.pyi).
+
+    The wheel ships every _engine/*.pyi (package data in pyproject.toml), so a stub added
+    next to the others is picked up with no change here; this only catches a forgotten one.
+    """
+    stub_dir = os.path.join(HERE, "python", "cyformer", "_engine")
+    missing = [m for m in ENGINE_MODULES if not os.path.exists(os.path.join(stub_dir, m + ".pyi"))]
+    if missing:
+        warnings.warn("cyformer: no type stub for engine module(s) " + ", ".join(missing) +
+                      f"; add {', '.join(m + '.pyi' for m in missing)} to {stub_dir} "
+                      "(type checkers will treat them as Any)")
+
+
+def extensions():
+    """One extension per engine module, from its .pyx; BuildExt cythonizes them."""
+    return [
         Extension(
             f"cyformer._engine.{name}",
             [os.path.join("engine", f"{name}.pyx")],
             include_dirs=["engine"],
-            extra_compile_args=extra,
-            extra_link_args=lflags,
         )
         for name in ENGINE_MODULES
     ]
-    return cythonize(exts, include_path=["engine"], compiler_directives={"language_level": 3},
-                     nthreads=int(os.environ.get("CYFORMER_BUILD_JOBS", "0")) or None)
 
 
-setup(ext_modules=extensions())
+class BuildExt(build_ext):
+    """Cythonize, probe OpenMP and compile in parallel, only when extensions are really built."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:  # `build_ext -j N` on the command line still wins
+            self.parallel = build_jobs()
+
+    def run(self):
+        from Cython.Build import cythonize
+
+        check_stubs()
+        cflags, lflags = openmp_flags()
+        extra = ["-O3", "-fno-math-errno"] + cflags
+        if os.environ.get("CYFORMER_NATIVE"):
+            extra.append("-march=native")
+        for ext in self.extensions:
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + extra
+            ext.extra_link_args = list(ext.extra_link_args or []) + lflags
+        jobs = self.parallel if isinstance(self.parallel, int) and self.parallel > 1 else None
+        cythonized = cythonize(self.extensions, include_path=["engine"],
+                               compiler_directives={"language_level": 3}, nthreads=jobs)
+        # Take only the generated sources: the Extension objects themselves must stay the ones
+        # setuptools' finalize_options prepared.
+        sources = {ext.name: ext.sources for ext in cythonized}
+        for ext in self.extensions:
+            ext.sources = sources[ext.name]
+        super().run()
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

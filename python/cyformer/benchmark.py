@@ -108,16 +108,9 @@ def sgemm_rate(threads: int, m: int = 1024, k: int = 512, n: int = 2048, repeat:
 
 def blas_description() -> str:
     """SciPy's OpenBLAS as threadpoolctl sees it, with OPENBLAS_CORETYPE when set."""
-    from .threads import blas_info
+    from .sysinfo import blas_description as describe
 
-    libs = [i for i in blas_info() if "scipy" in (i.get("filepath") or "") and "64_" not in i.get("filepath", "")]
-    libs = libs or blas_info()
-    if not libs:
-        return "unknown BLAS"
-    lib = libs[0]
-    env = os.environ.get("OPENBLAS_CORETYPE")
-    forced = f" (OPENBLAS_CORETYPE={env})" if env else ""
-    return f"{lib.get('internal_api')} {lib.get('version')} core={lib.get('architecture')}{forced}"
+    return describe()
 
 
 def run_engine(engine: str, size: str, batch: int, src_len: int, threads: int, repeat: int,

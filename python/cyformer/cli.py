@@ -2,57 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from typing import List, Optional
 
 from ._version import __version__
+# _cpu_name stays importable from here: bench/decode_compare.py uses it.
+from .sysinfo import cpu_name as _cpu_name  # noqa: F401
 
 
 def _cpu_features() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    keep = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile"]
-                    return " ".join(k for k in keep if k in flags)
-                if line.startswith("model name"):
-                    pass
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from .sysinfo import cpu_features
+    return " ".join(cpu_features())
 
 
 def cmd_info(args) -> int:
-    from . import threads
-    from .benchmark import blas_description
+    from .sysinfo import format_info
 
-    print(f"cyformer {__version__}  (Python {platform.python_version()}, {platform.system()} {platform.machine()})")
-    print(f"OpenMP: {'on' if threads.openmp_enabled() else 'off (serial build)'}; "
-          f"threads: {threads.get_num_threads()} (cores available: {threads._available_cores()})")
-    print(f"BLAS (scipy.linalg.cython_blas): {blas_description()}")
-    for lib in threads.blas_info():
-        print(f"  {lib.get('internal_api')} {lib.get('version')} core={lib.get('architecture')} "
-              f"threads={lib.get('num_threads')} {os.path.basename(lib.get('filepath', ''))}")
-    core = os.environ.get("OPENBLAS_CORETYPE")
-    if core:
-        print(f"  note: OPENBLAS_CORETYPE={core} is set in the environment and forces OpenBLAS's "
-              f"{core} kernels; unset it to let OpenBLAS pick the best for this CPU "
-              f"(see `cyformer bench --sgemm`)")
-    print(f"CPU: {_cpu_name()}; features: {_cpu_features()}")
+    print("\n".join(format_info()))
     return 0
 
 

@@ -1,0 +1,61 @@
+# Type stub for the compiled module built from engine/attention.pyx (keep the two in step).
+from typing import Optional, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+def attention_forward(
+    q: NDArray[np.float32],
+    k: NDArray[np.float32],
+    v: NDArray[np.float32],
+    out: NDArray[np.float32],
+    q_start: NDArray[np.int32],
+    q_len: NDArray[np.int32],
+    k_start: NDArray[np.int32],
+    k_len: NDArray[np.int32],
+    n_heads: int,
+    scale: float = -1.0,
+    causal: bool = False,
+    window: int = -1,
+    mask: Optional[Union[NDArray[np.uint8], NDArray[np.bool_]]] = None,
+    probs: Optional[NDArray[np.float32]] = None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    n_threads: int = 1,
+) -> None:
+    """Multi-head attention over packed sequences, written into ``out``.
+
+    q, out: [Nq, d]; k, v: [Nk, d] (row-strided views allowed); d = n_heads * d_k.
+    Sequence b reads q rows q_start[b]:q_start[b]+q_len[b] and k/v rows
+    k_start[b]:k_start[b]+k_len[b]. mask: optional [B or 1, Tq, Tk], nonzero = may attend.
+    probs: optional [B, n_heads, Tq, Tk] receiving the attention weights (before dropout).
+    ``scale`` < 0 means 1/sqrt(d_k); ``window`` < 0 means no local window. ``dropout`` > 0
+    drops attention weights with a mask that is a function of ``seed`` (uint64) and position.
+    """
+
+def attention_backward(
+    q: NDArray[np.float32],
+    k: NDArray[np.float32],
+    v: NDArray[np.float32],
+    dout: NDArray[np.float32],
+    dq: NDArray[np.float32],
+    dk: NDArray[np.float32],
+    dv: NDArray[np.float32],
+    q_start: NDArray[np.int32],
+    q_len: NDArray[np.int32],
+    k_start: NDArray[np.int32],
+    k_len: NDArray[np.int32],
+    n_heads: int,
+    scale: float = -1.0,
+    causal: bool = False,
+    window: int = -1,
+    mask: Optional[Union[NDArray[np.uint8], NDArray[np.bool_]]] = None,
+    dropout: float = 0.0,
+    seed: int = 0,
+    n_threads: int = 1,
+) -> None:
+    """Gradients of ``attention_forward`` (same arguments) given ``dout`` [Nq, d].
+
+    ``dq`` [Nq, d], ``dk`` and ``dv`` [Nk, d] are overwritten on the rows the sequences cover;
+    the weights are recomputed from q and k, the dropout mask from ``seed``.
+    """

@@ -1,0 +1,47 @@
+# Type stub for the compiled module built from engine/linear.pyx (keep the two in step).
+# Float arrays are float32 NumPy arrays (any float32 buffer works); "rows may be strided"
+# means a view whose rows are contiguous but spaced further apart than their length.
+from typing import Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+def linear_forward(
+    x: NDArray[np.float32],
+    weight: NDArray[np.float32],
+    bias: Optional[NDArray[np.float32]],
+    out: NDArray[np.float32],
+    accumulate: bool = False,
+    n_threads: int = 1,
+) -> None:
+    """out[M, N] (+)= x[M, K] @ weight[N, K]^T + bias[N]; x and out may be row-strided views."""
+
+def linear_backward(
+    x: NDArray[np.float32],
+    weight: NDArray[np.float32],
+    dout: NDArray[np.float32],
+    dx: Optional[NDArray[np.float32]],
+    dweight: Optional[NDArray[np.float32]],
+    dbias: Optional[NDArray[np.float32]],
+    accumulate_dx: bool = False,
+    n_threads: int = 1,
+) -> None:
+    """Gradients of ``out = x @ weight^T + bias`` given ``dout`` [M, N].
+
+    ``dx`` [M, K] is overwritten (added to with ``accumulate_dx``); ``dweight`` [N, K] and
+    ``dbias`` [N] are accumulated into. Any of the three may be None.
+    """
+
+def gemm(
+    a: NDArray[np.float32],
+    b: NDArray[np.float32],
+    c: NDArray[np.float32],
+    trans_a: bool = False,
+    trans_b: bool = False,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+) -> None:
+    """Row-major c = alpha * op(a) @ op(b) + beta * c, single-threaded BLAS (test/utility)."""
+
+def set_skinny_rows(rows: int) -> int:
+    """Use the skinny kernel up to ``rows`` rows (0 disables it); returns the previous value."""

@@ -1,0 +1,10 @@
+# Type stub for the compiled module built from engine/runtime.pyx (keep the two in step).
+
+def openmp_enabled() -> bool:
+    """True when the kernels were compiled with OpenMP."""
+
+def openmp_max_threads() -> int:
+    """OpenMP's default team size (OMP_NUM_THREADS, else the number of processors)."""
+
+def openmp_num_procs() -> int:
+    """Processors OpenMP sees (1 in a serial build)."""

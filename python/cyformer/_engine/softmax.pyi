@@ -1,0 +1,6 @@
+# Type stub for the compiled module built from engine/softmax.pyx (keep the two in step).
+import numpy as np
+from numpy.typing import NDArray
+
+def softmax_forward(x: NDArray[np.float32], log: bool = False, n_threads: int = 1) -> None:
+    """x[N, V] <- softmax(x) (or log_softmax with ``log=True``) along V, in place."""

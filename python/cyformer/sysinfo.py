@@ -1,0 +1,171 @@
+"""What cyformer runs on: engine build, threads, the BLAS the kernels call, the CPU.
+
+Everything here gathers information and returns plain dicts, lists and strings; the
+``cyformer info`` command only prints ``format_info(info())``. Nothing here changes any
+setting. Reading /proc/cpuinfo or threadpoolctl may fail on other systems: each function
+then returns "unknown" or an empty value rather than raising.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from ._version import __version__
+
+# Flags worth knowing for a float32 GEMM/attention engine, in the order printed.
+_X86_FEATURES = ["sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl",
+                 "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
+_ARM_FEATURES = ["asimd", "fphp", "asimdhp", "sve", "sve2", "bf16", "i8mm"]
+
+CORETYPE_NOTE = ("forcing a core type can cost speed on CPUs where OpenBLAS would pick a better "
+                 "kernel (e.g. Haswell kernels on an AVX-512 CPU); unset it to let OpenBLAS choose")
+
+
+def _cpuinfo_lines() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read().splitlines()
+    except OSError:  # not Linux, or no /proc
+        return []
+
+
+def cpu_name() -> str:
+    """The CPU model ("model name" in /proc/cpuinfo), else what platform knows, else "unknown"."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name") or line.startswith("Model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_features() -> List[str]:
+    """The vector-ISA features of the first CPU that matter here (avx2, fma, avx512f, ...)."""
+    for line in _cpuinfo_lines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features") and ":" in line:
+            flags = set(line.split(":", 1)[1].split())
+            keep = _X86_FEATURES if key == "flags" else _ARM_FEATURES
+            return [k for k in keep if k in flags]
+    return []
+
+
+def _threadpool_info() -> List[dict]:
+    # The kernels reach BLAS through scipy.linalg.cython_blas; importing it loads SciPy's
+    # BLAS, so threadpoolctl can see it even if nothing has called a kernel yet.
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+    except ImportError:
+        pass
+    from .threads import blas_info
+    try:
+        return list(blas_info())
+    except Exception:  # threadpoolctl inspects loaded libraries; never let that break `info`
+        return []
+
+
+def _under(filepath: str, prefix: str) -> bool:
+    """True when a directory of ``filepath`` is named ``prefix`` or ``prefix.libs`` etc."""
+    return any(part == prefix or part.startswith(prefix + ".") for part in Path(filepath).parent.parts)
+
+
+def scipy_blas() -> Optional[dict]:
+    """threadpoolctl's record of the BLAS that scipy.linalg.cython_blas calls (what cyformer uses).
+
+    NumPy often loads an OpenBLAS of its own (``numpy.libs/libscipy_openblas64_*``, 64-bit
+    integers); SciPy's lives under ``scipy.libs`` (or ``scipy/``). With a system SciPy the
+    only BLAS not under numpy is taken.
+    """
+    libs = [lib for lib in _threadpool_info() if lib.get("user_api") == "blas"]
+    for pick in (lambda lib: _under(lib.get("filepath") or "", "scipy"),
+                 lambda lib: not _under(lib.get("filepath") or "", "numpy"),
+                 lambda lib: True):
+        found = [lib for lib in libs if pick(lib)]
+        if found:
+            return found[0]
+    return None
+
+
+def openblas_coretype() -> Dict[str, object]:
+    """Whether OPENBLAS_CORETYPE forces OpenBLAS's kernels, and the core type in use."""
+    value = os.environ.get("OPENBLAS_CORETYPE") or None
+    lib = scipy_blas()
+    return {"forced": value is not None, "value": value,
+            "architecture": (lib or {}).get("architecture"),
+            "note": CORETYPE_NOTE if value else None}
+
+
+def blas_description() -> str:
+    """One line: "openblas 0.3.30 core=Haswell" (+ " (OPENBLAS_CORETYPE=X)" when forced).
+
+    bench/ parses the ``core=`` field, so keep that format.
+    """
+    lib = scipy_blas()
+    if lib is None:
+        return "unknown BLAS"
+    env = os.environ.get("OPENBLAS_CORETYPE")
+    forced = f" (OPENBLAS_CORETYPE={env})" if env else ""
+    return f"{lib.get('internal_api')} {lib.get('version')} core={lib.get('architecture')}{forced}"
+
+
+def engine_info() -> Dict[str, object]:
+    """The compiled engine: OpenMP or serial, thread counts, OpenMP runtime, where it is installed."""
+    from . import threads
+    from ._engine import runtime
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    omp_libs = [lib.get("filepath") for lib in _threadpool_info() if lib.get("user_api") == "openmp"]
+    # An installed wheel bundles its own libgomp (cyformer.libs/); show that one when present.
+    ours = [p for p in omp_libs if p and _under(p, "cyformer")]
+    return {
+        "version": __version__,
+        "location": here,
+        "openmp": bool(threads.openmp_enabled()),
+        "num_threads": threads.get_num_threads(),
+        "cores_available": threads._available_cores(),
+        "openmp_max_threads": runtime.openmp_max_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "openmp_runtime": ours or omp_libs,
+    }
+
+
+def info() -> Dict[str, object]:
+    """Everything ``cyformer info`` prints, as one dict."""
+    return {
+        "cyformer": engine_info(),
+        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
+                   "executable": sys.executable},
+        "platform": {"system": platform.system(), "machine": platform.machine()},
+        "blas": {"description": blas_description(), "library": scipy_blas()},
+        "openblas_coretype": openblas_coretype(),
+        "cpu": {"name": cpu_name(), "features": cpu_features()},
+    }
+
+
+def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
+    """The lines of ``cyformer info``."""
+    d = info() if data is None else data
+    eng, py, plat, blas, core, cpu = (d["cyformer"], d["python"], d["platform"], d["blas"],
+                                      d["openblas_coretype"], d["cpu"])
+    lines = [f"cyformer {eng['version']}  (Python {py['version']}, {plat['system']} {plat['machine']})",
+             f"installed at: {eng['location']}"]
+    env = f", OMP_NUM_THREADS={eng['omp_num_threads_env']}" if eng["omp_num_threads_env"] else ""
+    lines.append(f"OpenMP: {'on' if eng['openmp'] else 'off (serial build)'}; threads: {eng['num_threads']} "
+                 f"(cores available: {eng['cores_available']}{env})")
+    for path in eng["openmp_runtime"]:
+        lines.append(f"  OpenMP runtime: {path}")
+    lib = blas["library"]
+    lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
+    if lib:
+        lines.append(f"  library: {lib.get('filepath')}")
+        lines.append(f"  core type: {lib.get('architecture')}; BLAS threads: {lib.get('num_threads')} "
+                     f"(held at 1 while cyformer kernels run)")
+    if core["forced"]:
+        lines.append(f"  OPENBLAS_CORETYPE={core['value']} is set: OpenBLAS's kernel choice is forced")
+        lines.append(f"  note: {core['note']} (`cyformer bench` shows the SGEMM rate)")
+    else:
+        lines.append("  OPENBLAS_CORETYPE: not set (OpenBLAS picked its kernels for this CPU)")
+    features = " ".join(cpu["features"]) or "unknown"
+    lines.append(f"CPU: {cpu['name']}; features: {features}")
+    return lines
