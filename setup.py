@@ -86,6 +86,8 @@ def extensions():
             f"cyformer._engine.{name}",
             [os.path.join("engine", f"{name}.pyx")],
             include_dirs=["engine"],
+            # the shared headers: a change to one must rebuild every module that includes it
+            depends=[os.path.join("engine", h) for h in ("vecmath.h", "omp_compat.h", "_common.pxd")],
         )
         for name in ENGINE_MODULES
     ]

@@ -27,14 +27,25 @@ cdef extern from "vecmath.h" nogil:
                        float* scores)
     void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first, uint32_t threshold,
                          float inv_keep)
+    int cyf_attend_row_dropout(const float* q, const float* k, long ldk, const float* v, long ldv,
+                               float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
+                               float* scores, float* dropped, uint64_t seed, uint64_t first,
+                               uint32_t threshold, float inv_keep)
+    void cyf_attend_row_backward(const float* q, const float* k, long ldk, const float* v, long ldv,
+                                 const float* dout, float* dq, float* dk, long lddk, float* dv, long lddv,
+                                 int lo, int hi, int d_k, float scale, const uint8_t* mask,
+                                 float* p, float* t, float* u, uint64_t seed, uint64_t first,
+                                 uint32_t threshold, float inv_keep)
 
 import numpy as np
 
 # Rows of queries multiplied at once; small enough that causal/window blocks skip
 # most masked columns, large enough for an efficient GEMM.
 cdef int _BLOCK_ROWS = 32
-# Up to this many queries per sequence (incremental decoding) take the per-row path.
+# Up to this many queries per sequence (incremental decoding), or keys (short sequences in
+# training), take the per-row path: a GEMM call per tiny block costs more than its arithmetic.
 cdef int _ROW_PATH_MAX_Q = 4
+cdef int _ROW_PATH_MAX_K = 32
 
 
 cdef inline int _ld(const float[:, :] a) noexcept:
@@ -118,11 +129,13 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
     cdef int shift = lk - lq
     cdef int r0, r1, i, j, lo, hi, row_lo, row_hi, width
     cdef float* srow
-    if lq <= _ROW_PATH_MAX_Q and drop.threshold == 0:
+    if lq <= _ROW_PATH_MAX_Q or lk <= _ROW_PATH_MAX_K:
         for i in range(lq):
             _bounds(i, shift, lk, causal, window, &row_lo, &row_hi)
-            cyf_attend_row(q + i * ldq, k, ldk, v, ldv, out + i * ldo, row_lo, row_hi, d_k, scale,
-                           mask + i * ldm if mask != NULL else NULL, scores)
+            cyf_attend_row_dropout(q + i * ldq, k, ldk, v, ldv, out + i * ldo, row_lo, row_hi, d_k, scale,
+                                   mask + i * ldm if mask != NULL else NULL, scores, scores + lk,
+                                   drop.seed, drop.row_base + <uint64_t>i * drop.row_step,
+                                   drop.threshold, drop.inv_keep)
             if probs != NULL:
                 for j in range(lk):
                     probs[i * ldp + j] = 0.0
@@ -293,7 +306,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
     cdef const float* vp = &v[0, 0] if v.shape[0] else NULL
     failed[0] = 0
     with nogil, parallel(num_threads=max(1, min(n_threads, n_items))):
-        scores = <float*>malloc(sizeof(float) * block * max(pb.max_lk, 1))
+        scores = <float*>malloc(sizeof(float) * (block + 2) * max(pb.max_lk, 1))
         if scores == NULL:
             failed[0] = 1
         else:
@@ -344,6 +357,14 @@ cdef void _attend_one_backward(const float* q, int ldq, const float* k, int ldk,
         for j in range(d_k):
             dk[i * lddk + j] = 0.0
             dv[i * lddv + j] = 0.0
+    if lq <= _ROW_PATH_MAX_Q or lk <= _ROW_PATH_MAX_K:
+        for i in range(lq):
+            _bounds(i, shift, lk, causal, window, &lo, &hi)
+            cyf_attend_row_backward(q + i * ldq, k, ldk, v, ldv, dout + i * ldd, dq + i * lddq, dk, lddk,
+                                    dv, lddv, lo, hi, d_k, scale, mask + i * ldm if mask != NULL else NULL,
+                                    p, p + lk, p + 2 * lk, drop.seed,
+                                    drop.row_base + <uint64_t>i * drop.row_step, drop.threshold, drop.inv_keep)
+        return
     r0 = -block
     while r0 + block < lq:
         r0 = r0 + block
@@ -442,7 +463,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
     cdef float* dvp = &dv[0, 0] if k.shape[0] else NULL
     failed[0] = 0
     with nogil, parallel(num_threads=max(1, min(n_threads, n_items))):
-        scratch = <float*>malloc(sizeof(float) * 2 * block * max(pb.max_lk, 1))
+        scratch = <float*>malloc(sizeof(float) * (2 * block + 3) * max(pb.max_lk, 1))
         if scratch == NULL:
             failed[0] = 1
         else:
@@ -467,7 +488,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                                      dkp + <long>k_start[b] * lddk + h * d_k, lddk,
                                      dvp + <long>k_start[b] * lddv + h * d_k, lddv,
                                      lq, lk, d_k, pb.scale, causal, window, pb.mask_of(b), pb.ldm,
-                                     scratch, scratch + block * max(pb.max_lk, 1), block, &mine)
+                                     scratch, scratch + (block + 3) * max(pb.max_lk, 1), block, &mine)
             free(scratch)
     if failed[0]:
         raise MemoryError("attention_backward: could not allocate the score scratch")

@@ -415,4 +415,93 @@ CYF_CLONES static float cyf_cross_entropy_row(float* x, int V, int y, float eps,
     return (1.0f - eps) * nll_y + eps * smooth;
 }
 
+
+/* y[0:n] += a * x[0:n] for rows of different matrices (restrict: no overlap, so it vectorises) */
+static inline void cyf_axpy(float* __restrict y, const float* __restrict x, float a, int n) {
+    int c;
+    for (c = 0; c < n; c++) y[c] += a * x[c];
+}
+
+/* Attention of one query row for training, against keys [lo, hi) of one head, the row
+ * analogue of the block path (a GEMM call per tiny block costs more than its arithmetic):
+ * probabilities into scores[0:hi-lo] (before dropout), dropout with the mask of indices
+ * first + lo + j, out[0:d_k] = sum_j p_j v_j. Returns 0 (out = 0) when no key is visible. */
+CYF_CLONES static int cyf_attend_row_dropout(const float* q, const float* k, long ldk, const float* v,
+                                             long ldv, float* out, int lo, int hi, int d_k, float scale,
+                                             const uint8_t* mask, float* scores, float* dropped,
+                                             uint64_t seed, uint64_t first, uint32_t threshold,
+                                             float inv_keep) {
+    int j, c, n = hi - lo;
+    for (c = 0; c < d_k; c++) out[c] = 0.0f;
+    if (n <= 0) return 0;
+    for (j = 0; j < n; j++) {
+        const float* kj = k + (long)(lo + j) * ldk;
+        float dot = 0.0f;
+        CYF_SIMD_SUM(dot)
+        for (c = 0; c < d_k; c++) dot += q[c] * kj[c];
+        scores[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
+    }
+    if (!cyf_softmax_inplace(scores, n, 0)) return 0;
+    const float* p = scores;
+    if (threshold) {
+        memcpy(dropped, scores, sizeof(float) * (size_t)n);
+        cyf_dropout_row(dropped, n, seed, first + (uint64_t)lo, threshold, inv_keep);
+        p = dropped;
+    }
+    for (j = 0; j < n; j++) {
+        const float* vj = v + (long)(lo + j) * ldv;
+        float pj = p[j];
+        for (c = 0; c < d_k; c++) out[c] += pj * vj[c];
+    }
+    return 1;
+}
+
+/* Backward of cyf_attend_row_dropout for one query row: dq[0:d_k] is written, dk / dv rows
+ * [lo, hi) are added to. p, t, u: scratch of hi - lo floats each.
+ *   P = softmax; Pd = dropout(P); dV_j += Pd_j dO; dP_j = dropout(dO . v_j);
+ *   dS_j = P_j (dP_j - sum_l P_l dP_l); dq = scale sum_j dS_j k_j; dK_j += scale dS_j q */
+CYF_CLONES static void cyf_attend_row_backward(const float* q, const float* k, long ldk, const float* v,
+                                               long ldv, const float* dout, float* dq, float* dk, long lddk,
+                                               float* dv, long lddv, int lo, int hi, int d_k, float scale,
+                                               const uint8_t* mask, float* p, float* t, float* u,
+                                               uint64_t seed, uint64_t first, uint32_t threshold,
+                                               float inv_keep) {
+    int j, c, n = hi - lo;
+    float dot;
+    for (c = 0; c < d_k; c++) dq[c] = 0.0f;
+    if (n <= 0) return;
+    for (j = 0; j < n; j++) {
+        const float* kj = k + (long)(lo + j) * ldk;
+        dot = 0.0f;
+        CYF_SIMD_SUM(dot)
+        for (c = 0; c < d_k; c++) dot += q[c] * kj[c];
+        p[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
+    }
+    if (!cyf_softmax_inplace(p, n, 0)) return;
+    for (j = 0; j < n; j++) {
+        const float* vj = v + (long)(lo + j) * ldv;
+        dot = 0.0f;
+        CYF_SIMD_SUM(dot)
+        for (c = 0; c < d_k; c++) dot += dout[c] * vj[c];
+        t[j] = dot;
+    }
+    memcpy(u, p, sizeof(float) * (size_t)n);
+    if (threshold) {
+        cyf_dropout_row(u, n, seed, first + (uint64_t)lo, threshold, inv_keep);
+        cyf_dropout_row(t, n, seed, first + (uint64_t)lo, threshold, inv_keep);
+    }
+    float sum = 0.0f;
+    for (j = 0; j < n; j++) sum += p[j] * t[j];
+    for (j = 0; j < n; j++) {
+        float* dvj = dv + (long)(lo + j) * lddv;
+        float* dkj = dk + (long)(lo + j) * lddk;
+        const float* kj = k + (long)(lo + j) * ldk;
+        float pd = u[j];
+        float ds = p[j] * (t[j] - sum) * scale;
+        cyf_axpy(dvj, dout, pd, d_k);
+        cyf_axpy(dkj, q, ds, d_k);
+        cyf_axpy(dq, kj, ds, d_k);
+    }
+}
+
 #endif
