@@ -1,4 +1,9 @@
-"""The ``cyformer`` command: ``info``, ``bench`` (and later ``translate``, ``train``, ``demo``)."""
+"""The ``cyformer`` command: ``demo``, ``train``, ``translate``, ``bench``, ``plot``, ``info``.
+
+Each subcommand is a thin front for a library call (``cyformer.recipes``,
+``cyformer.Translator``, ``cyformer.benchmark``, ``cyformer.plots``); bad input ends with a
+one-line error and exit status 2, never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
@@ -69,18 +74,116 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from . import set_num_threads
+    from .recipes import demo
+
+    if args.threads:
+        set_num_threads(args.threads)
+    result = demo(args.task, steps=args.steps, batch_tokens=args.batch_tokens, output_dir=args.output,
+                  seed=args.seed, beam_size=args.beam_size, progress=None if not args.quiet else False,
+                  attention_plot=not args.no_plot)
+    return 0 if result.test["bleu"] >= 0 else 1
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from . import set_num_threads
+    from .recipes import train_files
+
+    if args.threads:
+        set_num_threads(args.threads)
+    config = None
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError(f"{args.config} must hold a JSON object of TransformerConfig fields")
+        config.pop("model_type", None)
+    training = {"label_smoothing": args.label_smoothing, "schedule": args.schedule, "optimizer": args.optimizer}
+    if args.lr is not None:
+        training["lr"] = args.lr
+    if args.warmup is not None:
+        training["warmup_steps"] = args.warmup
+    if args.clip_norm is not None:
+        training["clip_norm"] = args.clip_norm
+    if args.schedule == "linear":
+        training["total_steps"] = args.steps
+    train_files(args.data[0], args.data[1], args.output, config=config,
+                valid_paths=tuple(args.valid) if args.valid else None, tokenizer_dir=args.tokenizer,
+                vocab_size=args.vocab_size, steps=args.steps, batch_tokens=args.batch_tokens,
+                valid_every=args.valid_every, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                training=training, progress=None if not args.quiet else False)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    import json
+    import os
+
+    from .plots import plot_attention, plot_history
+    from .training import TrainingHistory
+
+    history_path = os.path.join(args.model_dir, "history.json")
+    if args.sentence is None:
+        if not os.path.exists(history_path):
+            raise FileNotFoundError(f"{args.model_dir} has no history.json (written by cyformer demo / train)")
+        with open(history_path, encoding="utf-8") as f:
+            history = TrainingHistory.from_dict(json.load(f))
+        out = args.out or os.path.join(args.model_dir, "training.png")
+        print(plot_history(history, out, title=os.path.basename(os.path.abspath(args.model_dir))))
+        return 0
+    from .model import Transformer
+    from .tokenizer import Tokenizer
+
+    model = Transformer.from_pretrained(args.model_dir)
+    tokenizer = Tokenizer.from_pretrained(args.model_dir)
+    src = tokenizer.encode([args.sentence])[0]
+    res = model.generate([src], beam_size=1, return_attention=True,
+                         max_length=min(model.config.max_len, 2 * len(src) + 10))[0]
+    pieces = tokenizer._id_to_piece()
+    out = args.out or os.path.join(args.model_dir, "attention.png")
+    print(plot_attention(res.attention[0], [pieces[i] for i in src], [pieces[i] for i in res.sequences[0]], out,
+                         title=f"cross-attention: {args.sentence}"))
+    print(tokenizer.decode([res.sequences[0]])[0])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cyformer", description="A CPU encoder-decoder Transformer engine.")
     p.add_argument("--version", action="version", version=f"cyformer {__version__}")
     sub = p.add_subparsers(dest="command")
-    sub.add_parser("info", help="version, OpenMP, BLAS core type and threads, CPU features")
-    b = sub.add_parser("bench", help="time the forward pass on seeded weights (vs PyTorch when installed)")
-    b.add_argument("--size", default="base", choices=["small", "base"])
-    b.add_argument("--threads", type=int, nargs="+", help="thread counts to run (default: 1 2)")
-    b.add_argument("--batch", type=int, default=16)
-    b.add_argument("--src-len", type=int, default=64)
-    b.add_argument("--repeat", type=int, default=10)
-    b.add_argument("--no-compare", action="store_true", help="time cyformer only")
+    d = sub.add_parser("demo", help="train a small model on a built-in task, show translations and test BLEU")
+    d.add_argument("--task", default="dates", help="built-in task: dates (default), numbers, copy, reverse, sort")
+    d.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
+    d.add_argument("--batch-tokens", type=int, default=2500, help="tokens per batch (default 2500)")
+    d.add_argument("--beam-size", type=int, default=4, help="beam size for the test translations")
+    d.add_argument("--output", default="cyformer-demo", help="folder for the model, tokenizer and plots")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--no-plot", action="store_true", help="skip the attention heat map")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr = sub.add_parser("train", help="train on parallel text files (one sentence per line)")
+    tr.add_argument("--data", nargs=2, metavar=("SRC", "TGT"), required=True, help="training files")
+    tr.add_argument("--valid", nargs=2, metavar=("SRC", "TGT"), help="validation files (loss and BLEU)")
+    tr.add_argument("--config", help="JSON file of TransformerConfig fields (vocabulary sizes come from the tokenizer)")
+    tr.add_argument("--output", required=True, help="model folder; training resumes from its checkpoints")
+    tr.add_argument("--tokenizer", help="an existing tokenizer folder (default: train SentencePiece on --data)")
+    tr.add_argument("--vocab-size", type=int, default=8000, help="SentencePiece vocabulary size")
+    tr.add_argument("--steps", type=int, default=10000)
+    tr.add_argument("--batch-tokens", type=int, default=4096)
+    tr.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    tr.add_argument("--schedule", default="noam", choices=["noam", "constant", "linear"])
+    tr.add_argument("--lr", type=float, default=None, help="noam: factor (default 1); else the peak rate")
+    tr.add_argument("--warmup", type=int, default=None, help="warm-up steps (noam default 4000)")
+    tr.add_argument("--label-smoothing", type=float, default=0.1)
+    tr.add_argument("--clip-norm", type=float, default=None)
+    tr.add_argument("--valid-every", type=int, default=1000)
+    tr.add_argument("--checkpoint-every", type=int, default=1000)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
     t = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
     t.add_argument("model_dir")
     t.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
@@ -93,24 +196,40 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    b = sub.add_parser("bench", help="time the forward pass on seeded weights (vs PyTorch when installed)")
+    b.add_argument("--size", default="base", choices=["small", "base"])
+    b.add_argument("--threads", type=int, nargs="+", help="thread counts to run (default: 1 2)")
+    b.add_argument("--batch", type=int, default=16)
+    b.add_argument("--src-len", type=int, default=64)
+    b.add_argument("--repeat", type=int, default=10)
+    b.add_argument("--no-compare", action="store_true", help="time cyformer only")
+    pl = sub.add_parser("plot", help="training curves of a model folder, or a cross-attention heat map")
+    pl.add_argument("model_dir")
+    pl.add_argument("--sentence", help="draw the cross-attention of this sentence's greedy translation instead")
+    pl.add_argument("--out", help="PNG path (default: training.png or attention.png in the folder)")
+    sub.add_parser("info", help="version, OpenMP, BLAS core type and threads, CPU features")
     return p
+
+
+_COMMANDS = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "bench": cmd_bench,
+             "plot": cmd_plot, "info": cmd_info}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "info":
-        return cmd_info(args)
-    if args.command == "bench":
-        return cmd_bench(args)
-    if args.command == "translate":
-        try:
-            return cmd_translate(args)
-        except (ValueError, TypeError, FileNotFoundError) as e:
-            print(f"cyformer translate: error: {e}", file=sys.stderr)
-            return 2
-    parser.print_help()
-    return 0
+    command = _COMMANDS.get(args.command)
+    if command is None:
+        parser.print_help()
+        return 0
+    try:
+        return command(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        print(f"cyformer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cyformer {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

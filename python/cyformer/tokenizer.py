@@ -153,6 +153,55 @@ class SentencePieceTokenizer(Tokenizer):
                 raise FileNotFoundError(f"{directory} has no {os.path.basename(p)}")
         return cls(src, tgt if os.path.exists(tgt) else None, _load_vocab(vocab))
 
+    @classmethod
+    def train(cls, texts: Iterable[str], directory: str, vocab_size: int = 8000,
+              model_type: str = "unigram", character_coverage: float = 1.0,
+              seed_sentences: int = 2_000_000) -> "SentencePieceTokenizer":
+        """Train one SentencePiece model on ``texts`` (both sides of a corpus, for a shared
+        vocabulary) and write ``source.spm``, ``target.spm`` and ``vocab.json`` to ``directory``.
+
+        Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``<s>`` 3, then the pieces.
+        """
+        import shutil
+        import tempfile
+
+        import sentencepiece as spm
+
+        if vocab_size <= len(SPECIALS):
+            raise ValueError(f"vocab_size must exceed {len(SPECIALS)}")
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = os.path.join(tmp, "corpus.txt")
+            n = 0
+            with open(corpus, "w", encoding="utf-8") as f:
+                for text in texts:
+                    if text.strip():
+                        f.write(text.replace("\n", " ") + "\n")
+                        n += 1
+            if n == 0:
+                raise ValueError("no text to train a SentencePiece model on")
+            prefix = os.path.join(tmp, "spm")
+            try:
+                # pieces only: our specials are added to vocab.json around them
+                spm.SentencePieceTrainer.train(
+                    input=corpus, model_prefix=prefix, vocab_size=vocab_size - len(SPECIALS) + 1,
+                    model_type=model_type, character_coverage=character_coverage, unk_id=0, bos_id=-1,
+                    eos_id=-1, pad_id=-1, input_sentence_size=seed_sentences, shuffle_input_sentence=True,
+                    hard_vocab_limit=False, num_threads=1, minloglevel=2)
+            except RuntimeError as e:
+                raise ValueError(f"SentencePiece training failed: {e}") from None
+            sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+            vocab = {t: i for i, t in enumerate(SPECIALS)}
+            for i in range(sp.get_piece_size()):
+                piece = sp.id_to_piece(i)
+                if piece not in vocab and piece != "<unk>":
+                    vocab[piece] = len(vocab)
+            for side in ("source", "target"):
+                shutil.copyfile(prefix + ".model", os.path.join(directory, f"{side}.spm"))
+        atomic_write_bytes(os.path.join(directory, "vocab.json"),
+                           json.dumps(vocab, ensure_ascii=False, indent=1).encode())
+        return cls.from_pretrained(directory)
+
     def save_pretrained(self, directory: str) -> None:
         import shutil
         os.makedirs(directory, exist_ok=True)
