@@ -45,7 +45,7 @@ cdef int _BLOCK_ROWS = 32
 # Up to this many queries per sequence (incremental decoding), or keys (short sequences in
 # training), take the per-row path: a GEMM call per tiny block costs more than its arithmetic.
 cdef int _ROW_PATH_MAX_Q = 4
-cdef int _ROW_PATH_MAX_K = 32
+cdef int _ROW_PATH_MAX_K = 16
 
 
 cdef inline int _ld(const float[:, :] a) noexcept:

@@ -23,18 +23,40 @@
 #endif
 
 #define CYF_PRAGMA(x) _Pragma(#x)
+/* Helpers are forced inline: a call left inside a loop of a target_clones function stops
+ * that clone's loop from vectorising (the AVX2 clone then ran exp one float at a time). */
+#if defined(__GNUC__)
+#define CYF_INLINE static inline __attribute__((always_inline))
+#else
+#define CYF_INLINE static inline
+#endif
 #if defined(_OPENMP) || defined(__clang__)
 #define CYF_SIMD_SUM(v) CYF_PRAGMA(omp simd reduction(+:v))
 #define CYF_SIMD_MAX(v) CYF_PRAGMA(omp simd reduction(max:v))
+#define CYF_SIMD_SUM2(a, b) CYF_PRAGMA(omp simd reduction(+:a, b))
 #else
+#define CYF_SIMD_SUM2(a, b)
 #define CYF_SIMD_SUM(v)
 #define CYF_SIMD_MAX(v)
 #endif
 
+/* cond ? a : b without a branch. The functions below are compiled once per ISA
+ * (target_clones) from a body first optimised for the baseline, where a plain ?: becomes a
+ * jump that the AVX2 clone's vectoriser then cannot undo; a bit blend stays a blend. */
+CYF_INLINE float cyf_select(int cond, float a, float b) {
+    union { float f; uint32_t u; } x, y;
+    uint32_t m = 0u - (uint32_t)(cond != 0);
+    x.f = a;
+    y.f = b;
+    x.u = (x.u & m) | (y.u & ~m);
+    return x.f;
+}
+
 /* exp(x) for float, Cephes-style: 2^n * p(g) with |g| <= ln2/2; about 2 ulp. Below
  * -87.3 (including -inf) it returns exactly 0, so masked scores get no weight. */
-static inline float cyf_expf(float x) {
-    float xc = x < -87.33654f ? -87.33654f : (x > 88.72283f ? 88.72283f : x);
+CYF_INLINE float cyf_expf(float x) {
+    float xc = cyf_select(x < -87.33654f, -87.33654f, x);
+    xc = cyf_select(xc > 88.72283f, 88.72283f, xc);
     float fx = xc * 1.44269504088896341f;
     /* round to nearest with the 1.5 * 2^23 trick: branch-free and vectorisable everywhere */
     float r = (fx + 12582912.0f) - 12582912.0f;
@@ -52,12 +74,12 @@ static inline float cyf_expf(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     float out = y * scale;
-    return x < -87.33654f ? 0.0f : out;
+    return cyf_select(x < -87.33654f, 0.0f, out);
 }
 
 /* softmax (log == 0) or log-softmax of x[0:n] in place. Returns 0 (and writes zeros, or
  * -inf for log) when no entry is finite. Loops index from 0 so they vectorise cleanly. */
-static inline int cyf_softmax_inplace(float* x, int n, int log) {
+CYF_INLINE int cyf_softmax_inplace(float* x, int n, int log) {
     int j;
     float m = -INFINITY, s = 0.0f;
     CYF_SIMD_MAX(m)
@@ -215,15 +237,15 @@ CYF_CLONES static void cyf_layer_norm_row(float* x, const float* r, const float*
 }
 
 /* erf(x), Abramowitz & Stegun 7.1.26 refined (max abs error 1.2e-7), vectorisable. */
-static inline float cyf_erff(float x) {
-    float a = x < 0.0f ? -x : x;
+CYF_INLINE float cyf_erff(float x) {
+    float a = fabsf(x);
     float t = 1.0f / (1.0f + 0.5f * a);
     /* Numerical Recipes erfc Chebyshev fit: fractional error < 1.2e-7 */
     float y = t * cyf_expf(-a * a - 1.26551223f + t * (1.00002368f + t * (0.37409196f +
               t * (0.09678418f + t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f +
               t * (1.48851587f + t * (-0.82215223f + t * 0.17087277f)))))))));
     float e = 1.0f - y;
-    return x < 0.0f ? -e : e;
+    return copysignf(e, x);
 }
 
 enum { CYF_IDENTITY = 0, CYF_RELU = 1, CYF_GELU = 2, CYF_SILU = 3, CYF_GELU_TANH = 4 };
@@ -236,7 +258,7 @@ CYF_CLONES static void cyf_bias_act_row(float* row, const float* bias, int n, in
     }
     switch (code) {
     case CYF_RELU:
-        for (j = 0; j < n; j++) row[j] = row[j] > 0.0f ? row[j] : 0.0f;
+        for (j = 0; j < n; j++) row[j] = cyf_select(row[j] > 0.0f, row[j], 0.0f);
         break;
     case CYF_GELU:
         for (j = 0; j < n; j++) row[j] = 0.5f * row[j] * (1.0f + cyf_erff(row[j] * 0.70710678118654752f));
@@ -264,7 +286,7 @@ CYF_CLONES static void cyf_bias_act_row(float* row, const float* bias, int n, in
  * thread count or on how a row is split into calls. The high half of the index and the
  * seed are mixed once per call (SplitMix64); each element then costs one 32-bit hash
  * (lowbias32) of its low half, which vectorises. */
-static inline uint32_t cyf_mix64to32(uint64_t seed, uint32_t high) {
+CYF_INLINE uint32_t cyf_mix64to32(uint64_t seed, uint32_t high) {
     uint64_t z = seed + (uint64_t)high * 0x9E3779B97F4A7C15ULL + 0x632BE59BD9B4E019ULL;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
@@ -272,7 +294,7 @@ static inline uint32_t cyf_mix64to32(uint64_t seed, uint32_t high) {
     return (uint32_t)(z >> 32);
 }
 
-static inline uint32_t cyf_hash_low(uint32_t key, uint32_t low) {
+CYF_INLINE uint32_t cyf_hash_low(uint32_t key, uint32_t low) {
     uint32_t x = (low * 0x9E3779B9u) ^ key;
     x ^= x >> 16;
     x *= 0x7FEB352Du;
@@ -282,7 +304,7 @@ static inline uint32_t cyf_hash_low(uint32_t key, uint32_t low) {
     return x;
 }
 
-static inline void cyf_dropout_span(float* x, int n, uint32_t key, uint32_t low, uint32_t threshold,
+CYF_INLINE void cyf_dropout_span(float* x, int n, uint32_t key, uint32_t low, uint32_t threshold,
                                     float inv_keep) {
     int j;
     for (j = 0; j < n; j++) {
@@ -355,7 +377,7 @@ CYF_CLONES static void cyf_act_backward_row(float* dh, const float* pre, int n, 
     int j;
     switch (code) {
     case CYF_RELU:
-        for (j = 0; j < n; j++) dh[j] = pre[j] > 0.0f ? dh[j] : 0.0f;
+        for (j = 0; j < n; j++) dh[j] = cyf_select(pre[j] > 0.0f, dh[j], 0.0f);
         break;
     case CYF_GELU:
         /* d/dz [z * Phi(z)] = Phi(z) + z * phi(z) */
@@ -395,29 +417,41 @@ CYF_CLONES static void cyf_act_backward_row(float* dh, const float* pre, int n, 
 CYF_CLONES static float cyf_cross_entropy_row(float* x, int V, int y, float eps, float scale,
                                               int grad, float* nll) {
     int j;
-    float m = -INFINITY, s = 0.0f, sx = 0.0f;
+    float m = -INFINITY, s = 0.0f, sx = 0.0f, x_y = x[y];
     CYF_SIMD_MAX(m)
     for (j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
-    CYF_SIMD_SUM(s)
-    for (j = 0; j < V; j++) s += cyf_expf(x[j] - m);
-    CYF_SIMD_SUM(sx)
-    for (j = 0; j < V; j++) sx += x[j] - m;
+    if (grad) {
+        /* one exp per entry, kept in x for the gradient pass */
+        CYF_SIMD_SUM2(s, sx)
+        for (j = 0; j < V; j++) {
+            float z = x[j] - m, e = cyf_expf(z);
+            x[j] = e;
+            s += e;
+            sx += z;
+        }
+    } else {
+        CYF_SIMD_SUM2(s, sx)
+        for (j = 0; j < V; j++) {
+            float z = x[j] - m;
+            s += cyf_expf(z);
+            sx += z;
+        }
+    }
     float lse = logf(s);
-    float nll_y = lse - (x[y] - m);
+    float nll_y = lse - (x_y - m);
     /* -mean_j log p_j = lse - mean_j (x_j - m) */
     float smooth = lse - sx / (float)V;
     *nll = nll_y;
     if (grad) {
-        float inv = 1.0f / s, u = eps / (float)V;
-        for (j = 0; j < V; j++) x[j] = scale * (cyf_expf(x[j] - m) * inv - u);
+        float a = scale / s, b = scale * eps / (float)V;
+        for (j = 0; j < V; j++) x[j] = x[j] * a - b;
         x[y] -= scale * (1.0f - eps);
     }
     return (1.0f - eps) * nll_y + eps * smooth;
 }
 
-
 /* y[0:n] += a * x[0:n] for rows of different matrices (restrict: no overlap, so it vectorises) */
-static inline void cyf_axpy(float* __restrict y, const float* __restrict x, float a, int n) {
+CYF_INLINE void cyf_axpy(float* __restrict y, const float* __restrict x, float a, int n) {
     int c;
     for (c = 0; c < n; c++) y[c] += a * x[c];
 }

@@ -126,25 +126,128 @@ def run_engine(engine: str, size: str, batch: int, src_len: int, threads: int, r
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# -- one training step ---------------------------------------------------------------------------
+TRAIN_VOCAB = 8000
+TRAIN_DROPOUT = 0.1
+
+
+def train_flops(size: str, batch: int, src_len: int, tgt_len: int, vocab: int = TRAIN_VOCAB) -> float:
+    """Multiply-adds x 2 of one step's GEMMs: forward, and backward at twice the forward."""
+    s = SIZES[size]
+    d, f = s["d_model"], s["d_ff"]
+    ns, nt = batch * src_len, batch * tgt_len
+    enc = s["n_encoder_layers"] * (2 * ns * d * (4 * d + 2 * f) + 4 * batch * src_len * src_len * d)
+    dec = s["n_decoder_layers"] * (2 * nt * d * (6 * d + 2 * f) + 2 * ns * d * 2 * d
+                                   + 4 * batch * tgt_len * (tgt_len + src_len) * d)
+    return 3.0 * (enc + dec + 2 * nt * d * vocab)
+
+
+def train_batch(batch: int, src_len: int, tgt_len: int, vocab: int = TRAIN_VOCAB, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(4, vocab, size=(batch, src_len)), rng.integers(4, vocab, size=(batch, tgt_len))
+
+
+def run_cyformer_train(size: str, batch: int, src_len: int, tgt_len: int, threads: int, repeat: int) -> Dict:
+    """Trainer.step (forward, backward, Adam) on a fixed batch of full-length sequences."""
+    import cyformer
+    from .training import Trainer
+
+    cyformer.set_num_threads(threads)
+    config = bench_config(size, vocab=TRAIN_VOCAB)
+    config.dropout = config.attention_dropout = config.activation_dropout = TRAIN_DROPOUT
+    model = cyformer.Transformer(config, seed=0)
+    trainer = Trainer(model, schedule="constant", lr=1e-4, label_smoothing=0.1)
+    src, tgt = train_batch(batch, src_len, tgt_len)
+    tgt[:, -1] = config.eos_id
+    times = time_calls(lambda: trainer.step(src, tgt), repeat)
+    return {"engine": "cyformer", "times": times}
+
+
+def run_torch_train(size: str, batch: int, src_len: int, tgt_len: int, threads: int, repeat: int) -> Dict:
+    """The same model and step in PyTorch eager: nn.Transformer, tied output layer,
+    label-smoothed cross-entropy, Adam (betas 0.9/0.98, eps 1e-9), dropout 0.1."""
+    import math
+
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    s = SIZES[size]
+    d = s["d_model"]
+    model = nn.Transformer(d, s["n_heads"], s["n_encoder_layers"], s["n_decoder_layers"], s["d_ff"],
+                           dropout=TRAIN_DROPOUT, batch_first=True)
+    src_embed, tgt_embed = nn.Embedding(TRAIN_VOCAB, d), nn.Embedding(TRAIN_VOCAB, d)
+    drop = nn.Dropout(TRAIN_DROPOUT)
+    from ._engine.embedding import sinusoidal_table
+    pe = torch.from_numpy(sinusoidal_table(512, d))
+    params = list(model.parameters()) + list(src_embed.parameters()) + list(tgt_embed.parameters())
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    src_np, tgt_np = train_batch(batch, src_len, tgt_len)
+    src, tgt = torch.from_numpy(src_np), torch.from_numpy(tgt_np)
+    tgt_in = torch.cat([torch.ones(batch, 1, dtype=torch.long), tgt[:, :-1]], dim=1)
+    causal = nn.Transformer.generate_square_subsequent_mask(tgt_len)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    model.train()
+
+    def step():
+        x = drop(src_embed(src) * math.sqrt(d) + pe[:src_len])
+        y = drop(tgt_embed(tgt_in) * math.sqrt(d) + pe[:tgt_len])
+        h = model(x, y, tgt_mask=causal, tgt_is_causal=True)
+        logits = h @ tgt_embed.weight.t()   # output projection tied to the target embedding
+        loss = loss_fn(logits.reshape(-1, TRAIN_VOCAB), tgt.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    times = time_calls(step, repeat)
+    return {"engine": "torch", "version": torch.__version__, "times": times}
+
+
+_TRAIN_RUNNERS = {"cyformer": run_cyformer_train, "torch": run_torch_train}
+
+
+def run_train_engine(engine: str, size: str, batch: int, src_len: int, tgt_len: int, threads: int,
+                     repeat: int, env: Optional[Dict[str, str]] = None, timeout: float = 1800) -> Optional[Dict]:
+    """One engine's training step in a fresh process; None when it is not installed."""
+    cmd = [sys.executable, "-m", "cyformer.benchmark", engine, "--task", "train", "--size", size,
+           "--batch", str(batch), "--src-len", str(src_len), "--tgt-len", str(tgt_len),
+           "--threads", str(threads), "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        if "ModuleNotFoundError" in proc.stderr:
+            return None
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 _RUNNERS = {"cyformer": run_cyformer_encoder, "torch": run_torch_encoder}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyformer.benchmark")
     p.add_argument("engine", choices=sorted(_RUNNERS) + ["sgemm"])
+    p.add_argument("--task", default="encode", choices=["encode", "train"])
     p.add_argument("--size", default="base", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--src-len", type=int, default=64)
+    p.add_argument("--tgt-len", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=10)
     a = p.parse_args(argv)
     if a.engine == "sgemm":
         result = {"engine": "sgemm", "gflops": sgemm_rate(a.threads), "blas": blas_description()}
+    elif a.task == "train":
+        result = _TRAIN_RUNNERS[a.engine](a.size, a.batch, a.src_len, a.tgt_len, a.threads, a.repeat)
+        result["median_ms"] = float(np.median(result["times"])) * 1e3
+        work = train_flops(a.size, a.batch, a.src_len, a.tgt_len)
+        result["gflops"] = work / (result["median_ms"] / 1e3) / 1e9
+        result["tgt_len"] = a.tgt_len
     else:
         result = _RUNNERS[a.engine](a.size, a.batch, a.src_len, a.threads, a.repeat)
         result["median_ms"] = float(np.median(result["times"])) * 1e3
         result["gflops"] = encoder_flops(a.size, a.batch, a.src_len) / (result["median_ms"] / 1e3) / 1e9
-    result.update(size=a.size, batch=a.batch, src_len=a.src_len, threads=a.threads)
+    result.update(size=a.size, batch=a.batch, src_len=a.src_len, threads=a.threads, task=a.task)
     print(json.dumps(result))
     return 0
 
