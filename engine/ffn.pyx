@@ -6,7 +6,6 @@ adds the bias of the first projection and applies the activation in one pass ove
 ``[N, d_ff]``. ``ACTIVATIONS`` maps names (PyTorch's and Hugging Face's) to codes.
 """
 from cython.parallel cimport prange
-from libc.string cimport memcpy
 
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3, "swish": 3, "gelu_tanh": 4,
                "gelu_new": 4, "gelu_pytorch_tanh": 4}
@@ -50,6 +49,7 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
 
 cdef extern from "vecmath.h" nogil:
     void cyf_act_backward_row(float* dh, const float* pre, int n, int code)
+    void cyf_bias_act_save_row(float* pre, const float* bias, float* out, int n, int code)
 
 
 def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n_threads=1):
@@ -74,10 +74,7 @@ def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n
     cdef float* op = &out[0, 0]
     with nogil:
         for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
-            if bp != NULL:
-                cyf_bias_act_row(pp + <long>i * f, bp, f, 0)
-            memcpy(op + <long>i * f, pp + <long>i * f, sizeof(float) * f)
-            cyf_bias_act_row(op + <long>i * f, NULL, f, code)
+            cyf_bias_act_save_row(pp + <long>i * f, bp, op + <long>i * f, f, code)
 
 
 def act_backward(float[:, ::1] dh, const float[:, ::1] pre, act, int n_threads=1):

@@ -372,6 +372,22 @@ CYF_CLONES static void cyf_layer_norm_param_grads(const float* x, const float* d
     }
 }
 
+/* Training form of cyf_bias_act_row in one pass: pre += bias (kept for the backward pass),
+ * out = act(pre). */
+CYF_CLONES static void cyf_bias_act_save_row(float* pre, const float* bias, float* out, int n, int code) {
+    int j;
+    if (bias) {
+        for (j = 0; j < n; j++) {
+            float p = pre[j] + bias[j];
+            pre[j] = p;
+            out[j] = p;
+        }
+    } else {
+        memcpy(out, pre, sizeof(float) * (size_t)n);
+    }
+    cyf_bias_act_row(out, NULL, n, code);
+}
+
 /* dh[0:n] *= act'(pre[0:n]) where pre is the activation's input (bias included). */
 CYF_CLONES static void cyf_act_backward_row(float* dh, const float* pre, int n, int code) {
     int j;
