@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""cyformer vs PyTorch eager on the encoder forward pass, each engine in its own process.
+"""cyformer vs PyTorch eager on the encoder forward pass (``--task encode``) or one training
+step (``--task train``: forward, backward and Adam), each engine in its own process.
 
 For every size and thread count, and under two OpenBLAS core-type settings, this runs
 ``python -m cyformer.benchmark {sgemm,cyformer,torch}`` in fresh subprocesses (via
@@ -17,6 +18,12 @@ stdout (and to --out FILE).
 
     python bench/compare.py                       # small+base, 1 and 2 threads, 10 calls
     python bench/compare.py --sizes small --threads 1 --repeat 2   # quick check
+    python bench/compare.py --task train --sizes small   # training step, batch 32 x 32 x 32
+
+The training step (``cyformer.benchmark.run_cyformer_train`` / ``run_torch_train``): the
+model of the given size with a target vocabulary of ``TRAIN_VOCAB`` (8000), tied output
+layer, dropout 0.1, label smoothing 0.1, Adam; ``--batch`` sentences of ``--src-len``
+source and ``--tgt-len`` target tokens.
 """
 from __future__ import annotations
 
@@ -37,7 +44,8 @@ except ImportError:  # not installed: use the in-tree build
     sys.path.insert(0, _REPO_PYTHON)
     import cyformer
 
-from cyformer.benchmark import SIZES, encoder_flops, run_engine  # noqa: E402
+from cyformer.benchmark import SIZES, encoder_flops, run_engine, run_train_engine, train_flops  # noqa: E402
+from cyformer.sysinfo import cpu_name  # noqa: E402
 
 ENGINES = ("sgemm", "cyformer", "torch")
 
@@ -70,17 +78,6 @@ def detected_core(blas: str) -> str:
     return m.group(1) if m else "?"
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -89,7 +86,10 @@ def run(engine: str, size: str, threads: int, repeat: int, args, env) -> Tuple[O
     """(result, error): result None with error None means the engine is not installed."""
     t0 = time.perf_counter()
     try:
-        r = run_engine(engine, size, args.batch, args.src_len, threads, repeat, env=env)
+        if args.task == "train" and engine != "sgemm":
+            r = run_train_engine(engine, size, args.batch, args.src_len, args.tgt_len, threads, repeat, env=env)
+        else:
+            r = run_engine(engine, size, args.batch, args.src_len, threads, repeat, env=env)
     except Exception as exc:  # a failing child: report it, keep measuring the rest
         log(f"    {engine}: FAILED\n{exc}")
         return None, str(exc)
@@ -112,12 +112,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--sizes", nargs="+", default=["small", "base"], choices=sorted(SIZES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--repeat", type=int, default=10, help="timed encoder calls per engine (after 2 warm-up calls)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--src-len", type=int, default=64)
+    p.add_argument("--task", default="encode", choices=["encode", "train"])
+    p.add_argument("--batch", type=int, default=None, help="default: 16 (encode), 32 (train)")
+    p.add_argument("--src-len", type=int, default=None, help="default: 64 (encode), 32 (train)")
+    p.add_argument("--tgt-len", type=int, default=32, help="target tokens (train)")
     p.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE")
     args = p.parse_args(argv)
     if args.repeat < 1 or any(n < 1 for n in args.threads):
         p.error("--repeat and --threads must be >= 1")
+    train = args.task == "train"
+    if args.batch is None:
+        args.batch = 32 if train else 16
+    if args.src_len is None:
+        args.src_len = 32 if train else 64
+
+    def work(size):
+        return (train_flops(size, args.batch, args.src_len, args.tgt_len) if train
+                else encoder_flops(size, args.batch, args.src_len))
 
     settings = core_settings()
     started = time.perf_counter()
@@ -144,7 +155,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     torch_version = th.get("version", torch_version)
                 cy_ms = cy["median_ms"] if cy else None
                 th_ms = th["median_ms"] if th else None
-                ratio = th_ms / cy_ms if (cy_ms and th_ms) else None
+                ratio = None
+                if cy_ms and th_ms:
+                    ratio = cy_ms / th_ms if train else th_ms / cy_ms
                 cy_core = cy["gflops"] / nt if cy else None
                 sg_core = sg["gflops"] / nt if sg else None
                 share = cy["gflops"] / sg["gflops"] if (cy and sg) else None
@@ -153,16 +166,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                              fmt(None if share is None else 100 * share, ".0f", "%")])
     elapsed = time.perf_counter() - started
 
-    header = ["size", "threads", "BLAS core type", "cyformer ms", "torch ms", "torch/cyformer",
+    header = ["size", "threads", "BLAS core type", "cyformer ms", "torch ms",
+              "cyformer/torch time" if train else "torch/cyformer",
               "cyformer GFLOP/s/core", "SGEMM GFLOP/s/core", "of SGEMM"]
     align = ["---", "---:", "---", "---:", "---:", "---:", "---:", "---:", "---:"]
-    work = ", ".join(f"{s} {encoder_flops(s, args.batch, args.src_len) / 1e9:.2f} GFLOP" for s in args.sizes)
+    works = ", ".join(f"{s} {work(s) / 1e9:.2f} GFLOP" for s in args.sizes)
+    what = (f"Training step (forward, backward, Adam)" if train else "Encoder forward")
+    shape = (f"batch {args.batch} x {args.src_len} source x {args.tgt_len} target tokens, target vocabulary "
+             f"8000, dropout 0.1, label smoothing 0.1" if train else f"batch {args.batch} x {args.src_len} tokens")
     lines = [
-        f"## Encoder forward: cyformer {cyformer.__version__} vs PyTorch eager "
+        f"## {what}: cyformer {cyformer.__version__} vs PyTorch eager "
         f"{torch_version or '(not installed)'}",
         "",
         f"- CPU: {cpu_name()}; {os.cpu_count()} logical CPUs; Python {platform.python_version()}",
-        f"- batch {args.batch} x {args.src_len} tokens; work per call: {work}",
+        f"- {shape}; work per call (GEMMs): {works}",
         f"- median of {args.repeat} calls after 2 warm-up calls, each engine in its own process; "
         f"SGEMM = cyformer's linear kernel on one 1024x512 @ 512x2048 GEMM (median of 10)",
         "- BLAS core type (SciPy's OpenBLAS, used by cyformer; torch uses its own BLAS):",
