@@ -18,7 +18,7 @@ cdef extern from "vecmath.h" nogil:
 
 # Up to this many rows (decoding steps) the skinny kernel beats BLAS, which packs the
 # whole weight matrix on every call. Settable for benchmarking (set_skinny_rows).
-cdef int _SKINNY_MAX_ROWS = 16
+cdef int _SKINNY_MAX_ROWS = 48
 
 # Below this many multiply-adds a GEMM is not worth a parallel region.
 cdef long _MIN_PARALLEL_WORK = 1 << 18

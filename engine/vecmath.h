@@ -150,56 +150,134 @@ CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, c
 /* Skinny GEMM for decoding: out[m, n] (+)= sum_k x[m, k] * w[n, k] (+ bias[n]) for all
  * m < M and n0 <= n < n1, with x [M, K] and w [N, K] row-major (PyTorch's weight layout).
  * BLAS packs the whole weight matrix on every call, which for a handful of rows costs
- * more than the product; here each block of 4 weight rows is read once from memory and
- * used for every row of x (kept in cache), 4 x-rows at a time in registers. */
+ * more than the product; here each weight row is read once from memory and used for every
+ * row of x (kept in cache). The inner block is 3 x-rows by 3 weight rows: 9 vector
+ * accumulators plus 6 loaded vectors fit AVX2's 16 registers, and each loaded vector feeds
+ * 3 FMAs, so the loop is bound by FMAs, not loads. */
+/* 8-float vectors (GCC/clang vector extensions): AVX registers in the AVX2/AVX-512 clones,
+ * pairs of SSE registers in the baseline one. Accumulating in them keeps the reduction at
+ * the end to a few shuffles, where `omp simd` left a serial sum of each vector's lanes. */
+typedef float cyf_v8 __attribute__((vector_size(32)));
+typedef float cyf_v8u __attribute__((vector_size(32), aligned(4)));  /* unaligned loads */
+
+CYF_INLINE float cyf_hsum(cyf_v8 v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* pf (or NULL): the next weight rows, fetched into cache while this block computes, so a
+ * matrix streaming from memory (the vocabulary projection) does not leave the FMAs waiting */
+CYF_INLINE void cyf_dot3x3(const float* x0, const float* x1, const float* x2, const float* w0,
+                           const float* w1, const float* w2, int K, float acc[9], const float* pf,
+                           long ldpf) {
+    int k, K8 = K & ~7;
+    cyf_v8 a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a20 = {0}, a21 = {0}, a22 = {0};
+    for (k = 0; k < K8; k += 8) {
+        if (pf && !(k & 15)) {
+            __builtin_prefetch(pf + k, 0, 3);
+            __builtin_prefetch(pf + ldpf + k, 0, 3);
+            __builtin_prefetch(pf + 2 * ldpf + k, 0, 3);
+        }
+        cyf_v8 u0 = *(const cyf_v8u*)(w0 + k), u1 = *(const cyf_v8u*)(w1 + k), u2 = *(const cyf_v8u*)(w2 + k);
+        cyf_v8 v0 = *(const cyf_v8u*)(x0 + k), v1 = *(const cyf_v8u*)(x1 + k), v2 = *(const cyf_v8u*)(x2 + k);
+        a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2;
+        a10 += v1 * u0; a11 += v1 * u1; a12 += v1 * u2;
+        a20 += v2 * u0; a21 += v2 * u1; a22 += v2 * u2;
+    }
+    acc[0] = cyf_hsum(a00); acc[1] = cyf_hsum(a01); acc[2] = cyf_hsum(a02);
+    acc[3] = cyf_hsum(a10); acc[4] = cyf_hsum(a11); acc[5] = cyf_hsum(a12);
+    acc[6] = cyf_hsum(a20); acc[7] = cyf_hsum(a21); acc[8] = cyf_hsum(a22);
+    for (k = K8; k < K; k++) {
+        acc[0] += x0[k] * w0[k]; acc[1] += x0[k] * w1[k]; acc[2] += x0[k] * w2[k];
+        acc[3] += x1[k] * w0[k]; acc[4] += x1[k] * w1[k]; acc[5] += x1[k] * w2[k];
+        acc[6] += x2[k] * w0[k]; acc[7] += x2[k] * w1[k]; acc[8] += x2[k] * w2[k];
+    }
+}
+
+CYF_INLINE void cyf_dot2x3(const float* x0, const float* x1, const float* w0, const float* w1,
+                           const float* w2, int K, float acc[9]) {
+    int k, K8 = K & ~7;
+    cyf_v8 a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};
+    for (k = 0; k < K8; k += 8) {
+        cyf_v8 u0 = *(const cyf_v8u*)(w0 + k), u1 = *(const cyf_v8u*)(w1 + k), u2 = *(const cyf_v8u*)(w2 + k);
+        cyf_v8 v0 = *(const cyf_v8u*)(x0 + k), v1 = *(const cyf_v8u*)(x1 + k);
+        a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2;
+        a10 += v1 * u0; a11 += v1 * u1; a12 += v1 * u2;
+    }
+    acc[0] = cyf_hsum(a00); acc[1] = cyf_hsum(a01); acc[2] = cyf_hsum(a02);
+    acc[3] = cyf_hsum(a10); acc[4] = cyf_hsum(a11); acc[5] = cyf_hsum(a12);
+    for (k = K8; k < K; k++) {
+        acc[0] += x0[k] * w0[k]; acc[1] += x0[k] * w1[k]; acc[2] += x0[k] * w2[k];
+        acc[3] += x1[k] * w0[k]; acc[4] += x1[k] * w1[k]; acc[5] += x1[k] * w2[k];
+    }
+}
+
+/* One x-row against 6 weight rows (decoding one sequence: bound by reading the weights). */
+CYF_INLINE void cyf_dot1x6(const float* x0, const float* w0, const float* w1, const float* w2,
+                           const float* w3, const float* w4, const float* w5, int K, float acc[6]) {
+    int k, K8 = K & ~7;
+    cyf_v8 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};
+    for (k = 0; k < K8; k += 8) {
+        cyf_v8 v = *(const cyf_v8u*)(x0 + k);
+        a0 += v * *(const cyf_v8u*)(w0 + k); a1 += v * *(const cyf_v8u*)(w1 + k);
+        a2 += v * *(const cyf_v8u*)(w2 + k); a3 += v * *(const cyf_v8u*)(w3 + k);
+        a4 += v * *(const cyf_v8u*)(w4 + k); a5 += v * *(const cyf_v8u*)(w5 + k);
+    }
+    acc[0] = cyf_hsum(a0); acc[1] = cyf_hsum(a1); acc[2] = cyf_hsum(a2);
+    acc[3] = cyf_hsum(a3); acc[4] = cyf_hsum(a4); acc[5] = cyf_hsum(a5);
+    for (k = K8; k < K; k++) {
+        float v = x0[k];
+        acc[0] += v * w0[k]; acc[1] += v * w1[k]; acc[2] += v * w2[k];
+        acc[3] += v * w3[k]; acc[4] += v * w4[k]; acc[5] += v * w5[k];
+    }
+}
+
+CYF_INLINE void cyf_skinny_store(float* out, long ldo, const float* bias, int n, const float* acc,
+                                 int mb, int nb, int stride, int accumulate) {
+    int i, j;
+    for (i = 0; i < mb; i++) {
+        float* o = out + (long)i * ldo + n;
+        for (j = 0; j < nb; j++) {
+            float v = acc[i * stride + j] + (bias ? bias[n + j] : 0.0f);
+            o[j] = accumulate ? o[j] + v : v;
+        }
+    }
+}
+
 CYF_CLONES static void cyf_skinny_gemm(const float* x, long ldx, const float* w, long ldw,
                                        const float* bias, float* out, long ldo, int M,
                                        int n0, int n1, int K, int accumulate) {
-    int n, m, k, i, j;
-    for (n = n0; n < n1; n += 4) {
-        int nb = n1 - n < 4 ? n1 - n : 4;
-        const float* wr[4];
-        for (j = 0; j < 4; j++) wr[j] = w + (long)(n + (j < nb ? j : 0)) * ldw;
-        for (m = 0; m < M; m += 4) {
-            int mb = M - m < 4 ? M - m : 4;
-            const float* xr[4];
-            float acc[4][4];
-            for (i = 0; i < 4; i++) xr[i] = x + (long)(m + (i < mb ? i : 0)) * ldx;
-            if (mb == 4 && nb == 4) {
-                float a00 = 0, a01 = 0, a02 = 0, a03 = 0, a10 = 0, a11 = 0, a12 = 0, a13 = 0;
-                float a20 = 0, a21 = 0, a22 = 0, a23 = 0, a30 = 0, a31 = 0, a32 = 0, a33 = 0;
-                const float *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
-                const float *w0 = wr[0], *w1 = wr[1], *w2 = wr[2], *w3 = wr[3];
-                CYF_PRAGMA(omp simd reduction(+:a00,a01,a02,a03,a10,a11,a12,a13,a20,a21,a22,a23,a30,a31,a32,a33))
-                for (k = 0; k < K; k++) {
-                    float v0 = w0[k], v1 = w1[k], v2 = w2[k], v3 = w3[k];
-                    a00 += x0[k] * v0; a01 += x0[k] * v1; a02 += x0[k] * v2; a03 += x0[k] * v3;
-                    a10 += x1[k] * v0; a11 += x1[k] * v1; a12 += x1[k] * v2; a13 += x1[k] * v3;
-                    a20 += x2[k] * v0; a21 += x2[k] * v1; a22 += x2[k] * v2; a23 += x2[k] * v3;
-                    a30 += x3[k] * v0; a31 += x3[k] * v1; a32 += x3[k] * v2; a33 += x3[k] * v3;
-                }
-                acc[0][0] = a00; acc[0][1] = a01; acc[0][2] = a02; acc[0][3] = a03;
-                acc[1][0] = a10; acc[1][1] = a11; acc[1][2] = a12; acc[1][3] = a13;
-                acc[2][0] = a20; acc[2][1] = a21; acc[2][2] = a22; acc[2][3] = a23;
-                acc[3][0] = a30; acc[3][1] = a31; acc[3][2] = a32; acc[3][3] = a33;
+    int n, m, j;
+    float acc[9];
+    if (M == 1) {
+        for (n = n0; n < n1; n += 6) {
+            int nb = n1 - n < 6 ? n1 - n : 6;
+            const float* wr[6];
+            /* short blocks repeat their last row: same work, results dropped */
+            for (j = 0; j < 6; j++) wr[j] = w + (long)(n + (j < nb ? j : nb - 1)) * ldw;
+            cyf_dot1x6(x, wr[0], wr[1], wr[2], wr[3], wr[4], wr[5], K, acc);
+            cyf_skinny_store(out, ldo, bias, n, acc, 1, nb, 6, accumulate);
+        }
+        return;
+    }
+    for (n = n0; n < n1; n += 3) {
+        int nb = n1 - n < 3 ? n1 - n : 3;
+        const float* w0 = w + (long)n * ldw;
+        const float* w1 = w + (long)(n + (nb > 1 ? 1 : 0)) * ldw;
+        const float* w2 = w + (long)(n + (nb > 2 ? 2 : nb - 1)) * ldw;
+        /* the 3 weight rows stay in L1 while every block of x rows passes over them; rows go
+         * in blocks of 3, ending with one or two blocks of 2 (M = 3q + 1 ends 2 + 2) */
+        for (m = 0; m < M;) {
+            int left = M - m;
+            int mb = (left == 2 || left == 4) ? 2 : 3;
+            const float* x0 = x + (long)m * ldx;
+            if (mb == 3) {
+                cyf_dot3x3(x0, x0 + ldx, x0 + 2 * ldx, w0, w1, w2, K, acc,
+                           m == 0 && n + 6 <= n1 ? w + (long)(n + 3) * ldw : NULL, ldw);
             } else {
-                for (i = 0; i < mb; i++) {
-                    for (j = 0; j < nb; j++) {
-                        const float *xi = xr[i], *wj = wr[j];
-                        float a = 0;
-                        CYF_SIMD_SUM(a)
-                        for (k = 0; k < K; k++) a += xi[k] * wj[k];
-                        acc[i][j] = a;
-                    }
-                }
+                cyf_dot2x3(x0, x0 + ldx, w0, w1, w2, K, acc);
             }
-            for (i = 0; i < mb; i++) {
-                float* o = out + (long)(m + i) * ldo + n;
-                for (j = 0; j < nb; j++) {
-                    float v = acc[i][j] + (bias ? bias[n + j] : 0.0f);
-                    o[j] = accumulate ? o[j] + v : v;
-                }
-            }
+            cyf_skinny_store(out + (long)m * ldo, ldo, bias, n, acc, mb, nb, 3, accumulate);
+            m += mb;
         }
     }
 }
