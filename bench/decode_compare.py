@@ -444,6 +444,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-length", type=int, default=GEN_LEN, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
+        a.threads = a.threads[0]   # a worker runs at one thread count
         print(json.dumps(WORKERS[a.worker](a)))
         return 0
     if a.repeat < 1 or a.warmup < 0 or any(n < 1 for n in a.threads + a.batches):

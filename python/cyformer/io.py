@@ -207,3 +207,29 @@ def load_flat_float32(path: str, layout, mmap: bool = True) -> Optional[np.ndarr
         if f.readinto(memoryview(buf).cast("B")) != offset:
             raise CheckpointError(f"{path}: truncated while reading")
         return buf
+
+
+def verify_checkpoint(path: str) -> None:
+    """Check a cyformer ``model.safetensors`` against the crc32 in its metadata.
+
+    Raises CheckpointError when the data does not match (or the file is malformed); files
+    without a stored checksum (other writers) pass when their structure is sound.
+    """
+    import zlib
+
+    header, data_start, size = read_safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    want = meta.get("crc32") if isinstance(meta, dict) else None
+    if want is None:
+        return
+    crc = 0
+    with open(path, "rb") as f:
+        f.seek(data_start)
+        while True:
+            chunk = f.read(1 << 24)
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+    if str(crc) != str(want):
+        raise CheckpointError(f"{path}: the data does not match its checksum (crc32 {crc}, stored {want}); "
+                              f"the file is corrupt")

@@ -21,7 +21,7 @@ from ._engine.linear import linear_forward
 from ._engine.norm import layer_norm_forward
 from .config import TransformerConfig
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
-                 safetensors_header)
+                 safetensors_header, verify_checkpoint)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -584,16 +584,27 @@ class Transformer:
         if format != "cyformer":
             from .convert import export_checkpoint
             return export_checkpoint(self, directory, format)
+        import zlib
+
         os.makedirs(directory, exist_ok=True)
+        data = memoryview(np.ascontiguousarray(self.params)).cast("B")
+        # crc32 of the data section: from_pretrained(verify=True) and verify_checkpoint check it
         head = safetensors_header([(n, np.float32, s) for n, s in self.layout],
-                                  {"format": "cyformer", "config": self.config.to_json()})
+                                  {"format": "cyformer", "config": self.config.to_json(),
+                                   "crc32": str(zlib.crc32(data))})
         # The data section is exactly the flat buffer: one write, and one mapping on load.
-        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [head, memoryview(self.params).cast("B")])
+        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [head, data])
         self.config.save(os.path.join(directory, CONFIG_NAME))
 
     @classmethod
-    def from_pretrained(cls, directory: str, mmap: bool = True) -> "Transformer":
-        """Load a cyformer checkpoint or a Hugging Face MarianMT folder."""
+    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Transformer":
+        """Load a cyformer checkpoint or a Hugging Face MarianMT folder.
+
+        The weights are memory-mapped (copy-on-write) when ``mmap``: nothing is copied, pages
+        are read as the model touches them. Sizes, shapes and dtypes are always checked;
+        ``verify=True`` also checks the data against the crc32 that ``save_pretrained`` stored
+        (this reads the whole file once), catching bit rot and partial overwrites.
+        """
         import json
         cfg_path = os.path.join(directory, CONFIG_NAME)
         if not os.path.isdir(directory):
@@ -617,6 +628,8 @@ class Transformer:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
         layout = parameter_layout(config)
+        if verify:
+            verify_checkpoint(path)
         flat = load_flat_float32(path, layout, mmap=mmap)
         if flat is not None:  # our own layout: the mapped file is the parameter buffer
             return cls(config, params=flat)
