@@ -52,6 +52,31 @@ CYF_INLINE float cyf_select(int cond, float a, float b) {
     return x.f;
 }
 
+/* 8-float vectors (GCC/clang vector extensions): AVX registers in the AVX2/AVX-512 clones,
+ * pairs of SSE registers in the baseline one. Accumulating in them keeps the reduction at
+ * the end to a few shuffles, where `omp simd` left a serial sum of each vector's lanes. */
+typedef float cyf_v8 __attribute__((vector_size(32)));
+typedef float cyf_v8u __attribute__((vector_size(32), aligned(4)));  /* unaligned loads */
+
+CYF_INLINE float cyf_hsum(cyf_v8 v) {
+    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* pf (or NULL): the next weight rows, fetched into cache while this block computes, so a
+ * matrix streaming from memory (the vocabulary projection) does not leave the FMAs waiting */
+/* a[0:n] . b[0:n] with two vector accumulators (the FMA latency is hidden) */
+CYF_INLINE float cyf_dot(const float* a, const float* b, int n) {
+    int k, n16 = n & ~15;
+    cyf_v8 s0 = {0}, s1 = {0};
+    for (k = 0; k < n16; k += 16) {
+        s0 += *(const cyf_v8u*)(a + k) * *(const cyf_v8u*)(b + k);
+        s1 += *(const cyf_v8u*)(a + k + 8) * *(const cyf_v8u*)(b + k + 8);
+    }
+    float r = cyf_hsum(s0 + s1);
+    for (k = n16; k < n; k++) r += a[k] * b[k];
+    return r;
+}
+
 /* exp(x) for float, Cephes-style: 2^n * p(g) with |g| <= ln2/2; about 2 ulp. Below
  * -87.3 (including -inf) it returns exactly 0, so masked scores get no weight. */
 CYF_INLINE float cyf_expf(float x) {
@@ -133,9 +158,7 @@ CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, c
     if (n <= 0) return 0;
     for (j = 0; j < n; j++) {
         const float* kj = k + (long)(lo + j) * ldk;
-        float dot = 0.0f;
-        CYF_SIMD_SUM(dot)
-        for (c = 0; c < d_k; c++) dot += q[c] * kj[c];
+        float dot = cyf_dot(q, kj, d_k);
         scores[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
     }
     if (!cyf_softmax_inplace(scores, n, 0)) return 0;
@@ -154,18 +177,6 @@ CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, c
  * row of x (kept in cache). The inner block is 3 x-rows by 3 weight rows: 9 vector
  * accumulators plus 6 loaded vectors fit AVX2's 16 registers, and each loaded vector feeds
  * 3 FMAs, so the loop is bound by FMAs, not loads. */
-/* 8-float vectors (GCC/clang vector extensions): AVX registers in the AVX2/AVX-512 clones,
- * pairs of SSE registers in the baseline one. Accumulating in them keeps the reduction at
- * the end to a few shuffles, where `omp simd` left a serial sum of each vector's lanes. */
-typedef float cyf_v8 __attribute__((vector_size(32)));
-typedef float cyf_v8u __attribute__((vector_size(32), aligned(4)));  /* unaligned loads */
-
-CYF_INLINE float cyf_hsum(cyf_v8 v) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-}
-
-/* pf (or NULL): the next weight rows, fetched into cache while this block computes, so a
- * matrix streaming from memory (the vocabulary projection) does not leave the FMAs waiting */
 CYF_INLINE void cyf_dot3x3(const float* x0, const float* x1, const float* x2, const float* w0,
                            const float* w1, const float* w2, int K, float acc[9], const float* pf,
                            long ldpf) {
@@ -564,9 +575,7 @@ CYF_CLONES static int cyf_attend_row_dropout(const float* q, const float* k, lon
     if (n <= 0) return 0;
     for (j = 0; j < n; j++) {
         const float* kj = k + (long)(lo + j) * ldk;
-        float dot = 0.0f;
-        CYF_SIMD_SUM(dot)
-        for (c = 0; c < d_k; c++) dot += q[c] * kj[c];
+        float dot = cyf_dot(q, kj, d_k);
         scores[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
     }
     if (!cyf_softmax_inplace(scores, n, 0)) return 0;
@@ -600,18 +609,13 @@ CYF_CLONES static void cyf_attend_row_backward(const float* q, const float* k, l
     if (n <= 0) return;
     for (j = 0; j < n; j++) {
         const float* kj = k + (long)(lo + j) * ldk;
-        dot = 0.0f;
-        CYF_SIMD_SUM(dot)
-        for (c = 0; c < d_k; c++) dot += q[c] * kj[c];
+        dot = cyf_dot(q, kj, d_k);
         p[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
     }
     if (!cyf_softmax_inplace(p, n, 0)) return;
     for (j = 0; j < n; j++) {
         const float* vj = v + (long)(lo + j) * ldv;
-        dot = 0.0f;
-        CYF_SIMD_SUM(dot)
-        for (c = 0; c < d_k; c++) dot += dout[c] * vj[c];
-        t[j] = dot;
+        t[j] = cyf_dot(dout, vj, d_k);
     }
     memcpy(u, p, sizeof(float) * (size_t)n);
     if (threshold) {

@@ -694,10 +694,14 @@ class DecoderState:
             raise ValueError("row index out of range")
         n = len(index)
         t = self.length
-        if not (n == self.rows and np.array_equal(index, np.arange(n))):
+        # Only rows whose content changes are copied: in beam search most beams usually keep
+        # their own history, and the copy is O(current length) per moved row.
+        moved = np.flatnonzero(index != np.arange(n))
+        if len(moved):
+            source = index[moved]
             for cache in (self.keys, self.values):
                 for arr in cache:
-                    arr[:n, :t] = arr[index, :t]
+                    arr[moved, :t] = arr[source, :t]   # the right side is gathered first
         self.rows_src = self.rows_src[index]
         self.src_start = self.src_start[index]
         self.src_len = self.src_len[index]
