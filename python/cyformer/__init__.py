@@ -6,8 +6,9 @@ from .decoding import GenerationResult
 from .model import Transformer
 from .tokenizer import SentencePieceTokenizer, Tokenizer, VocabTokenizer
 from .translate import Translator
+from .training import Trainer
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["__version__", "TransformerConfig", "Transformer", "CheckpointError", "GenerationResult",
-           "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator",
+           "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator", "Trainer",
            "set_num_threads", "get_num_threads"]
