@@ -204,6 +204,32 @@ def run_torch_train(size: str, batch: int, src_len: int, tgt_len: int, threads: 
     return {"engine": "torch", "version": torch.__version__, "times": times}
 
 
+
+def run_cyformer_decode(size: str, batch: int, src_len: int, gen_len: int, beam: int, threads: int,
+                        repeat: int) -> Dict:
+    """generate() of exactly gen_len tokens (min_length = max_length, forced EOS) per source."""
+    import cyformer
+
+    cyformer.set_num_threads(threads)
+    config = bench_config(size)
+    config.forced_eos = True
+    model = cyformer.Transformer(config, seed=0)
+    src = source_batch(batch, src_len)
+    times = time_calls(lambda: model.generate(src, beam_size=beam, max_length=gen_len, min_length=gen_len,
+                                              return_scores=False), repeat, warmup=1)
+    return {"engine": "cyformer", "times": times}
+
+
+def run_decode_engine(size: str, batch: int, src_len: int, gen_len: int, beam: int, threads: int, repeat: int,
+                      env: Optional[Dict[str, str]] = None, timeout: float = 1800) -> Dict:
+    cmd = [sys.executable, "-m", "cyformer.benchmark", "cyformer", "--task", "decode", "--size", size,
+           "--batch", str(batch), "--src-len", str(src_len), "--tgt-len", str(gen_len), "--beam", str(beam),
+           "--threads", str(threads), "--repeat", str(repeat)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
 _TRAIN_RUNNERS = {"cyformer": run_cyformer_train, "torch": run_torch_train}
 
 
@@ -227,7 +253,8 @@ _RUNNERS = {"cyformer": run_cyformer_encoder, "torch": run_torch_encoder}
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cyformer.benchmark")
     p.add_argument("engine", choices=sorted(_RUNNERS) + ["sgemm"])
-    p.add_argument("--task", default="encode", choices=["encode", "train"])
+    p.add_argument("--task", default="encode", choices=["encode", "train", "decode"])
+    p.add_argument("--beam", type=int, default=1)
     p.add_argument("--size", default="base", choices=sorted(SIZES))
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--src-len", type=int, default=64)
@@ -237,6 +264,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.engine == "sgemm":
         result = {"engine": "sgemm", "gflops": sgemm_rate(a.threads), "blas": blas_description()}
+    elif a.task == "decode":
+        if a.engine != "cyformer":
+            p.error("--task decode runs cyformer only (bench/decode_compare.py compares engines)")
+        result = run_cyformer_decode(a.size, a.batch, a.src_len, a.tgt_len, a.beam, a.threads, a.repeat)
+        result["median_ms"] = float(np.median(result["times"])) * 1e3
+        result["tokens_per_s"] = a.batch * a.tgt_len / (result["median_ms"] / 1e3)
     elif a.task == "train":
         result = _TRAIN_RUNNERS[a.engine](a.size, a.batch, a.src_len, a.tgt_len, a.threads, a.repeat)
         result["median_ms"] = float(np.median(result["times"])) * 1e3

@@ -28,21 +28,33 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .benchmark import blas_description, encoder_flops, run_engine
+    from .benchmark import (blas_description, encoder_flops, run_engine, run_decode_engine, run_train_engine,
+                            train_flops)
 
     threads_list = args.threads or [1, 2]
-    print(f"cyformer {__version__} | encoder forward | size={args.size} batch={args.batch} x {args.src_len} tokens "
-          f"| {encoder_flops(args.size, args.batch, args.src_len) / 1e9:.1f} GFLOP")
+    if args.task == "decode":
+        return _bench_decode(args, threads_list)
+    train = args.task == "train"
+    batch = args.batch or (32 if train else 16)
+    src_len = args.src_len or (32 if train else 64)
+    work = train_flops(args.size, batch, src_len, args.tgt_len) if train else encoder_flops(args.size, batch, src_len)
+    what = (f"training step (forward, backward, Adam) | size={args.size} batch={batch} x {src_len} source x "
+            f"{args.tgt_len} target tokens" if train else
+            f"encoder forward | size={args.size} batch={batch} x {src_len} tokens")
+    print(f"cyformer {__version__} | {what} | {work / 1e9:.1f} GFLOP")
     print(f"BLAS: {blas_description()}")
     engines = ["cyformer"] + ([] if args.no_compare else ["torch"])
     header = f"{'engine':<10} {'threads':>7} {'median ms':>10} {'GFLOP/s':>9} {'/core':>7} {'of SGEMM':>9} {'vs torch':>9}"
     print(header)
     print("-" * len(header))
     for nt in threads_list:
-        peak = run_engine("sgemm", args.size, args.batch, args.src_len, nt, 10)["gflops"]
+        peak = run_engine("sgemm", args.size, batch, src_len, nt, 10)["gflops"]
         results = {}
         for engine in engines:
-            r = run_engine(engine, args.size, args.batch, args.src_len, nt, args.repeat)
+            if train:
+                r = run_train_engine(engine, args.size, batch, src_len, args.tgt_len, nt, args.repeat)
+            else:
+                r = run_engine(engine, args.size, batch, src_len, nt, args.repeat)
             if r is not None:
                 results[engine] = r
         for engine, r in results.items():
@@ -52,8 +64,24 @@ def cmd_bench(args) -> int:
             print(f"{engine:<10} {nt:>7} {r['median_ms']:>10.1f} {r['gflops']:>9.1f} {r['gflops'] / nt:>7.1f} "
                   f"{r['gflops'] / peak:>8.0%} {ratio:>9}")
         print(f"{'SGEMM':<10} {nt:>7} {'':>10} {peak:>9.1f} {peak / nt:>7.1f}")
-    if "torch" in engines and not any(True for _ in []):
-        pass
+    return 0
+
+
+def _bench_decode(args, threads_list) -> int:
+    from .benchmark import blas_description, run_decode_engine
+
+    batch = args.batch or 16
+    src_len = args.src_len or 32
+    print(f"cyformer {__version__} | decoding | size={args.size} batch={batch} x {src_len} source tokens -> "
+          f"{args.tgt_len} generated (min_length = max_length) | seeded weights, vocabulary 32000")
+    print(f"BLAS: {blas_description()}  (CTranslate2 and transformers: python bench/decode_compare.py)")
+    header = f"{'mode':<8} {'threads':>7} {'median ms':>10} {'tokens/s':>9}"
+    print(header)
+    print("-" * len(header))
+    for mode, beam in (("greedy", 1), ("beam4", 4)):
+        for nt in threads_list:
+            r = run_decode_engine(args.size, batch, src_len, args.tgt_len, beam, nt, args.repeat)
+            print(f"{mode:<8} {nt:>7} {r['median_ms']:>10.1f} {batch * args.tgt_len / (r['median_ms'] / 1e3):>9.1f}")
     return 0
 
 
@@ -196,11 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    b = sub.add_parser("bench", help="time the forward pass on seeded weights (vs PyTorch when installed)")
+    b = sub.add_parser("bench", help="time the encoder, a training step or decoding on seeded weights "
+                                     "(vs PyTorch when installed)")
+    b.add_argument("--task", default="encode", choices=["encode", "train", "decode"])
     b.add_argument("--size", default="base", choices=["small", "base"])
     b.add_argument("--threads", type=int, nargs="+", help="thread counts to run (default: 1 2)")
-    b.add_argument("--batch", type=int, default=16)
-    b.add_argument("--src-len", type=int, default=64)
+    b.add_argument("--batch", type=int, default=None, help="default: 16 (encode, decode), 32 (train)")
+    b.add_argument("--src-len", type=int, default=None, help="default: 64 (encode), 32 (train, decode)")
+    b.add_argument("--tgt-len", type=int, default=32, help="target tokens (train) or generated tokens (decode)")
     b.add_argument("--repeat", type=int, default=10)
     b.add_argument("--no-compare", action="store_true", help="time cyformer only")
     pl = sub.add_parser("plot", help="training curves of a model folder, or a cross-attention heat map")
