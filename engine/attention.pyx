@@ -182,7 +182,7 @@ cdef inline void _set_dropout(Dropout* drop, float p, uint64_t seed) noexcept:
 
 cdef class _Problem:
     """Validated shapes, strides and pointers shared by the forward and backward passes."""
-    cdef int batch, n_heads, d, d_k, max_lq, max_lk, ldm
+    cdef int batch, n_heads, d, d_k, max_lq, max_lk, ldm, window
     cdef long mask_bstride
     cdef const uint8_t* mask_ptr
     cdef object mask_arr
@@ -224,6 +224,7 @@ cdef class _Problem:
         if not (_rows_contiguous(q) and _rows_contiguous(k) and _rows_contiguous(v)):
             raise ValueError("rows of q, k and v must be contiguous")
         self.scale = scale if scale >= 0 else 1.0 / (<float>self.d_k) ** 0.5
+        self.window = -1
         if mask is not None:
             mask_arr = np.ascontiguousarray(mask).view(np.uint8) if np.asarray(mask).dtype == np.bool_ \
                 else np.ascontiguousarray(mask, dtype=np.uint8)
@@ -239,6 +240,10 @@ cdef class _Problem:
                 self.mask_ptr = &mask_v[0, 0, 0]
             self.mask_bstride = 0 if mask_v.shape[0] == 1 else mask_v.shape[1] * mask_v.shape[2]
             self.ldm = mask_v.shape[2]
+
+    cdef int clamp_window(self, int window) noexcept:
+        # a window wider than any sequence restricts nothing; clamping keeps i + w + 1 in int
+        return -1 if window < 0 or window >= self.max_lq + self.max_lk else window
 
     cdef inline const uint8_t* mask_of(self, int b) noexcept nogil:
         return self.mask_ptr + b * self.mask_bstride if self.mask_ptr != NULL else NULL
@@ -280,6 +285,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _set_dropout(&drop, dropout, seed)
+    window = pb.clamp_window(window)
     _check_out(out, q, d, "out")
     if probs is not None:
         probs_v = probs
@@ -440,6 +446,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     _set_dropout(&drop, dropout, seed)
+    window = pb.clamp_window(window)
     _check_out(dq, q, d, "dq")
     if dout.shape[0] != q.shape[0] or dout.shape[1] != d or not _rows_contiguous(dout):
         raise ValueError(f"dout must be [{q.shape[0]}, {d}] with contiguous rows")
@@ -448,7 +455,14 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
             raise ValueError(f"{name} must be [{k.shape[0]}, {d}] with contiguous rows, like k")
     if _ranges_overlap(q_start, q_len) or _ranges_overlap(k_start, k_len):
         raise ValueError("attention_backward: sequences share query or key rows")
-    if pb.batch == 0 or q.shape[0] == 0:
+    if pb.batch == 0:
+        return
+    if q.shape[0] == 0:
+        # no query sees any key: the keys' and values' gradients are zero
+        dk_a, dv_a = np.asarray(dk), np.asarray(dv)
+        for b in range(pb.batch):
+            dk_a[k_start[b]:k_start[b] + k_len[b]] = 0.0
+            dv_a[k_start[b]:k_start[b] + k_len[b]] = 0.0
         return
     cdef int ldq = _ld(q), ldd = _ld(dout), lddq = _ld(dq)
     cdef int ldk = _ld(k) if k.shape[0] else d, ldv = _ld(v) if v.shape[0] else d
@@ -473,6 +487,9 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                 lq = q_len[b]
                 lk = k_len[b]
                 if lq == 0:
+                    if lk > 0:  # keys no query sees: zero gradients
+                        _zero_block(dkp + <long>k_start[b] * lddk + h * d_k, lddk, lk, d_k)
+                        _zero_block(dvp + <long>k_start[b] * lddv + h * d_k, lddv, lk, d_k)
                     continue
                 mine = drop
                 mine.row_base = (<uint64_t>q_start[b] * n_heads + h) << 32

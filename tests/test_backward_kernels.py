@@ -508,3 +508,37 @@ def test_sum_squares_is_exact_enough_and_thread_independent():
     assert optim.sum_squares(np.zeros(0, np.float32)) == 0.0
     optim.scale(x, 0.5, 2)
     assert abs(optim.sum_squares(x) - one / 4) < 1e-9 * one
+
+
+def test_attention_backward_keys_no_query_sees_get_zero_gradients():
+    rng = make_rng("attn-qlen0")
+    q = f32(rng.standard_normal((5, 8)))
+    k = f32(rng.standard_normal((9, 8)))
+    dq = np.full_like(q, np.nan)
+    dk, dv = np.full_like(k, np.nan), np.full_like(k, np.nan)
+    # the second sequence has keys but no queries
+    attention.attention_backward(q, k, k, q, dq, dk, dv, np.array([0, 5], np.int32), np.array([5, 0], np.int32),
+                                 np.array([0, 5], np.int32), np.array([5, 4], np.int32), 2)
+    assert np.isfinite(dq).all() and np.isfinite(dk).all() and np.isfinite(dv).all()
+    assert not dk[5:].any() and not dv[5:].any()
+    empty = np.zeros((0, 8), np.float32)
+    dk[...] = np.nan
+    attention.attention_backward(empty, k, k, empty, empty.copy(), dk, dv, np.array([0], np.int32),
+                                 np.array([0], np.int32), np.array([2], np.int32), np.array([4], np.int32), 2)
+    assert not dk[2:6].any() and np.isnan(dk[:2]).all()
+
+
+def test_attention_window_wider_than_any_sequence_is_no_window():
+    q, k, v, dout, qs, ql, ks, kl, H, causal, window, mask = _attention_case("causal")
+    outs = []
+    for w in (-1, 1000, 2 ** 31 - 1):
+        out = np.zeros_like(q)
+        attention.attention_forward(q, k, v, out, qs, ql, ks, kl, H, causal=True, window=w)
+        outs.append(out)
+        grads = [np.zeros_like(a) for a in (q, k, v)]
+        attention.attention_backward(q, k, v, dout, *grads, qs, ql, ks, kl, H, causal=True, window=w)
+        outs.append(np.concatenate(grads))
+    np.testing.assert_array_equal(outs[0], outs[2])
+    np.testing.assert_array_equal(outs[0], outs[4])
+    np.testing.assert_array_equal(outs[1], outs[3])
+    np.testing.assert_array_equal(outs[1], outs[5])

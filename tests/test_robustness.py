@@ -232,3 +232,65 @@ def test_killing_a_writer_mid_save_keeps_a_good_checkpoint(tmp_path, delay):
     model = Transformer.from_pretrained(directory, verify=True)
     values = np.unique(model.params)
     assert len(values) == 1 and values[0] >= 1, values[:5]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_ctrl_c_inside_the_optimizer_step_resumes_exactly(tmp_path, monkeypatch):
+    """A SIGINT delivered while the optimizer kernel runs is held back until the step's state
+    (parameters, moments, counters, data position) is whole: the checkpoint written on the way
+    out resumes into exactly the uninterrupted run."""
+    import cyformer.optim as optim
+
+    cfg = dict(src_vocab_size=24, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1,
+               max_len=32, dropout=0.1, output_bias=True)
+    rng = np.random.default_rng(0)
+    train = [([int(x) for x in rng.integers(3, 24, int(rng.integers(2, 7)))],
+              [int(x) for x in rng.integers(3, 24, 3)] + [2]) for _ in range(200)]
+    options = dict(schedule="constant", lr=1e-3, seed=3, frozen=["output_projection.bias"])
+    full = Trainer(small_model(**cfg), **options)
+    full.fit(train, max_steps=8, batch_tokens=60, progress=False)
+
+    kernels = optim._kernels
+    calls = [0]
+
+    class SignalInside:
+        def __getattr__(self, name):
+            return getattr(kernels, name)
+
+        def adam_update(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 5:
+                os.kill(os.getpid(), signal.SIGINT)   # arrives while the update is applied
+            return kernels.adam_update(*args, **kwargs)
+
+    monkeypatch.setattr(optim, "_kernels", SignalInside())
+    part = Trainer(small_model(**cfg), **options)
+    with pytest.raises(KeyboardInterrupt):
+        part.fit(train, max_steps=8, batch_tokens=60, output_dir=str(tmp_path), progress=False)
+    monkeypatch.setattr(optim, "_kernels", kernels)
+    assert part.step_count == part.optimizer.steps == 5
+    resumed = Trainer.from_checkpoint(latest_checkpoint(str(tmp_path)), frozen=["output_projection.bias"])
+    assert resumed.step_count == 5
+    resumed.fit(train, max_steps=8, batch_tokens=60, output_dir=str(tmp_path), progress=False)
+    assert resumed.history.loss == full.history.loss
+    np.testing.assert_array_equal(resumed.model.params, full.model.params)
+
+
+def test_resaving_a_step_that_fails_keeps_the_old_copy(tmp_path, monkeypatch):
+    import cyformer.training as training
+
+    trainer = Trainer(small_model(), schedule="constant", lr=1e-3)
+    train = [(s, s[:4] + [2]) for s in _sources(7, 50)]
+    trainer.fit(train, max_steps=3, batch_tokens=100, output_dir=str(tmp_path), progress=False)
+
+    def full_disk(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(training, "save_safetensors", full_disk)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(str(tmp_path))        # the same step again
+    assert os.listdir(tmp_path) == ["checkpoint-3"]
+    assert Trainer.from_checkpoint(str(tmp_path / "checkpoint-3")).step_count == 3
+    # a stop between the two renames of a re-save: the old copy stepped aside is put back
+    os.rename(tmp_path / "checkpoint-3", tmp_path / ("checkpoint-3" + training._ASIDE))
+    assert latest_checkpoint(str(tmp_path)).endswith("checkpoint-3")

@@ -19,14 +19,16 @@ run resumed from step k reproduces the losses of an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
-import time
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -60,6 +62,29 @@ class TrainingHistory:
     def from_dict(cls, d: Dict) -> "TrainingHistory":
         return cls(list(d.get("steps", [])), list(d.get("loss", [])), list(d.get("lr", [])),
                    list(d.get("valid", [])))
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """Hold Ctrl-C back while a step's state changes (parameters, optimizer, counters), so an
+    interrupt never leaves a half-applied update behind to be checkpointed. The signal is
+    re-raised as KeyboardInterrupt right after. (Signal handlers belong to the main thread;
+    elsewhere this does nothing.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except (ValueError, OSError):  # pragma: no cover - e.g. an embedded interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _as_ids(seq, name: str) -> List[int]:
@@ -221,10 +246,11 @@ class Trainer:
         """One training step (forward, backward, optimizer) on a batch; returns the mean loss
         per target token (label-smoothed) before the update."""
         loss, _ = self.loss_and_gradients(self._pairs(src, tgt, src_lengths, tgt_lengths))
-        lr = self._update()
-        self.history.steps.append(self.step_count)
-        self.history.loss.append(loss)
-        self.history.lr.append(lr)
+        with _no_interrupt():
+            lr = self._update()
+            self.history.steps.append(self.step_count)
+            self.history.loss.append(loss)
+            self.history.lr.append(lr)
         return loss
 
     # -- evaluation --------------------------------------------------------------------------
@@ -313,12 +339,13 @@ class Trainer:
                 while self.batch_in_epoch < len(batches) and self.step_count < total:
                     idx = batches[self.batch_in_epoch]
                     loss, _ = self.loss_and_gradients([train[i] for i in idx])
-                    lr = self._update()
-                    self.batch_in_epoch += 1
-                    h = self.history
-                    h.steps.append(self.step_count)
-                    h.loss.append(loss)
-                    h.lr.append(lr)
+                    with _no_interrupt():   # the update and the data position move together
+                        lr = self._update()
+                        self.batch_in_epoch += 1
+                        h = self.history
+                        h.steps.append(self.step_count)
+                        h.loss.append(loss)
+                        h.lr.append(lr)
                     bar.update(1)
                     if bar.enabled:
                         bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
@@ -365,16 +392,26 @@ class Trainer:
     def save_checkpoint(self, output_dir: str, keep: Optional[int] = 2) -> str:
         """Write ``output_dir/checkpoint-STEP`` atomically; keep the newest ``keep``."""
         os.makedirs(output_dir, exist_ok=True)
+        _recover(output_dir)
         final = os.path.join(output_dir, f"checkpoint-{self.step_count}")
-        if os.path.exists(final):
-            shutil.rmtree(final)  # the same step saved again (e.g. after an interrupt)
         tmp = tempfile.mkdtemp(prefix=f".checkpoint-{self.step_count}-", dir=output_dir)
         try:
             self.model.save_pretrained(tmp)
             arrays = self.optimizer.state_arrays()
             save_safetensors(os.path.join(tmp, OPTIMIZER_NAME), arrays, {"format": "cyformer-optimizer"})
             atomic_write_bytes(os.path.join(tmp, STATE_NAME), json.dumps(self._state(), indent=1).encode())
-            os.rename(tmp, final)
+            fsync_dir(tmp)
+            with _no_interrupt():
+                if os.path.exists(final):
+                    # the same step saved again (fit's last save, an interrupt): the old copy
+                    # steps aside under a name _recover restores should we stop between renames
+                    aside = final + _ASIDE
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.rename(final, aside)
+                    os.rename(tmp, final)
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -428,10 +465,26 @@ class Trainer:
         return trainer
 
 
+_ASIDE = ".replaced"
+
+
+def _recover(output_dir: str) -> None:
+    """Put back a checkpoint that stepped aside for a re-save of its step that never finished."""
+    for name in os.listdir(output_dir):
+        if name.endswith(_ASIDE) and _CHECKPOINT.match(name[:-len(_ASIDE)]):
+            final = os.path.join(output_dir, name[:-len(_ASIDE)])
+            if os.path.exists(os.path.join(final, STATE_NAME)):
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            else:
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(os.path.join(output_dir, name), final)
+
+
 def list_checkpoints(output_dir: str) -> List[str]:
     """Complete checkpoint folders in ``output_dir``, oldest first."""
     if not os.path.isdir(output_dir):
         return []
+    _recover(output_dir)
     found = []
     for name in os.listdir(output_dir):
         m = _CHECKPOINT.match(name)
