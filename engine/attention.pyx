@@ -22,15 +22,12 @@ from _common cimport sgemm_rm
 
 cdef extern from "vecmath.h" nogil:
     int cyf_softmax_range(float* x, int lo, int hi, int width)
-    int cyf_attend_row(const float* q, const float* k, long ldk, const float* v, long ldv,
-                       float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
-                       float* scores)
     void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first, uint32_t threshold,
                          float inv_keep)
-    int cyf_attend_row_dropout(const float* q, const float* k, long ldk, const float* v, long ldv,
-                               float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
-                               float* scores, float* dropped, uint64_t seed, uint64_t first,
-                               uint32_t threshold, float inv_keep)
+    int cyf_attend_row(const float* q, const float* k, long ldk, const float* v, long ldv,
+                       float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
+                       float* scores, float* dropped, uint64_t seed, uint64_t first,
+                       uint32_t threshold, float inv_keep)
     void cyf_attend_row_backward(const float* q, const float* k, long ldk, const float* v, long ldv,
                                  const float* dout, float* dq, float* dk, long lddk, float* dv, long lddv,
                                  int lo, int hi, int d_k, float scale, const uint8_t* mask,
@@ -132,10 +129,10 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
     if lq <= _ROW_PATH_MAX_Q or lk <= _ROW_PATH_MAX_K:
         for i in range(lq):
             _bounds(i, shift, lk, causal, window, &row_lo, &row_hi)
-            cyf_attend_row_dropout(q + i * ldq, k, ldk, v, ldv, out + i * ldo, row_lo, row_hi, d_k, scale,
-                                   mask + i * ldm if mask != NULL else NULL, scores, scores + lk,
-                                   drop.seed, drop.row_base + <uint64_t>i * drop.row_step,
-                                   drop.threshold, drop.inv_keep)
+            cyf_attend_row(q + i * ldq, k, ldk, v, ldv, out + i * ldo, row_lo, row_hi, d_k, scale,
+                           mask + i * ldm if mask != NULL else NULL, scores, scores + lk,
+                           drop.seed, drop.row_base + <uint64_t>i * drop.row_step,
+                           drop.threshold, drop.inv_keep)
             if probs != NULL:
                 for j in range(lk):
                     probs[i * ldp + j] = 0.0
@@ -167,6 +164,13 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
         # out[r0:r1] = P[r1 - r0, width] V[lo:hi]
         sgemm_rm(False, False, r1 - r0, d_k, width, 1.0, scores, width,
                  v + lo * ldv, ldv, 0.0, out + r0 * ldo, ldo)
+
+
+cdef inline Dropout _for_item(Dropout drop, int q_start, int n_heads, int h) noexcept nogil:
+    # the stream of one (sequence, head): rows are numbered in the packed batch
+    drop.row_base = (<uint64_t>q_start * n_heads + h) << 32
+    drop.row_step = (<uint64_t>n_heads) << 32
+    return drop
 
 
 cdef inline void _set_dropout(Dropout* drop, float p, uint64_t seed) noexcept:
@@ -323,9 +327,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
                 lk = k_len[b]
                 if lq == 0:
                     continue
-                mine = drop
-                mine.row_base = (<uint64_t>q_start[b] * n_heads + h) << 32
-                mine.row_step = (<uint64_t>n_heads) << 32
+                mine = _for_item(drop, q_start[b], n_heads, h)
                 if lk == 0:
                     _attend_one(qp, ldq, kp, ldk, vp, ldv, op + <long>q_start[b] * ldo + h * d_k, ldo,
                                 lq, 0, d_k, pb.scale, causal, window, NULL, 0,
@@ -457,20 +459,15 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
         raise ValueError("attention_backward: sequences share query or key rows")
     if pb.batch == 0:
         return
-    if q.shape[0] == 0:
-        # no query sees any key: the keys' and values' gradients are zero
-        dk_a, dv_a = np.asarray(dk), np.asarray(dv)
-        for b in range(pb.batch):
-            dk_a[k_start[b]:k_start[b] + k_len[b]] = 0.0
-            dv_a[k_start[b]:k_start[b] + k_len[b]] = 0.0
-        return
-    cdef int ldq = _ld(q), ldd = _ld(dout), lddq = _ld(dq)
+    cdef int ldq = _ld(q) if q.shape[0] else d, ldd = _ld(dout) if q.shape[0] else d
+    cdef int lddq = _ld(dq) if q.shape[0] else d
     cdef int ldk = _ld(k) if k.shape[0] else d, ldv = _ld(v) if v.shape[0] else d
     cdef int lddk = _ld(dk) if k.shape[0] else d, lddv = _ld(dv) if k.shape[0] else d
     n_items = pb.batch * n_heads
-    cdef const float* qp = &q[0, 0]
-    cdef const float* dop = &dout[0, 0]
-    cdef float* dqp = &dq[0, 0]
+    # no query rows: every item takes the lq == 0 branch, which only zeroes dk and dv
+    cdef const float* qp = &q[0, 0] if q.shape[0] else NULL
+    cdef const float* dop = &dout[0, 0] if q.shape[0] else NULL
+    cdef float* dqp = &dq[0, 0] if q.shape[0] else NULL
     cdef const float* kp = &k[0, 0] if k.shape[0] else NULL
     cdef const float* vp = &v[0, 0] if k.shape[0] else NULL
     cdef float* dkp = &dk[0, 0] if k.shape[0] else NULL
@@ -491,9 +488,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                         _zero_block(dkp + <long>k_start[b] * lddk + h * d_k, lddk, lk, d_k)
                         _zero_block(dvp + <long>k_start[b] * lddv + h * d_k, lddv, lk, d_k)
                     continue
-                mine = drop
-                mine.row_base = (<uint64_t>q_start[b] * n_heads + h) << 32
-                mine.row_step = (<uint64_t>n_heads) << 32
+                mine = _for_item(drop, q_start[b], n_heads, h)
                 if lk == 0:
                     _zero_block(dqp + <long>q_start[b] * lddq + h * d_k, lddq, lq, d_k)
                     continue

@@ -21,15 +21,21 @@ def activation_code(name):
         raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
 
 
+cdef int _code(act) except -1:
+    """An activation's code from its name (or the code itself), checked."""
+    cdef int code = activation_code(act) if isinstance(act, str) else act
+    if code < 0 or code > 4:
+        raise ValueError(f"unknown activation code {code}")
+    return code
+
+
 def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
     """x[N, F] = act(x + bias[F]) in place; bias may be None. Rows may be strided."""
     cdef int n = x.shape[0], f = x.shape[1], i, j
-    cdef int code = activation_code(act) if isinstance(act, str) else act
+    cdef int code = _code(act)
     cdef const float[::1] b
     cdef const float* bp = NULL
     cdef long ld
-    if code < 0 or code > 4:
-        raise ValueError(f"unknown activation code {code}")
     if bias is not None:
         b = bias
         if b.shape[0] != f:
@@ -55,11 +61,9 @@ cdef extern from "vecmath.h" nogil:
 def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n_threads=1):
     """Training form: ``pre += bias`` (kept for the backward pass), ``out = act(pre)``."""
     cdef int n = pre.shape[0], f = pre.shape[1], i
-    cdef int code = activation_code(act) if isinstance(act, str) else act
+    cdef int code = _code(act)
     cdef const float[::1] b
     cdef const float* bp = NULL
-    if code < 0 or code > 4:
-        raise ValueError(f"unknown activation code {code}")
     if out.shape[0] != n or out.shape[1] != f:
         raise ValueError(f"out must be [{n}, {f}], like pre")
     if bias is not None:
@@ -80,9 +84,7 @@ def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n
 def act_backward(float[:, ::1] dh, const float[:, ::1] pre, act, int n_threads=1):
     """``dh *= act'(pre)`` in place; ``pre`` is the activation's input (bias included)."""
     cdef int n = dh.shape[0], f = dh.shape[1], i
-    cdef int code = activation_code(act) if isinstance(act, str) else act
-    if code < 0 or code > 4:
-        raise ValueError(f"unknown activation code {code}")
+    cdef int code = _code(act)
     if pre.shape[0] != n or pre.shape[1] != f:
         raise ValueError(f"pre must be [{n}, {f}], like dh")
     if n == 0 or f == 0 or code == 0:

@@ -145,31 +145,6 @@ CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
     cyf_softmax_inplace(x, n, log);
 }
 
-/* One query against keys [lo, hi) of one head: out[0:d_k] = softmax(scale * q K^T) V.
- * k and v rows are ldk / ldv floats apart; mask (NULL = none) is indexed by key. scores
- * is scratch for hi - lo floats and holds the weights afterwards. Returns 0 (out = 0)
- * when no key is visible. This is the decoding path: a GEMM per query would cost more
- * in call overhead than the arithmetic. */
-CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, const float* v,
-                                     long ldv, float* out, int lo, int hi, int d_k, float scale,
-                                     const uint8_t* mask, float* scores) {
-    int j, c, n = hi - lo;
-    for (c = 0; c < d_k; c++) out[c] = 0.0f;
-    if (n <= 0) return 0;
-    for (j = 0; j < n; j++) {
-        const float* kj = k + (long)(lo + j) * ldk;
-        float dot = cyf_dot(q, kj, d_k);
-        scores[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
-    }
-    if (!cyf_softmax_inplace(scores, n, 0)) return 0;
-    for (j = 0; j < n; j++) {
-        const float* vj = v + (long)(lo + j) * ldv;
-        float p = scores[j];
-        for (c = 0; c < d_k; c++) out[c] += p * vj[c];
-    }
-    return 1;
-}
-
 /* Skinny GEMM for decoding: out[m, n] (+)= sum_k x[m, k] * w[n, k] (+ bias[n]) for all
  * m < M and n0 <= n < n1, with x [M, K] and w [N, K] row-major (PyTorch's weight layout).
  * BLAS packs the whole weight matrix on every call, which for a handful of rows costs
@@ -561,24 +536,31 @@ CYF_INLINE void cyf_axpy(float* __restrict y, const float* __restrict x, float a
     for (c = 0; c < n; c++) y[c] += a * x[c];
 }
 
-/* Attention of one query row for training, against keys [lo, hi) of one head, the row
- * analogue of the block path (a GEMM call per tiny block costs more than its arithmetic):
- * probabilities into scores[0:hi-lo] (before dropout), dropout with the mask of indices
- * first + lo + j, out[0:d_k] = sum_j p_j v_j. Returns 0 (out = 0) when no key is visible. */
-CYF_CLONES static int cyf_attend_row_dropout(const float* q, const float* k, long ldk, const float* v,
-                                             long ldv, float* out, int lo, int hi, int d_k, float scale,
-                                             const uint8_t* mask, float* scores, float* dropped,
-                                             uint64_t seed, uint64_t first, uint32_t threshold,
-                                             float inv_keep) {
-    int j, c, n = hi - lo;
-    for (c = 0; c < d_k; c++) out[c] = 0.0f;
+/* p[0:hi-lo] = softmax over keys [lo, hi) of scale * q . k_j (-inf where mask[j] == 0).
+ * k rows are ldk floats apart. Returns 0 (p all zero) when no key is visible. */
+CYF_INLINE int cyf_row_probs(const float* q, const float* k, long ldk, int lo, int hi, int d_k,
+                             float scale, const uint8_t* mask, float* p) {
+    int j, n = hi - lo;
     if (n <= 0) return 0;
     for (j = 0; j < n; j++) {
-        const float* kj = k + (long)(lo + j) * ldk;
-        float dot = cyf_dot(q, kj, d_k);
-        scores[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
+        float dot = cyf_dot(q, k + (long)(lo + j) * ldk, d_k);
+        p[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
     }
-    if (!cyf_softmax_inplace(scores, n, 0)) return 0;
+    return cyf_softmax_inplace(p, n, 0);
+}
+
+/* Attention of one query row against keys [lo, hi) of one head: the decoding path and the
+ * row analogue of the block path for short sequences (a GEMM call per tiny block costs more
+ * than its arithmetic). Probabilities into scores[0:hi-lo] (before dropout); with
+ * threshold != 0, dropout with the mask of indices first + lo + j (dropped: scratch for
+ * hi - lo floats); out[0:d_k] = sum_j p_j v_j. Returns 0 (out = 0) when no key is visible. */
+CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, const float* v,
+                                     long ldv, float* out, int lo, int hi, int d_k, float scale,
+                                     const uint8_t* mask, float* scores, float* dropped,
+                                     uint64_t seed, uint64_t first, uint32_t threshold, float inv_keep) {
+    int j, c, n = hi - lo;
+    for (c = 0; c < d_k; c++) out[c] = 0.0f;
+    if (!cyf_row_probs(q, k, ldk, lo, hi, d_k, scale, mask, scores)) return 0;
     const float* p = scores;
     if (threshold) {
         memcpy(dropped, scores, sizeof(float) * (size_t)n);
@@ -593,7 +575,7 @@ CYF_CLONES static int cyf_attend_row_dropout(const float* q, const float* k, lon
     return 1;
 }
 
-/* Backward of cyf_attend_row_dropout for one query row: dq[0:d_k] is written, dk / dv rows
+/* Backward of cyf_attend_row for one query row: dq[0:d_k] is written, dk / dv rows
  * [lo, hi) are added to. p, t, u: scratch of hi - lo floats each.
  *   P = softmax; Pd = dropout(P); dV_j += Pd_j dO; dP_j = dropout(dO . v_j);
  *   dS_j = P_j (dP_j - sum_l P_l dP_l); dq = scale sum_j dS_j k_j; dK_j += scale dS_j q */
@@ -604,15 +586,8 @@ CYF_CLONES static void cyf_attend_row_backward(const float* q, const float* k, l
                                                uint64_t seed, uint64_t first, uint32_t threshold,
                                                float inv_keep) {
     int j, c, n = hi - lo;
-    float dot;
     for (c = 0; c < d_k; c++) dq[c] = 0.0f;
-    if (n <= 0) return;
-    for (j = 0; j < n; j++) {
-        const float* kj = k + (long)(lo + j) * ldk;
-        dot = cyf_dot(q, kj, d_k);
-        p[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
-    }
-    if (!cyf_softmax_inplace(p, n, 0)) return;
+    if (!cyf_row_probs(q, k, ldk, lo, hi, d_k, scale, mask, p)) return;
     for (j = 0; j < n; j++) {
         const float* vj = v + (long)(lo + j) * ldv;
         t[j] = cyf_dot(dout, vj, d_k);

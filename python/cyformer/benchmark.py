@@ -116,8 +116,14 @@ def blas_description() -> str:
 def run_engine(engine: str, size: str, batch: int, src_len: int, threads: int, repeat: int,
                env: Optional[Dict[str, str]] = None, timeout: float = 900) -> Optional[Dict]:
     """Run one engine in a fresh process; None when it is not installed."""
-    cmd = [sys.executable, "-m", "cyformer.benchmark", engine, "--size", size, "--batch", str(batch),
-           "--src-len", str(src_len), "--threads", str(threads), "--repeat", str(repeat)]
+    return _run_child([engine, "--size", size, "--batch", str(batch), "--src-len", str(src_len),
+                       "--threads", str(threads), "--repeat", str(repeat)], env, timeout)
+
+
+def _run_child(args: List[str], env: Optional[Dict[str, str]], timeout: float) -> Optional[Dict]:
+    """``python -m cyformer.benchmark ARGS`` in a fresh process: its JSON line, or None when the
+    engine's package is not installed."""
+    cmd = [sys.executable, "-m", "cyformer.benchmark"] + args
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         if "ModuleNotFoundError" in proc.stderr:
@@ -222,13 +228,9 @@ def run_cyformer_decode(size: str, batch: int, src_len: int, gen_len: int, beam:
 
 def run_decode_engine(size: str, batch: int, src_len: int, gen_len: int, beam: int, threads: int, repeat: int,
                       env: Optional[Dict[str, str]] = None, timeout: float = 1800) -> Dict:
-    cmd = [sys.executable, "-m", "cyformer.benchmark", "cyformer", "--task", "decode", "--size", size,
-           "--batch", str(batch), "--src-len", str(src_len), "--tgt-len", str(gen_len), "--beam", str(beam),
-           "--threads", str(threads), "--repeat", str(repeat)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_child(["cyformer", "--task", "decode", "--size", size, "--batch", str(batch), "--src-len",
+                       str(src_len), "--tgt-len", str(gen_len), "--beam", str(beam), "--threads", str(threads),
+                       "--repeat", str(repeat)], env, timeout)
 
 _TRAIN_RUNNERS = {"cyformer": run_cyformer_train, "torch": run_torch_train}
 
@@ -236,15 +238,8 @@ _TRAIN_RUNNERS = {"cyformer": run_cyformer_train, "torch": run_torch_train}
 def run_train_engine(engine: str, size: str, batch: int, src_len: int, tgt_len: int, threads: int,
                      repeat: int, env: Optional[Dict[str, str]] = None, timeout: float = 1800) -> Optional[Dict]:
     """One engine's training step in a fresh process; None when it is not installed."""
-    cmd = [sys.executable, "-m", "cyformer.benchmark", engine, "--task", "train", "--size", size,
-           "--batch", str(batch), "--src-len", str(src_len), "--tgt-len", str(tgt_len),
-           "--threads", str(threads), "--repeat", str(repeat)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        if "ModuleNotFoundError" in proc.stderr:
-            return None
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return _run_child([engine, "--task", "train", "--size", size, "--batch", str(batch), "--src-len", str(src_len),
+                       "--tgt-len", str(tgt_len), "--threads", str(threads), "--repeat", str(repeat)], env, timeout)
 
 
 _RUNNERS = {"cyformer": run_cyformer_encoder, "torch": run_torch_encoder}

@@ -484,7 +484,6 @@ def list_checkpoints(output_dir: str) -> List[str]:
     """Complete checkpoint folders in ``output_dir``, oldest first."""
     if not os.path.isdir(output_dir):
         return []
-    _recover(output_dir)
     found = []
     for name in os.listdir(output_dir):
         m = _CHECKPOINT.match(name)
@@ -494,6 +493,9 @@ def list_checkpoints(output_dir: str) -> List[str]:
 
 
 def latest_checkpoint(output_dir: str) -> Optional[str]:
+    """The newest complete checkpoint (after putting back one a failed re-save set aside)."""
+    if os.path.isdir(output_dir):
+        _recover(output_dir)
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
 
