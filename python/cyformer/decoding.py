@@ -119,9 +119,11 @@ def _attention_rows(attn: np.ndarray, rows, src_len, per_head: bool):
 def generate(model, src, src_lengths=None, **options) -> List[GenerationResult]:
     opts = GenerationOptions(**options)
     opts.validate(model.config.max_len)
-    if opts.beam_size == 1:
-        return _greedy_or_sample(model, src, src_lengths, opts)
-    return _beam_search(model, src, src_lengths, opts)
+    # Held once for the whole loop: each step's own (nested) hold is then only a counter.
+    with threads.blas_single_threaded():
+        if opts.beam_size == 1:
+            return _greedy_or_sample(model, src, src_lengths, opts)
+        return _beam_search(model, src, src_lengths, opts)
 
 
 def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[GenerationResult]:
