@@ -87,7 +87,7 @@ def extensions():
             [os.path.join("engine", f"{name}.pyx")],
             include_dirs=["engine"],
             # the shared headers: a change to one must rebuild every module that includes it
-            depends=[os.path.join("engine", h) for h in ("vecmath.h", "omp_compat.h", "_common.pxd")],
+            depends=[os.path.join("engine", h) for h in ("vecmath.h", "gemm_panel.h", "omp_compat.h", "_common.pxd")],
         )
         for name in ENGINE_MODULES
     ]

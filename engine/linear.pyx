@@ -16,9 +16,23 @@ cdef extern from "vecmath.h" nogil:
     void cyf_skinny_gemm(const float* x, long ldx, const float* w, long ldw, const float* bias,
                          float* out, long ldo, int M, int n0, int n1, int K, int accumulate)
 
-# Up to this many rows (decoding steps) the skinny kernel beats BLAS, which packs the
-# whole weight matrix on every call. Settable for benchmarking (set_skinny_rows).
+cdef extern from "gemm_panel.h" nogil:
+    int CYF_PANEL
+    int cyf_panel_ok()
+    void cyf_panel_pack(const float* x, long ldx, int M, int K, float* xt)
+    void cyf_panel_gemm(const float* xt, int M, const float* w, long ldw, const float* bias,
+                        float* out, long ldo, int n0, int n1, int K, int accumulate)
+    float* cyf_scratch(size_t n)
+
+# Decoding-sized GEMMs (a few to a few hundred rows) skip BLAS, which packs the whole weight
+# matrix on every call: from _PANEL_MIN_ROWS to _PANEL_MAX_ROWS rows the panel kernel
+# (gemm_panel.h, AVX2) runs when the CPU has it, else up to _SKINNY_MAX_ROWS the skinny
+# dot-product kernel does; a single row is always the skinny kernel's (bound by reading the
+# weights). Measured on Zen 3 with weights not in cache (bench/RESULTS.md). Settable for
+# benchmarking (set_skinny_rows, set_panel_rows).
 cdef int _SKINNY_MAX_ROWS = 48
+cdef int _PANEL_MIN_ROWS = 8
+cdef int _PANEL_MAX_ROWS = 256
 
 # Below this many multiply-adds a GEMM is not worth a parallel region.
 cdef long _MIN_PARALLEL_WORK = 1 << 18
@@ -63,6 +77,20 @@ cdef void linear_nogil(const float* x, int ldx, const float* w, int ldw, const f
                        int n_threads) noexcept nogil:
     cdef int t
     cdef long work = <long>m * n * k
+    cdef float* xt
+    if _PANEL_MIN_ROWS <= m <= _PANEL_MAX_ROWS and cyf_panel_ok():
+        # x packed once (caller's thread), read by every thread's share of the columns
+        xt = cyf_scratch(<size_t>((m + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
+        if xt != NULL:
+            cyf_panel_pack(x, ldx, m, k, xt)
+            if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
+                cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo, 0, n, k, accumulate)
+            else:
+                for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+                    cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo,
+                                   _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
+                                   k, accumulate)
+            return
     if m <= _SKINNY_MAX_ROWS:
         if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
             cyf_skinny_gemm(x, ldx, w, ldw, bias, out, ldo, m, 0, n, k, accumulate)
@@ -139,6 +167,20 @@ def gemm(const float[:, :] a, const float[:, :] b, float[:, :] c, bint trans_a=F
     with nogil:
         sgemm_rm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], lda, &b[0, 0], ldb, beta,
                  &c[0, 0], ldc)
+
+
+def set_panel_rows(int min_rows, int max_rows):
+    """Use the panel kernel for min_rows..max_rows rows (an empty range disables it);
+    returns the previous range."""
+    global _PANEL_MIN_ROWS, _PANEL_MAX_ROWS
+    old = (_PANEL_MIN_ROWS, _PANEL_MAX_ROWS)
+    _PANEL_MIN_ROWS, _PANEL_MAX_ROWS = min_rows, max_rows
+    return old
+
+
+def panel_kernel_available():
+    """Whether this CPU runs the panel kernel (AVX2 and FMA on x86-64)."""
+    return bool(cyf_panel_ok())
 
 
 def set_skinny_rows(int rows):

@@ -5,6 +5,7 @@ Every float32 kernel result is compared with a float64 reference written here
 ``TORCH_ATOL``), and, for the multi-threaded paths, with its own single-threaded
 result (``THREAD_RTOL``/``THREAD_ATOL``). Bad inputs must raise ValueError/TypeError.
 """
+import contextlib
 import inspect
 import math
 import os
@@ -112,6 +113,68 @@ def test_linear_forward_matches_numpy(m, n, k, use_bias, accumulate, strided):
     if strided:  # columns outside the view are untouched
         np.testing.assert_array_equal(obuf[:, :1], before[:, :1])
         np.testing.assert_array_equal(obuf[:, 1 + n:], before[:, 1 + n:])
+
+
+@contextlib.contextmanager
+def _linear_path(name):
+    """Force linear_forward's small-M dispatch onto one kernel for every row count."""
+    panel = linear.set_panel_rows(*((1, 1 << 30) if name == "panel" else (1, 0)))
+    skinny = linear.set_skinny_rows(1 << 30 if name == "skinny" else 0)
+    try:
+        yield
+    finally:
+        linear.set_panel_rows(*panel)
+        linear.set_skinny_rows(skinny)
+
+
+_LINEAR_PATHS = ["panel", "skinny", "blas"] if linear.panel_kernel_available() else ["skinny", "blas"]
+
+
+@pytest.fixture(params=_LINEAR_PATHS)
+def linear_path(request):
+    with _linear_path(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 13, 40), (2, 6, 8), (5, 7, 3), (6, 12, 256), (8, 5, 17),
+                                   (9, 31, 64), (16, 40, 512), (17, 3, 33), (24, 25, 9),
+                                   (40, 100, 130), (64, 7, 1)])
+@pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
+def test_linear_paths_match_numpy(linear_path, m, n, k, strided):
+    # Every kernel behind linear_forward over panel tails (M not a multiple of 8 or 16),
+    # short last blocks of weight rows (N not a multiple of 6) and the prefetch (K <= 512).
+    rng = make_rng("linear-path", m, n, k, strided)
+    w = f32(rng.standard_normal((n, k)) / math.sqrt(k))
+    b = f32(rng.standard_normal(n))
+    xbuf = f32(rng.standard_normal((m, k + 3)))
+    x = xbuf[:, 3:] if strided else np.ascontiguousarray(xbuf[:, :k])
+    obuf = f32(rng.standard_normal((m, n + 2)))
+    out = obuf[:, 1:1 + n] if strided else np.ascontiguousarray(obuf[:, :n])
+    for accumulate in (False, True):
+        out0 = out.copy()
+        linear.linear_forward(x, w, b, out, accumulate=accumulate)
+        assert_close(out, ref_linear(x, w, b, out0, accumulate))
+    if strided:
+        before = obuf.copy()
+        linear.linear_forward(x, w, None, out)
+        np.testing.assert_array_equal(obuf[:, 0], before[:, 0])
+        np.testing.assert_array_equal(obuf[:, 1 + n:], before[:, 1 + n:])
+
+
+@pytest.mark.parametrize("path", [p for p in _LINEAR_PATHS if p != "blas"])
+def test_linear_panel_threads_bitwise(path):
+    # The panel and skinny kernels split columns between threads; each output keeps its
+    # summation order, so 1, 2 and 3 threads give the same bits.
+    rng = make_rng("linear-panel-threads")
+    x = f32(rng.standard_normal((24, 200)))
+    w = f32(rng.standard_normal((3001, 200)))
+    out = {}
+    with _one_blas_thread(), _linear_path(path):
+        for nt in (1, 2, 3):
+            out[nt] = np.empty((24, 3001), np.float32)
+            linear.linear_forward(x, w, None, out[nt], n_threads=nt)
+    np.testing.assert_array_equal(out[2], out[1])
+    np.testing.assert_array_equal(out[3], out[1])
 
 
 def test_linear_forward_zero_rows():
