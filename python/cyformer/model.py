@@ -489,10 +489,13 @@ class Transformer:
             pos = (v["decoder.embed_positions.weight"] if c.positional == "learned" else self._pos_table)
             embedding_forward(tokens, np.full(rows, t, dtype=np.int32), self._tgt_embedding(), pos,
                               self._embed_scale, x, nt)
-            one = state.ones[:rows]
-            q_start = state.arange[:rows]
-            k_start = state.cache_start[:rows]
-            k_len = np.full(rows, t + 1, dtype=np.int32)
+            # Attention runs per (row, head): the caches are head-major, so one head's keys are
+            # contiguous, and the kernel sees rows * n_heads sequences of one head each.
+            h, d_k = c.n_heads, d // c.n_heads
+            lanes = rows * h
+            one = state.ones[:lanes]
+            lane = state.arange[:lanes]
+            k_len = np.full(lanes, t + 1, dtype=np.int32)
             for i in range(c.n_decoder_layers):
                 p = f"decoder.layers.{i}"
                 y = self._pre_norm(f"{p}.norm1", x, ws, nt)
@@ -500,22 +503,23 @@ class Transformer:
                 linear_forward(y, v[f"{p}.self_attn.in_proj_weight"], v[f"{p}.self_attn.in_proj_bias"], qkv,
                                n_threads=nt)
                 keys, values = state.keys[i], state.values[i]
-                keys[:rows, t] = qkv[:, d:2 * d]
-                values[:rows, t] = qkv[:, 2 * d:]
+                keys[:rows, :, t] = qkv[:, d:2 * d].reshape(rows, h, d_k)
+                values[:rows, :, t] = qkv[:, 2 * d:].reshape(rows, h, d_k)
+                q = ws.get("step_q", rows, d)
+                np.copyto(q, qkv[:, :d])
                 ctx = ws.get("step_ctx", rows, d)
-                attention_forward(qkv[:, :d], keys.reshape(-1, d), values.reshape(-1, d), ctx,
-                                  q_start, one, k_start, k_len, c.n_heads, n_threads=nt)
+                attention_forward(q.reshape(lanes, d_k), keys.reshape(-1, d_k), values.reshape(-1, d_k),
+                                  ctx.reshape(lanes, d_k), lane, one, state.self_start[:lanes], k_len, 1,
+                                  n_threads=nt)
                 self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
                 y = self._pre_norm(f"{p}.norm2", x, ws, nt)
-                q = ws.get("step_q", rows, d)
                 linear_forward(y, v[f"{p}.multihead_attn.in_proj_weight"][:d],
                                v[f"{p}.multihead_attn.in_proj_bias"][:d], q, n_threads=nt)
-                kv = state.memory_kv[i]
                 probs = None
                 if attention is not None and i == c.n_decoder_layers - 1:
-                    probs = attention.reshape(rows, c.n_heads, 1, -1)
-                attention_forward(q, kv[:, :d], kv[:, d:], ctx, q_start, one,
-                                  state.src_start[:rows], state.src_len[:rows], c.n_heads,
+                    probs = attention.reshape(lanes, 1, 1, -1)
+                attention_forward(q.reshape(lanes, d_k), state.cross_keys[i], state.cross_values[i],
+                                  ctx.reshape(lanes, d_k), lane, one, state.cross_start, state.cross_len, 1,
                                   probs=probs, n_threads=nt)
                 self._sublayer_out(f"{p}.multihead_attn.out_proj", ctx, x, f"{p}.norm2", ws, nt)
                 self._feed_forward(p, x, f"{p}.norm3", f"{p}.norm3", ws, nt)
@@ -641,19 +645,38 @@ class Transformer:
 
 
 
-class DecoderState:
-    """Per-row decoder caches for incremental decoding.
+def _heads_major(part: np.ndarray, src: Batch, n_heads: int) -> np.ndarray:
+    """[N_src, d] keys or values of packed sources -> [N_src * n_heads, d_k], each source's
+    block [n_heads, len, d_k] (one head's rows contiguous)."""
+    n, d = part.shape
+    d_k = d // n_heads
+    out = np.empty((n * n_heads, d_k), dtype=np.float32)
+    for start, length in zip(src.start.tolist(), src.length.tolist()):
+        block = out[start * n_heads:(start + length) * n_heads].reshape(n_heads, length, d_k)
+        block[:] = part[start:start + length].reshape(length, n_heads, d_k).transpose(1, 0, 2)
+    return out
 
-    ``keys[l]`` / ``values[l]``: [rows, capacity, d_model] self-attention cache of layer l
-    (row r's position t at row ``r * capacity + t`` of the flattened view the attention
-    kernel reads); ``memory_kv[l]``: [N_src, 2 * d_model] cross-attention keys/values,
-    computed once per source batch and shared by every row (beam) of a source.
+
+class DecoderState:
+    """Per-row decoder caches for incremental decoding, head-major so that the keys and
+    values one (row, head) attends over are contiguous.
+
+    ``keys[l]`` / ``values[l]``: [rows, n_heads, capacity, d_k] self-attention cache of
+    layer l. ``cross_keys[l]`` / ``cross_values[l]``: [N_src * n_heads, d_k] keys/values of
+    the encoder memory, computed once per source batch and shared by every row (beam) of a
+    source; source b's block starts at row ``start_b * n_heads``, head h of it ``h * len_b``
+    rows further. The attention kernel reads them as ``rows * n_heads`` one-head sequences
+    (lane ``r * n_heads + h``), whose starts and lengths are ``self_start``,
+    ``cross_start`` and ``cross_len``.
     """
 
     def __init__(self, config: TransformerConfig, memory_kv: List[np.ndarray], src: Batch,
                  rows_src: np.ndarray, max_steps: int):
         self.config = config
-        self.memory_kv = memory_kv
+        h, d = config.n_heads, config.d_model
+        d_k = d // h
+        self.cross_keys = [_heads_major(kv[:, :d], src, h) for kv in memory_kv]
+        self.cross_values = [_heads_major(kv[:, d:], src, h) for kv in memory_kv]
         self.src_lengths = src.length
         self.rows_src = rows_src.astype(np.int32)
         self.src_start = src.start[self.rows_src]
@@ -661,15 +684,23 @@ class DecoderState:
         self.rows = len(rows_src)
         self.length = 0
         self.capacity = 0
-        n = max(self.rows, 1)
+        n = max(self.rows, 1) * h
         self.ones = np.ones(n, dtype=np.int32)
         self.arange = np.arange(n, dtype=np.int32)
         self.keys: List[np.ndarray] = []
         self.values: List[np.ndarray] = []
+        self._d_k = d_k
         self.reserve(max(1, min(max_steps, config.max_len)))
+        self._lanes()
+
+    def _lanes(self) -> None:
+        h = self.config.n_heads
+        self.cross_start = (self.src_start[:, None] * h
+                            + np.arange(h, dtype=np.int32)[None, :] * self.src_len[:, None]).ravel()
+        self.cross_len = np.repeat(self.src_len, h).astype(np.int32)
 
     @property
-    def cache_start(self) -> np.ndarray:
+    def self_start(self) -> np.ndarray:
         return self.arange * self.capacity
 
     def reserve(self, steps: int) -> None:
@@ -677,13 +708,12 @@ class DecoderState:
         if steps <= self.capacity:
             return
         capacity = min(max(steps, 2 * self.capacity), self.config.max_len)
-        d = self.config.d_model
         rows = max(self.rows, 1)
         for cache in (self.keys, self.values):
             for i in range(self.config.n_decoder_layers):
-                grown = np.empty((rows, capacity, d), dtype=np.float32)
+                grown = np.empty((rows, self.config.n_heads, capacity, self._d_k), dtype=np.float32)
                 if i < len(cache):
-                    grown[:, :self.length] = cache[i][:rows, :self.length]
+                    grown[:, :, :self.length] = cache[i][:rows, :, :self.length]
                     cache[i] = grown
                 else:
                     cache.append(grown)
@@ -703,8 +733,9 @@ class DecoderState:
             source = index[moved]
             for cache in (self.keys, self.values):
                 for arr in cache:
-                    arr[moved, :t] = arr[source, :t]   # the right side is gathered first
+                    arr[moved, :, :t] = arr[source, :, :t]   # the right side is gathered first
         self.rows_src = self.rows_src[index]
         self.src_start = self.src_start[index]
         self.src_len = self.src_len[index]
         self.rows = n
+        self._lanes()
