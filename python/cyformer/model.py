@@ -184,18 +184,30 @@ def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
 class Workspace:
     """Activation buffers reused across calls of the same or smaller shape (one per thread)."""
 
+    _MAX_VIEWS = 512  # shaped views kept for reuse; beyond that the cache starts over
+
     def __init__(self) -> None:
         self._buffers: Dict[str, np.ndarray] = {}
+        # (name, shape) -> view: a decoding step asks for ~50 buffers, and slicing and
+        # reshaping a new view each time cost as much as a small kernel call
+        self._shaped: Dict[tuple, np.ndarray] = {}
 
     def get(self, name: str, *shape: int) -> np.ndarray:
+        view = self._shaped.get((name, shape))
+        if view is not None:
+            return view
         n = 1
-        for extent in shape:  # not np.prod: this runs ~20 times per decoding step
+        for extent in shape:
             n *= extent
         buf = self._buffers.get(name)
         if buf is None or buf.size < n:
             buf = np.empty(max(n, 1), dtype=np.float32)
             self._buffers[name] = buf
-        return buf[:n].reshape(shape)
+            self._shaped = {k: v for k, v in self._shaped.items() if k[0] != name}
+        if len(self._shaped) >= self._MAX_VIEWS:
+            self._shaped.clear()
+        view = self._shaped[(name, shape)] = buf[:n].reshape(shape)
+        return view
 
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self._buffers.values())

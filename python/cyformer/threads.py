@@ -21,11 +21,18 @@ _num_threads: Optional[int] = None
 _controller = None
 
 
+_cores: Optional[int] = None
+
+
 def _available_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may run on, read once (every kernel call asks for the thread count)."""
+    global _cores
+    if _cores is None:
+        try:
+            _cores = max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            _cores = max(1, os.cpu_count() or 1)
+    return _cores
 
 
 def default_num_threads() -> int:
