@@ -11,6 +11,9 @@ from cython.parallel cimport prange
 from libc.stdint cimport int32_t
 from libc.math cimport sin, cos, pow
 
+cdef extern from "omp_compat.h" nogil:
+    int cyf_row_team(int n_threads, long rows, long row_len)
+
 import numpy as np
 
 
@@ -55,7 +58,7 @@ def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
     cdef const float* tp = &table[0, 0]
     cdef float* op = &out[0, 0]
     with nogil:
-        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
             _embed_row(tp + <long>ids[i] * d, pp + <long>positions[i] * d if pp != NULL else NULL,
                        scale, op + i * d, d)
 

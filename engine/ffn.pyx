@@ -7,6 +7,9 @@ adds the bias of the first projection and applies the activation in one pass ove
 """
 from cython.parallel cimport prange
 
+cdef extern from "omp_compat.h" nogil:
+    int cyf_row_team(int n_threads, long rows, long row_len)
+
 ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3, "swish": 3, "gelu_tanh": 4,
                "gelu_new": 4, "gelu_pytorch_tanh": 4}
 
@@ -49,7 +52,7 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
     ld = x.strides[0] // sizeof(float)
     cdef float* xp = &x[0, 0]
     with nogil:
-        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, f), schedule='static'):
             cyf_bias_act_row(xp + i * ld, bp, f, code)
 
 
@@ -77,7 +80,7 @@ def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n
     cdef float* pp = &pre[0, 0]
     cdef float* op = &out[0, 0]
     with nogil:
-        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, f), schedule='static'):
             cyf_bias_act_save_row(pp + <long>i * f, bp, op + <long>i * f, f, code)
 
 
@@ -92,5 +95,5 @@ def act_backward(float[:, ::1] dh, const float[:, ::1] pre, act, int n_threads=1
     cdef float* dp = &dh[0, 0]
     cdef const float* pp = &pre[0, 0]
     with nogil:
-        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, f), schedule='static'):
             cyf_act_backward_row(dp + <long>i * f, pp + <long>i * f, f, code)

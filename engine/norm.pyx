@@ -11,6 +11,9 @@
 from cython.parallel cimport prange
 from _common cimport CYFORMER_HAVE_OPENMP
 
+cdef extern from "omp_compat.h" nogil:
+    int cyf_row_team(int n_threads, long rows, long row_len)
+
 
 cdef extern from "vecmath.h" nogil:
     void cyf_layer_norm_row(float* x, const float* r, const float* bias, const float* gamma,
@@ -65,7 +68,7 @@ def layer_norm_forward(float[:, ::1] x, residual, const float[::1] gamma, const 
     cdef float* xp = &x[0, 0]
     cdef float* op = &out[0, 0]
     with nogil:
-        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
             cyf_layer_norm_row(xp + <long>i * d, rp + <long>i * d if rp != NULL else NULL, bp,
                             &gamma[0], &beta[0], op + <long>i * d, d, eps,
                             mp + i if mp != NULL else NULL, sp + i if sp != NULL else NULL)

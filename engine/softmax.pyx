@@ -2,6 +2,9 @@
 """Row-wise softmax and log-softmax over [N, V] (vocabulary distributions), in place."""
 from cython.parallel cimport prange
 
+cdef extern from "omp_compat.h" nogil:
+    int cyf_row_team(int n_threads, long rows, long row_len)
+
 
 cdef extern from "vecmath.h" nogil:
     void cyf_softmax_row(float* x, int n, int log)
@@ -14,5 +17,5 @@ def softmax_forward(float[:, ::1] x, bint log=False, int n_threads=1):
         return
     cdef float* xp = &x[0, 0]
     with nogil:
-        for i in prange(n, num_threads=max(1, n_threads), schedule='static'):
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, v), schedule='static'):
             cyf_softmax_row(xp + <long>i * v, v, log)
