@@ -112,7 +112,7 @@ def blas_description() -> str:
 def engine_info() -> Dict[str, object]:
     """The compiled engine: OpenMP or serial, thread counts, OpenMP runtime, where it is installed."""
     from . import threads
-    from ._engine import runtime
+    from ._engine import linear, runtime
 
     here = os.path.dirname(os.path.abspath(__file__))
     omp_libs = [lib.get("filepath") for lib in _threadpool_info() if lib.get("user_api") == "openmp"]
@@ -127,6 +127,8 @@ def engine_info() -> Dict[str, object]:
         "openmp_max_threads": runtime.openmp_max_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": ours or omp_libs,
+        # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else BLAS
+        "panel_gemm": linear.panel_kernel_available(),
     }
 
 
@@ -155,6 +157,9 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
                  f"(cores available: {eng['cores_available']}{env})")
     for path in eng["openmp_runtime"]:
         lines.append(f"  OpenMP runtime: {path}")
+    if "panel_gemm" in eng:
+        lines.append("decoding GEMMs (8-256 rows): " + ("panel kernel (AVX2/FMA)" if eng["panel_gemm"]
+                                                        else "BLAS and the skinny kernel (no AVX2/FMA)"))
     lib = blas["library"]
     lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
     if lib:
