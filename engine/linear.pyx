@@ -25,11 +25,12 @@ cdef extern from "gemm_panel.h" nogil:
     float* cyf_scratch(size_t n)
 
 # Decoding-sized GEMMs (a few to a few hundred rows) skip BLAS, which packs the whole weight
-# matrix on every call: from _PANEL_MIN_ROWS to _PANEL_MAX_ROWS rows the panel kernel
-# (gemm_panel.h, AVX2) runs when the CPU has it, else up to _SKINNY_MAX_ROWS the skinny
-# dot-product kernel does; a single row is always the skinny kernel's (bound by reading the
-# weights). Measured on Zen 3 with weights not in cache (bench/RESULTS.md). Settable for
-# benchmarking (set_skinny_rows, set_panel_rows).
+# matrix on every call: from _PANEL_MIN_ROWS to _PANEL_MAX_ROWS rows (half that on several
+# threads) the panel kernel (gemm_panel.h, AVX2) runs when the CPU has it, else up to
+# _SKINNY_MAX_ROWS the skinny dot-product kernel does; a single row is always the skinny
+# kernel's (bound by reading the weights). Measured on Zen 3 with weights not in cache
+# (bench/gemm_paths.py, bench/RESULTS.md). Settable for benchmarking (set_skinny_rows,
+# set_panel_rows).
 cdef int _SKINNY_MAX_ROWS = 48
 cdef int _PANEL_MIN_ROWS = 8
 cdef int _PANEL_MAX_ROWS = 256
@@ -78,7 +79,10 @@ cdef void linear_nogil(const float* x, int ldx, const float* w, int ldw, const f
     cdef int t
     cdef long work = <long>m * n * k
     cdef float* xt
-    if _PANEL_MIN_ROWS <= m <= _PANEL_MAX_ROWS and cyf_panel_ok():
+    # With several threads the panel kernel splits columns, so every thread runs all m rows;
+    # BLAS, splitting rows, catches up sooner (measured: from ~192 rows on 2 threads).
+    if _PANEL_MIN_ROWS <= m <= (_PANEL_MAX_ROWS if n_threads <= 1 else _PANEL_MAX_ROWS // 2) \
+            and cyf_panel_ok():
         # x packed once (caller's thread), read by every thread's share of the columns
         xt = cyf_scratch(<size_t>((m + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
         if xt != NULL:
