@@ -3,7 +3,8 @@
 
 ``linear_forward`` picks, by the number of rows M: the skinny dot-product kernel for one
 row (and, without AVX2/FMA, up to 48 rows), the panel kernel (``engine/gemm_panel.h``) for
-8-256 rows, BLAS above. This script forces each path in turn (``set_panel_rows``,
+8-256 rows (while the packed rows fit in L2: M x K <= 128K floats, per thread when threads
+split the rows), BLAS above. This script forces each path in turn (``set_panel_rows``,
 ``set_skinny_rows``) on the weight shapes of the benchmark models (K x N of the decoder's
 projections and of the 32000-word output layer) and prints one markdown table.
 
@@ -31,7 +32,7 @@ from cyformer import threads
 from cyformer._engine import linear
 
 SHAPES = [(512, 1536), (512, 2048), (2048, 512), (512, 32000), (256, 1024), (256, 32000)]  # (K, N)
-PATHS = {"panel": ((1, 1 << 30), 0), "skinny": ((1, 0), 1 << 30), "BLAS": ((1, 0), 0)}
+PATHS = {"panel": ((1, 1 << 30, 1 << 40), 0), "skinny": ((1, 0), 1 << 30), "BLAS": ((1, 0), 0)}
 
 
 def measure(k: int, n: int, m: int, nt: int, path: str, weights) -> float:

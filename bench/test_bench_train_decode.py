@@ -69,7 +69,7 @@ def test_decoding_gemm(benchmark, rows, path):
 
     if path == "panel" and not linear.panel_kernel_available():
         pytest.skip("no AVX2/FMA: the panel kernel is not used on this CPU")
-    panel = linear.set_panel_rows(*((1, 1 << 30) if path == "panel" else (1, 0)))
+    panel = linear.set_panel_rows(*((1, 1 << 30, 1 << 40) if path == "panel" else (1, 0)))
     skinny = linear.set_skinny_rows(1 << 30 if path == "skinny" else 0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, 512)).astype(np.float32)

@@ -50,6 +50,10 @@ cdef inline int _ld(const float[:, :] a) noexcept:
 
 
 cdef inline bint _rows_contiguous(const float[:, :] a) noexcept:
+    # each row contiguous, and rows neither reversed nor overlapping (a row stride below the
+    # row length, e.g. x[::-1] or np.broadcast_to, would make _ld read past the buffer)
+    if a.shape[0] > 1 and a.strides[0] < <Py_ssize_t>(a.shape[1] * sizeof(float)):
+        return False
     return a.shape[0] == 0 or a.shape[1] <= 1 or a.strides[1] == sizeof(float)
 
 

@@ -28,12 +28,14 @@
 #define CYF_PANEL_TARGET __attribute__((target("avx2,fma")))
 
 static int cyf_panel_ok(void) {
-    static int ok = -1;
-    if (ok < 0) {
+    static int ok = -1;  /* the same answer from every thread: relaxed atomics suffice */
+    int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
+    if (v < 0) {
         __builtin_cpu_init();
-        ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
     }
-    return ok;
+    return v;
 }
 
 /* x [M, K] (row stride ldx) -> xt: panel p (rows 16p..16p+15) at xt + 16 * p * K, element
@@ -55,7 +57,7 @@ static void cyf_panel_pack(const float* x, long ldx, int M, int K, float* xt) {
  * the first panel's pass: short rows (K = 256 is 1 KB) end before the hardware prefetcher
  * has ramped up. 6 lines per 16 k, the rate this block is read at. */
 #define CYF_PANEL_PREFETCH(pf, k)                                                             \
-    if (pf && !((k) & 15)) {                                                                  \
+    if (pf && !((k) & 15) && (k) + 16 <= K) { /* stays inside the next block */              \
         const char* p_ = (const char*)((pf) + 6 * (k));                                      \
         _mm_prefetch(p_, _MM_HINT_T1); _mm_prefetch(p_ + 64, _MM_HINT_T1);                    \
         _mm_prefetch(p_ + 128, _MM_HINT_T1); _mm_prefetch(p_ + 192, _MM_HINT_T1);             \
@@ -142,6 +144,7 @@ CYF_PANEL_TARGET static void cyf_panel_gemm(const float* xt, int M, const float*
  * (the pack of x is rewritten on every GEMM) and freed when the thread exits. */
 typedef struct { float* data; size_t size; } cyf_scratch_t;
 static pthread_key_t cyf_scratch_key;
+static int cyf_scratch_key_ok;
 static pthread_once_t cyf_scratch_once = PTHREAD_ONCE_INIT;
 
 static void cyf_scratch_free(void* p) {
@@ -150,12 +153,15 @@ static void cyf_scratch_free(void* p) {
     free(s);
 }
 
-static void cyf_scratch_init(void) { pthread_key_create(&cyf_scratch_key, cyf_scratch_free); }
+static void cyf_scratch_init(void) {
+    cyf_scratch_key_ok = pthread_key_create(&cyf_scratch_key, cyf_scratch_free) == 0;
+}
 
 /* NULL when out of memory (the caller then takes another path). */
 static float* cyf_scratch(size_t n) {
     cyf_scratch_t* s;
     pthread_once(&cyf_scratch_once, cyf_scratch_init);
+    if (!cyf_scratch_key_ok || n == 0) return NULL;
     s = (cyf_scratch_t*)pthread_getspecific(cyf_scratch_key);
     if (!s) {
         s = (cyf_scratch_t*)calloc(1, sizeof *s);

@@ -25,8 +25,7 @@ cdef extern from "gemm_panel.h" nogil:
     float* cyf_scratch(size_t n)
 
 # Decoding-sized GEMMs (a few to a few hundred rows) skip BLAS, which packs the whole weight
-# matrix on every call: from _PANEL_MIN_ROWS to _PANEL_MAX_ROWS rows (half that on several
-# threads) the panel kernel (gemm_panel.h, AVX2) runs when the CPU has it, else up to
+# matrix on every call: from _PANEL_MIN_ROWS to _PANEL_MAX_ROWS rows the panel kernel (gemm_panel.h, AVX2) runs when the CPU has it, else up to
 # _SKINNY_MAX_ROWS the skinny dot-product kernel does; a single row is always the skinny
 # kernel's (bound by reading the weights). Measured on Zen 3 with weights not in cache
 # (bench/gemm_paths.py, bench/RESULTS.md). Settable for benchmarking (set_skinny_rows,
@@ -34,6 +33,12 @@ cdef extern from "gemm_panel.h" nogil:
 cdef int _SKINNY_MAX_ROWS = 48
 cdef int _PANEL_MIN_ROWS = 8
 cdef int _PANEL_MAX_ROWS = 256
+# On several threads, from this many rows per thread each thread packs its own rows
+# (otherwise the threads split the columns and every one runs all the rows).
+cdef int _PANEL_SPLIT_ROWS = 64
+# Floats of packed x the kernel re-reads for every block of 6 weight rows: kept within L2
+# (512 KiB on Zen 3; 256 rows x 512 measured 69 GFLOP/s with 2048 columns of K, BLAS 81).
+cdef long _PANEL_MAX_PACK = 256 * 512
 
 # Below this many multiply-adds a GEMM is not worth a parallel region.
 cdef long _MIN_PARALLEL_WORK = 1 << 18
@@ -55,14 +60,14 @@ cdef inline void _linear_block(const float* x, int ldx, const float* w, int ldw,
         if accumulate:
             for i in range(r0, r1):
                 for j in range(c0, c1):
-                    out[i * ldo + j] += bias[j]
+                    out[<long>i * ldo + j] += bias[j]
         else:
             for i in range(r0, r1):
                 for j in range(c0, c1):
-                    out[i * ldo + j] = bias[j]
+                    out[<long>i * ldo + j] = bias[j]
             beta = 1.0
     sgemm_rm(False, True, r1 - r0, c1 - c0, k, 1.0,
-             x + r0 * ldx, ldx, w + c0 * ldw, ldw, beta, out + r0 * ldo + c0, ldo)
+             x + <long>r0 * ldx, ldx, w + <long>c0 * ldw, ldw, beta, out + <long>r0 * ldo + c0, ldo)
 
 
 cdef inline int _split(int total, int parts, int t, int align) noexcept nogil:
@@ -73,28 +78,49 @@ cdef inline int _split(int total, int parts, int t, int align) noexcept nogil:
     return <int>(start if start < total else total)
 
 
+cdef void _panel_rows(const float* x, int ldx, const float* w, int ldw, const float* bias,
+                      float* out, int ldo, int r0, int r1, int n, int k,
+                      bint accumulate) noexcept nogil:
+    # out[r0:r1, :] by the panel kernel, packing these rows into this thread's scratch
+    cdef float* xt
+    if r1 <= r0:
+        return
+    xt = cyf_scratch(<size_t>((r1 - r0 + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
+    if xt == NULL:  # out of memory: BLAS needs no scratch
+        _linear_block(x, ldx, w, ldw, bias, out, ldo, r0, r1, 0, n, k, accumulate)
+        return
+    cyf_panel_pack(x + <long>r0 * ldx, ldx, r1 - r0, k, xt)
+    cyf_panel_gemm(xt, r1 - r0, w, ldw, bias, out + <long>r0 * ldo, ldo, 0, n, k, accumulate)
+
+
 cdef void linear_nogil(const float* x, int ldx, const float* w, int ldw, const float* bias,
                        float* out, int ldo, int m, int n, int k, bint accumulate,
                        int n_threads) noexcept nogil:
     cdef int t
     cdef long work = <long>m * n * k
     cdef float* xt
-    # With several threads the panel kernel splits columns, so every thread runs all m rows;
-    # BLAS, splitting rows, catches up sooner (measured: from ~192 rows on 2 threads).
-    if _PANEL_MIN_ROWS <= m <= (_PANEL_MAX_ROWS if n_threads <= 1 else _PANEL_MAX_ROWS // 2) \
-            and cyf_panel_ok():
-        # x packed once (caller's thread), read by every thread's share of the columns
-        xt = cyf_scratch(<size_t>((m + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
-        if xt != NULL:
-            cyf_panel_pack(x, ldx, m, k, xt)
-            if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
-                cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo, 0, n, k, accumulate)
-            else:
+    cdef bint parallel = n_threads > 1 and work >= _MIN_PARALLEL_WORK and CYFORMER_HAVE_OPENMP
+    if k > 0 and _PANEL_MIN_ROWS <= m <= _PANEL_MAX_ROWS and cyf_panel_ok():
+        if parallel and m >= _PANEL_SPLIT_ROWS * n_threads:
+            # enough rows for each thread to pack its own share and sweep all the weights
+            if <long>_split(m, n_threads, 1, CYF_PANEL) * k <= _PANEL_MAX_PACK:
                 for t in prange(n_threads, num_threads=n_threads, schedule='static'):
-                    cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo,
-                                   _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
-                                   k, accumulate)
-            return
+                    _panel_rows(x, ldx, w, ldw, bias, out, ldo, _split(m, n_threads, t, CYF_PANEL),
+                                _split(m, n_threads, t + 1, CYF_PANEL), n, k, accumulate)
+                return
+        elif <long>m * k <= _PANEL_MAX_PACK:
+            # x packed once (caller's thread), read by every thread's share of the columns
+            xt = cyf_scratch(<size_t>((m + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
+            if xt != NULL:
+                cyf_panel_pack(x, ldx, m, k, xt)
+                if not parallel:
+                    cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo, 0, n, k, accumulate)
+                else:
+                    for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+                        cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo,
+                                       _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
+                                       k, accumulate)
+                return
     if m <= _SKINNY_MAX_ROWS:
         if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
             cyf_skinny_gemm(x, ldx, w, ldw, bias, out, ldo, m, 0, n, k, accumulate)
@@ -126,6 +152,9 @@ cdef inline int _ld(const float[:, :] a, str name) except -1:
         raise ValueError(f"{name}: row stride is not a multiple of 4 bytes")
     if a.shape[1] > 1 and a.strides[1] != sizeof(float):
         raise ValueError(f"{name}: rows must be contiguous")
+    if a.shape[0] > 1 and a.strides[0] < <Py_ssize_t>(a.shape[1] * sizeof(float)):
+        raise ValueError(f"{name}: rows must not be reversed or overlap (row stride {a.strides[0]} "
+                         f"bytes for rows of {a.shape[1]} floats)")
     return max(<int>(a.strides[0] // sizeof(float)), <int>a.shape[1], 1)
 
 
@@ -173,12 +202,15 @@ def gemm(const float[:, :] a, const float[:, :] b, float[:, :] c, bint trans_a=F
                  &c[0, 0], ldc)
 
 
-def set_panel_rows(int min_rows, int max_rows):
-    """Use the panel kernel for min_rows..max_rows rows (an empty range disables it);
-    returns the previous range."""
-    global _PANEL_MIN_ROWS, _PANEL_MAX_ROWS
-    old = (_PANEL_MIN_ROWS, _PANEL_MAX_ROWS)
+def set_panel_rows(int min_rows, int max_rows, long max_pack=-1):
+    """Use the panel kernel for min_rows..max_rows rows (an empty range disables it) while the
+    rows packed per call hold at most ``max_pack`` floats (unchanged when negative); returns
+    the previous (min_rows, max_rows, max_pack)."""
+    global _PANEL_MIN_ROWS, _PANEL_MAX_ROWS, _PANEL_MAX_PACK
+    old = (_PANEL_MIN_ROWS, _PANEL_MAX_ROWS, _PANEL_MAX_PACK)
     _PANEL_MIN_ROWS, _PANEL_MAX_ROWS = min_rows, max_rows
+    if max_pack >= 0:
+        _PANEL_MAX_PACK = max_pack
     return old
 
 

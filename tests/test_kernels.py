@@ -118,7 +118,7 @@ def test_linear_forward_matches_numpy(m, n, k, use_bias, accumulate, strided):
 @contextlib.contextmanager
 def _linear_path(name):
     """Force linear_forward's small-M dispatch onto one kernel for every row count."""
-    panel = linear.set_panel_rows(*((1, 1 << 30) if name == "panel" else (1, 0)))
+    panel = linear.set_panel_rows(*((1, 1 << 30, 1 << 40) if name == "panel" else (1, 0)))
     skinny = linear.set_skinny_rows(1 << 30 if name == "skinny" else 0)
     try:
         yield
@@ -138,7 +138,8 @@ def linear_path(request):
 
 @pytest.mark.parametrize("m,n,k", [(1, 13, 40), (2, 6, 8), (5, 7, 3), (6, 12, 256), (8, 5, 17),
                                    (9, 31, 64), (16, 40, 512), (17, 3, 33), (24, 25, 9),
-                                   (40, 100, 130), (64, 7, 1)])
+                                   (25, 13, 700), (31, 8, 16), (40, 100, 130), (47, 11, 40),
+                                   (64, 7, 1), (12, 7, 0)])
 @pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
 def test_linear_paths_match_numpy(linear_path, m, n, k, strided):
     # Every kernel behind linear_forward over panel tails (M not a multiple of 8 or 16),
@@ -162,19 +163,73 @@ def test_linear_paths_match_numpy(linear_path, m, n, k, strided):
 
 
 @pytest.mark.parametrize("path", [p for p in _LINEAR_PATHS if p != "blas"])
-def test_linear_panel_threads_bitwise(path):
-    # The panel and skinny kernels split columns between threads; each output keeps its
-    # summation order, so 1, 2 and 3 threads give the same bits.
-    rng = make_rng("linear-panel-threads")
-    x = f32(rng.standard_normal((24, 200)))
-    w = f32(rng.standard_normal((3001, 200)))
+@pytest.mark.parametrize("m", [24, 150])
+def test_linear_panel_threads_bitwise(path, m):
+    # The panel and skinny kernels split columns (or, from 64 rows per thread, the panel
+    # kernel splits rows) between threads; each output keeps its summation order, so 1, 2
+    # and 3 threads give the same bits, with bias, accumulation and a row-strided out.
+    rng = make_rng("linear-panel-threads", m)
+    x = f32(rng.standard_normal((m, 200)))
+    w = f32(rng.standard_normal((3001, 200)) / math.sqrt(200))
+    b = f32(rng.standard_normal(3001))
+    obuf = f32(rng.standard_normal((m, 3005)))
+    out0 = obuf[:, 2:3003].copy()
     out = {}
     with _one_blas_thread(), _linear_path(path):
         for nt in (1, 2, 3):
-            out[nt] = np.empty((24, 3001), np.float32)
-            linear.linear_forward(x, w, None, out[nt], n_threads=nt)
+            buf = obuf.copy()
+            linear.linear_forward(x, w, b, buf[:, 2:3003], accumulate=True, n_threads=nt)
+            out[nt] = buf
+    assert_close(out[1][:, 2:3003], ref_linear(x, w, b, out0, True))
     np.testing.assert_array_equal(out[2], out[1])
     np.testing.assert_array_equal(out[3], out[1])
+
+
+@pytest.mark.parametrize("m", [1, 7, 8, 48, 49, 128, 129, 256, 257])
+@pytest.mark.parametrize("k", [64, 1024])
+def test_linear_default_dispatch_boundaries(m, k):
+    # Row counts on each side of the dispatch thresholds (skinny, panel, BLAS; the panel's
+    # row split on several threads; its pack-size limit at large K), with the defaults.
+    rng = make_rng("linear-dispatch", m, k)
+    x = f32(rng.standard_normal((m, k)))
+    w = f32(rng.standard_normal((300, k)) / math.sqrt(k))
+    b = f32(rng.standard_normal(300))
+    want = ref_linear(x, w, b, None, False)
+    with _one_blas_thread():
+        for nt in (1, 2):
+            out = np.empty((m, 300), np.float32)
+            linear.linear_forward(x, w, b, out, n_threads=nt)
+            assert_close(out, want)
+
+
+def test_linear_from_many_python_threads():
+    # Each OS thread packs x into its own scratch buffer, grown and reused as shapes change.
+    from concurrent.futures import ThreadPoolExecutor
+    rng = make_rng("linear-many-threads")
+    w = f32(rng.standard_normal((257, 600)) / math.sqrt(600))
+    shapes = [(m, k) for m in (16, 200, 9, 64) for k in (600, 37, 300)] * 3
+    inputs = [f32(rng.standard_normal((m, k))) for m, k in shapes]
+
+    def run(x):
+        out = np.empty((x.shape[0], 257), np.float32)
+        linear.linear_forward(x, w[:, :x.shape[1]].copy(), None, out)
+        return out
+
+    with _one_blas_thread(), ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, inputs))
+    for x, out in zip(inputs, results):
+        assert_close(out, ref_linear(x, w[:, :x.shape[1]], None, None, False))
+
+
+def test_linear_rejects_reversed_or_overlapping_rows():
+    w = f32(np.ones((3, 4)))
+    out = np.empty((5, 3), np.float32)
+    x = f32(np.arange(20).reshape(5, 4))
+    for bad in (x[::-1], np.broadcast_to(x[0], (5, 4))):
+        with pytest.raises(ValueError, match="reversed or overlap"):
+            linear.linear_forward(bad, w, None, out)
+    with pytest.raises(ValueError, match="reversed or overlap"):
+        linear.linear_forward(x, w, None, np.empty((5, 3), np.float32)[::-1])
 
 
 def test_linear_forward_zero_rows():
@@ -1043,3 +1098,15 @@ def test_attention_huge_start_raises(qs, ql, ks, kl):
     assert proc.returncode == 0, f"child crashed ({proc.returncode}): {proc.stderr[-300:]}"
     assert proc.stdout.startswith("ValueError:"), proc.stdout
 
+
+
+def test_attention_rejects_reversed_or_overlapping_rows():
+    q = f32(np.ones((4, 8)))
+    one = np.ones(4, np.int32)
+    start = np.arange(4, dtype=np.int32)
+    out = np.empty((4, 8), np.float32)
+    for bad in (q[::-1], np.broadcast_to(q[0], (4, 8))):
+        with pytest.raises(ValueError, match="contiguous"):
+            attention.attention_forward(bad, q, q, out, start, one, start, one, 2)
+        with pytest.raises(ValueError, match="contiguous"):
+            attention.attention_forward(q, q, bad, out, start, one, start, one, 2)

@@ -46,9 +46,10 @@ def gemm(
 def set_skinny_rows(rows: int) -> int:
     """Use the skinny kernel up to ``rows`` rows (0 disables it); returns the previous value."""
 
-def set_panel_rows(min_rows: int, max_rows: int) -> tuple[int, int]:
-    """Use the panel kernel for min_rows..max_rows rows (an empty range disables it);
-    returns the previous range."""
+def set_panel_rows(min_rows: int, max_rows: int, max_pack: int = -1) -> tuple[int, int, int]:
+    """Use the panel kernel for min_rows..max_rows rows (an empty range disables it) while the
+    rows packed per call hold at most ``max_pack`` floats (unchanged when negative); returns
+    the previous (min_rows, max_rows, max_pack)."""
 
 def panel_kernel_available() -> bool:
     """Whether this CPU runs the panel kernel (AVX2 and FMA on x86-64)."""
