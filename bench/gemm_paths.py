@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """GFLOP/s of the three kernels behind ``linear_forward`` at decoding shapes.
 
-``linear_forward`` picks, by the number of rows M: the skinny dot-product kernel for one
-row (and, without AVX2/FMA, up to 48 rows), the panel kernel (``engine/gemm_panel.h``) for
-8-256 rows (while the packed rows fit in L2: M x K <= 128K floats, per thread when threads
-split the rows), BLAS above. This script forces each path in turn (``set_panel_rows``,
+``linear_forward`` picks, by the number of rows M: the panel kernel
+(``engine/gemm_panel.h``) for 8-256 rows while the packed rows fit in L2 (M x K <= 128K
+floats) and the CPU has AVX2/FMA, else the skinny dot-product kernel up to 48 rows, else
+BLAS. This script forces each path in turn (``set_panel_rows``,
 ``set_skinny_rows``) on the weight shapes of the benchmark models (K x N of the decoder's
 projections and of the 32000-word output layer) and prints one markdown table.
 

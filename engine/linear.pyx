@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""Linear layers as row-major SGEMM over SciPy's BLAS, split across OpenMP threads.
+"""Linear layers: row-major SGEMM over SciPy's BLAS for many rows, cyformer's own kernels for
+the few rows of decoding (see the dispatch notes below), split across OpenMP threads.
 
 Weights keep PyTorch's ``nn.Linear`` layout ``[out_features, in_features]``, so a
 projection is ``out[M, N] = x[M, K] @ weight[N, K]^T + bias[N]``.
@@ -24,20 +25,23 @@ cdef extern from "gemm_panel.h" nogil:
                         float* out, long ldo, int n0, int n1, int K, int accumulate)
     float* cyf_scratch(size_t n)
 
-# Decoding-sized GEMMs (a few to a few hundred rows) skip BLAS, which packs the whole weight
-# matrix on every call: from _PANEL_MIN_ROWS to _PANEL_MAX_ROWS rows the panel kernel (gemm_panel.h, AVX2) runs when the CPU has it, else up to
-# _SKINNY_MAX_ROWS the skinny dot-product kernel does; a single row is always the skinny
-# kernel's (bound by reading the weights). Measured on Zen 3 with weights not in cache
-# (bench/gemm_paths.py, bench/RESULTS.md). Settable for benchmarking (set_skinny_rows,
-# set_panel_rows).
+# Which kernel multiplies, by the rows M of x (measured on Zen 3 with weights not in cache:
+# bench/gemm_paths.py, bench/RESULTS.md; settable for benchmarking with set_skinny_rows and
+# set_panel_rows):
+# - 8 to 256 rows, while the packed rows fit in L2 (M x K <= _PANEL_MAX_PACK floats): the
+#   panel kernel (gemm_panel.h, AVX2/FMA, when the CPU has it). BLAS packs the whole weight
+#   matrix on every call, which at decoding sizes costs more than the product;
+# - fewer rows, or no AVX2/FMA, up to _SKINNY_MAX_ROWS: the skinny dot-product kernel
+#   (vecmath.h), bound by reading the weights;
+# - otherwise BLAS.
 cdef int _SKINNY_MAX_ROWS = 48
 cdef int _PANEL_MIN_ROWS = 8
 cdef int _PANEL_MAX_ROWS = 256
 # On several threads, from this many rows per thread each thread packs its own rows
 # (otherwise the threads split the columns and every one runs all the rows).
 cdef int _PANEL_SPLIT_ROWS = 64
-# Floats of packed x the kernel re-reads for every block of 6 weight rows: kept within L2
-# (512 KiB on Zen 3; 256 rows x 512 measured 69 GFLOP/s with 2048 columns of K, BLAS 81).
+# Floats of packed x the panel kernel re-reads for every block of 6 weight rows: 256 x 512
+# floats are 512 KiB, Zen 3's L2. At 256 rows x K = 2048 (2 MiB) it ran 69 GFLOP/s, BLAS 81.
 cdef long _PANEL_MAX_PACK = 256 * 512
 
 # Below this many multiply-adds a GEMM is not worth a parallel region.
@@ -100,27 +104,28 @@ cdef void linear_nogil(const float* x, int ldx, const float* w, int ldw, const f
     cdef long work = <long>m * n * k
     cdef float* xt
     cdef bint parallel = n_threads > 1 and work >= _MIN_PARALLEL_WORK and CYFORMER_HAVE_OPENMP
-    if k > 0 and _PANEL_MIN_ROWS <= m <= _PANEL_MAX_ROWS and cyf_panel_ok():
+    # The same rows and sizes take the panel kernel whatever the thread count, and both of
+    # its splits keep each output's summation order: 1 and 2 threads give the same bits.
+    if k > 0 and _PANEL_MIN_ROWS <= m <= _PANEL_MAX_ROWS and <long>m * k <= _PANEL_MAX_PACK \
+            and cyf_panel_ok():
         if parallel and m >= _PANEL_SPLIT_ROWS * n_threads:
             # enough rows for each thread to pack its own share and sweep all the weights
-            if <long>_split(m, n_threads, 1, CYF_PANEL) * k <= _PANEL_MAX_PACK:
+            for t in prange(n_threads, num_threads=n_threads, schedule='static'):
+                _panel_rows(x, ldx, w, ldw, bias, out, ldo, _split(m, n_threads, t, CYF_PANEL),
+                            _split(m, n_threads, t + 1, CYF_PANEL), n, k, accumulate)
+            return
+        # x packed once (caller's thread), read by every thread's share of the columns
+        xt = cyf_scratch(<size_t>((m + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
+        if xt != NULL:
+            cyf_panel_pack(x, ldx, m, k, xt)
+            if not parallel:
+                cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo, 0, n, k, accumulate)
+            else:
                 for t in prange(n_threads, num_threads=n_threads, schedule='static'):
-                    _panel_rows(x, ldx, w, ldw, bias, out, ldo, _split(m, n_threads, t, CYF_PANEL),
-                                _split(m, n_threads, t + 1, CYF_PANEL), n, k, accumulate)
-                return
-        elif <long>m * k <= _PANEL_MAX_PACK:
-            # x packed once (caller's thread), read by every thread's share of the columns
-            xt = cyf_scratch(<size_t>((m + CYF_PANEL - 1) // CYF_PANEL) * CYF_PANEL * k)
-            if xt != NULL:
-                cyf_panel_pack(x, ldx, m, k, xt)
-                if not parallel:
-                    cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo, 0, n, k, accumulate)
-                else:
-                    for t in prange(n_threads, num_threads=n_threads, schedule='static'):
-                        cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo,
-                                       _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
-                                       k, accumulate)
-                return
+                    cyf_panel_gemm(xt, m, w, ldw, bias, out, ldo,
+                                   _split(n, n_threads, t, _COL_ALIGN), _split(n, n_threads, t + 1, _COL_ALIGN),
+                                   k, accumulate)
+            return
     if m <= _SKINNY_MAX_ROWS:
         if n_threads <= 1 or work < _MIN_PARALLEL_WORK or not CYFORMER_HAVE_OPENMP:
             cyf_skinny_gemm(x, ldx, w, ldw, bias, out, ldo, m, 0, n, k, accumulate)

@@ -504,10 +504,11 @@ class Transformer:
             # Attention runs per (row, head): the caches are head-major, so one head's keys are
             # contiguous, and the kernel sees rows * n_heads sequences of one head each.
             h, d_k = c.n_heads, d // c.n_heads
-            lanes = rows * h
-            one = state.ones[:lanes]
-            lane = state.arange[:lanes]
-            k_len = np.full(lanes, t + 1, dtype=np.int32)
+            n_seq = rows * h
+            one = state.ones[:n_seq]
+            seq = state.arange[:n_seq]
+            self_start = state.self_start[:n_seq]
+            k_len = np.full(n_seq, t + 1, dtype=np.int32)
             for i in range(c.n_decoder_layers):
                 p = f"decoder.layers.{i}"
                 y = self._pre_norm(f"{p}.norm1", x, ws, nt)
@@ -520,18 +521,17 @@ class Transformer:
                 q = ws.get("step_q", rows, d)
                 np.copyto(q, qkv[:, :d])
                 ctx = ws.get("step_ctx", rows, d)
-                attention_forward(q.reshape(lanes, d_k), keys.reshape(-1, d_k), values.reshape(-1, d_k),
-                                  ctx.reshape(lanes, d_k), lane, one, state.self_start[:lanes], k_len, 1,
-                                  n_threads=nt)
+                attention_forward(q.reshape(n_seq, d_k), keys.reshape(-1, d_k), values.reshape(-1, d_k),
+                                  ctx.reshape(n_seq, d_k), seq, one, self_start, k_len, 1, n_threads=nt)
                 self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
                 y = self._pre_norm(f"{p}.norm2", x, ws, nt)
                 linear_forward(y, v[f"{p}.multihead_attn.in_proj_weight"][:d],
                                v[f"{p}.multihead_attn.in_proj_bias"][:d], q, n_threads=nt)
                 probs = None
                 if attention is not None and i == c.n_decoder_layers - 1:
-                    probs = attention.reshape(lanes, 1, 1, -1)
-                attention_forward(q.reshape(lanes, d_k), state.cross_keys[i], state.cross_values[i],
-                                  ctx.reshape(lanes, d_k), lane, one, state.cross_start, state.cross_len, 1,
+                    probs = attention.reshape(n_seq, 1, 1, -1)
+                attention_forward(q.reshape(n_seq, d_k), state.cross_keys[i], state.cross_values[i],
+                                  ctx.reshape(n_seq, d_k), seq, one, state.cross_start, state.cross_len, 1,
                                   probs=probs, n_threads=nt)
                 self._sublayer_out(f"{p}.multihead_attn.out_proj", ctx, x, f"{p}.norm2", ws, nt)
                 self._feed_forward(p, x, f"{p}.norm3", f"{p}.norm3", ws, nt)
@@ -539,7 +539,7 @@ class Transformer:
             logits = ws.get("step_logits", rows, c.tgt_vocab_size)
             linear_forward(x, self._output_weight(), v.get("output_projection.bias"), logits, n_threads=nt)
         state.length = t + 1
-        return logits
+        return logits.view()  # the workspace keeps its own view: a caller may reshape this one
 
     # -- public API --------------------------------------------------------------------------------
     def _src_batch(self, src, lengths) -> Batch:
@@ -678,8 +678,8 @@ class DecoderState:
     the encoder memory, computed once per source batch and shared by every row (beam) of a
     source; source b's block starts at row ``start_b * n_heads``, head h of it ``h * len_b``
     rows further. The attention kernel reads them as ``rows * n_heads`` one-head sequences
-    (lane ``r * n_heads + h``), whose starts and lengths are ``self_start``,
-    ``cross_start`` and ``cross_len``.
+    (sequence ``r * n_heads + h`` is row r's head h), whose starts and lengths are
+    ``self_start``, ``cross_start`` and ``cross_len``.
     """
 
     def __init__(self, config: TransformerConfig, memory_kv: List[np.ndarray], src: Batch,
@@ -736,6 +736,9 @@ class DecoderState:
         index = np.asarray(index, dtype=np.intp)
         if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= self.rows)):
             raise ValueError("row index out of range")
+        if len(index) > self.keys[0].shape[0]:
+            raise ValueError(f"select keeps at most the {self.keys[0].shape[0]} rows the caches were "
+                             f"made for, got {len(index)} indices")
         n = len(index)
         t = self.length
         # Only rows whose content changes are copied: in beam search most beams usually keep

@@ -127,7 +127,7 @@ def engine_info() -> Dict[str, object]:
         "openmp_max_threads": runtime.openmp_max_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": ours or omp_libs,
-        # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else BLAS
+        # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else the skinny one
         "panel_gemm": linear.panel_kernel_available(),
     }
 
@@ -159,7 +159,7 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
         lines.append(f"  OpenMP runtime: {path}")
     if "panel_gemm" in eng:
         lines.append("decoding GEMMs (8-256 rows): " + ("panel kernel (AVX2/FMA)" if eng["panel_gemm"]
-                                                        else "BLAS and the skinny kernel (no AVX2/FMA)"))
+                                                        else "skinny kernel and BLAS (no AVX2/FMA)"))
     lib = blas["library"]
     lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
     if lib:

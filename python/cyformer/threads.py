@@ -25,7 +25,8 @@ _cores: Optional[int] = None
 
 
 def _available_cores() -> int:
-    """Cores this process may run on, read once (every kernel call asks for the thread count)."""
+    """Cores this process may run on, read once (every kernel call asks for the thread count;
+    after ``os.sched_setaffinity``, call ``set_num_threads``)."""
     global _cores
     if _cores is None:
         try:
