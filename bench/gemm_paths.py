@@ -30,29 +30,24 @@ except ImportError:  # not installed: use the in-tree build
     import cyformer
 from cyformer import threads
 from cyformer._engine import linear
+from cyformer.benchmark import LINEAR_PATHS, linear_path
 
 SHAPES = [(512, 1536), (512, 2048), (2048, 512), (512, 32000), (256, 1024), (256, 32000)]  # (K, N)
-PATHS = {"panel": ((1, 1 << 30, 1 << 40), 0), "skinny": ((1, 0), 1 << 30), "BLAS": ((1, 0), 0)}
 
 
 def measure(k: int, n: int, m: int, nt: int, path: str, weights) -> float:
-    panel, skinny = PATHS[path]
-    old_panel, old_skinny = linear.set_panel_rows(*panel), linear.set_skinny_rows(skinny)
-    try:
-        x = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
-        out = np.empty((m, n), np.float32)
-        i = [0]
+    x = np.random.default_rng(0).standard_normal((m, k)).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    i = [0]
 
-        def call():
-            linear.linear_forward(x, weights[i[0] % len(weights)], None, out, n_threads=nt)
-            i[0] += 1
+    def call():
+        linear.linear_forward(x, weights[i[0] % len(weights)], None, out, n_threads=nt)
+        i[0] += 1
+    with linear_path(path):
         call()
         number = max(1, len(weights) // 2)
         best = min(timeit.repeat(call, number=number, repeat=5)) / number
-        return 2.0 * m * n * k / best / 1e9
-    finally:
-        linear.set_panel_rows(*old_panel)
-        linear.set_skinny_rows(old_skinny)
+    return 2.0 * m * n * k / best / 1e9
 
 
 def main() -> int:
@@ -61,7 +56,7 @@ def main() -> int:
     p.add_argument("--rows", nargs="+", type=int, default=[4, 8, 16, 64, 256])
     p.add_argument("--out", metavar="FILE", help="also write the markdown table to FILE")
     a = p.parse_args()
-    paths = list(PATHS) if linear.panel_kernel_available() else ["skinny", "BLAS"]
+    paths = [p for p in LINEAR_PATHS if p != "panel" or linear.panel_kernel_available()]
     lines = [f"GFLOP/s per call (all threads) of `linear_forward` forced onto each path; "
              f"weights not in cache; {cyformer.__version__}, {threads.blas_info()[0].get('architecture', '?') if threads.blas_info() else '?'} BLAS",
              "",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import cyformer
-from cyformer.benchmark import (TRAIN_VOCAB, bench_config, blas_description, source_batch, train_batch,
-                                train_flops)
+from cyformer.benchmark import (LINEAR_PATHS, TRAIN_VOCAB, bench_config, blas_description, linear_path,
+                                source_batch, train_batch, train_flops)
 from cyformer.training import Trainer
 
 per_thread_count = pytest.mark.parametrize("threads", [1, 2], ids=lambda n: f"{n}t")
@@ -60,7 +60,7 @@ def test_decode_small(benchmark, threads_set, threads, batch, beam):
 
 
 @pytest.mark.parametrize("rows", [1, 16, 64])
-@pytest.mark.parametrize("path", ["panel", "skinny", "BLAS"])
+@pytest.mark.parametrize("path", LINEAR_PATHS)
 def test_decoding_gemm(benchmark, rows, path):
     """One 512 -> 2048 projection of a decoding step, forced onto each kernel (weights in cache;
     ``python bench/gemm_paths.py`` measures them streamed from memory)."""
@@ -69,19 +69,13 @@ def test_decoding_gemm(benchmark, rows, path):
 
     if path == "panel" and not linear.panel_kernel_available():
         pytest.skip("no AVX2/FMA: the panel kernel is not used on this CPU")
-    panel = linear.set_panel_rows(*((1, 1 << 30, 1 << 40) if path == "panel" else (1, 0)))
-    skinny = linear.set_skinny_rows(1 << 30 if path == "skinny" else 0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, 512)).astype(np.float32)
     w = rng.standard_normal((2048, 512)).astype(np.float32)
     out = np.empty((rows, 2048), np.float32)
     benchmark.group = f"decoding GEMM {rows} x 512 -> 2048, 1 thread"
-    try:
-        with threads.blas_single_threaded():
-            benchmark(linear.linear_forward, x, w, None, out)
-    finally:
-        linear.set_panel_rows(*panel)
-        linear.set_skinny_rows(skinny)
+    with threads.blas_single_threaded(), linear_path(path):
+        benchmark(linear.linear_forward, x, w, None, out)
     np.testing.assert_allclose(out, x @ w.T, rtol=1e-3, atol=1e-3)
     stats = getattr(benchmark, "stats", None)
     if stats is not None and stats.stats.median > 0:

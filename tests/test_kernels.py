@@ -5,7 +5,6 @@ Every float32 kernel result is compared with a float64 reference written here
 ``TORCH_ATOL``), and, for the multi-threaded paths, with its own single-threaded
 result (``THREAD_RTOL``/``THREAD_ATOL``). Bad inputs must raise ValueError/TypeError.
 """
-import contextlib
 import inspect
 import math
 import os
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from cyformer._engine import attention, embedding, ffn, linear, norm, search, softmax
+from cyformer.benchmark import LINEAR_PATHS, linear_path
 
 try:
     import torch
@@ -115,24 +115,12 @@ def test_linear_forward_matches_numpy(m, n, k, use_bias, accumulate, strided):
         np.testing.assert_array_equal(obuf[:, 1 + n:], before[:, 1 + n:])
 
 
-@contextlib.contextmanager
-def _linear_path(name):
-    """Force linear_forward's small-M dispatch onto one kernel for every row count."""
-    panel = linear.set_panel_rows(*((1, 1 << 30, 1 << 40) if name == "panel" else (1, 0)))
-    skinny = linear.set_skinny_rows(1 << 30 if name == "skinny" else 0)
-    try:
-        yield
-    finally:
-        linear.set_panel_rows(*panel)
-        linear.set_skinny_rows(skinny)
-
-
-_LINEAR_PATHS = ["panel", "skinny", "blas"] if linear.panel_kernel_available() else ["skinny", "blas"]
+_LINEAR_PATHS = [p for p in LINEAR_PATHS if p != "panel" or linear.panel_kernel_available()]
 
 
 @pytest.fixture(params=_LINEAR_PATHS)
-def linear_path(request):
-    with _linear_path(request.param):
+def forced_path(request):
+    with linear_path(request.param):
         yield request.param
 
 
@@ -141,7 +129,7 @@ def linear_path(request):
                                    (25, 13, 700), (31, 8, 16), (40, 100, 130), (47, 11, 40),
                                    (64, 7, 1), (12, 7, 0)])
 @pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
-def test_linear_paths_match_numpy(linear_path, m, n, k, strided):
+def test_linear_paths_match_numpy(forced_path, m, n, k, strided):
     # Every kernel behind linear_forward over panel tails (M not a multiple of 8 or 16),
     # short last blocks of weight rows (N not a multiple of 6) and the prefetch (K <= 512).
     rng = make_rng("linear-path", m, n, k, strided)
@@ -162,7 +150,7 @@ def test_linear_paths_match_numpy(linear_path, m, n, k, strided):
         np.testing.assert_array_equal(obuf[:, 1 + n:], before[:, 1 + n:])
 
 
-@pytest.mark.parametrize("path", [p for p in _LINEAR_PATHS if p != "blas"])
+@pytest.mark.parametrize("path", [p for p in _LINEAR_PATHS if p != "BLAS"])
 @pytest.mark.parametrize("m", [24, 150])
 def test_linear_panel_threads_bitwise(path, m):
     # The panel and skinny kernels split columns (or, from 64 rows per thread, the panel
@@ -175,7 +163,7 @@ def test_linear_panel_threads_bitwise(path, m):
     obuf = f32(rng.standard_normal((m, 3005)))
     out0 = obuf[:, 2:3003].copy()
     out = {}
-    with _one_blas_thread(), _linear_path(path):
+    with _one_blas_thread(), linear_path(path):
         for nt in (1, 2, 3):
             buf = obuf.copy()
             linear.linear_forward(x, w, b, buf[:, 2:3003], accumulate=True, n_threads=nt)
