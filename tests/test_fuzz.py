@@ -295,3 +295,179 @@ def test_translator_on_random_text(tmp_path_factory, texts):
         out = translator.translate(texts, beam_size=2, max_length=5)
     assert len(out) == len(texts)
     assert all(o == "" for o, t in zip(out, texts) if not t.strip())
+
+
+# -- hostile files (issue 14 item 9): bounded headers and JSON files ------------------------
+from hypothesis import example  # noqa: E402
+
+from cyformer.io import json_depth, load_safetensors  # noqa: E402
+
+FILES = settings(FUZZ, max_examples=60)
+_CODES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"]
+_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet='[]{}"\\ab', max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=3), inner,
+                                                                max_size=3),
+    max_leaves=12)
+dims = st.one_of(st.integers(0, 5), st.integers(-3, -1), st.integers(2 ** 31, 2 ** 70), st.floats(0, 5),
+                 st.booleans(), st.text(max_size=2))
+offsets = st.one_of(st.integers(0, 96), st.integers(-5, -1), st.integers(2 ** 40, 2 ** 70), st.floats(0, 96))
+tensor_entries = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"dtype": st.sampled_from(_CODES), "shape": st.lists(st.integers(0, 4), max_size=3),
+                           "data_offsets": st.lists(st.integers(0, 96), min_size=2, max_size=2).map(sorted)}),
+    st.fixed_dictionaries({}, optional={
+        "dtype": st.one_of(st.sampled_from(_CODES + ["F33", "f32", ""]), json_values),
+        "shape": st.one_of(st.lists(dims, max_size=4), json_values),
+        "data_offsets": st.one_of(st.lists(offsets, max_size=3), json_values)}))
+headers = st.one_of(
+    st.dictionaries(st.text(max_size=4), tensor_entries, max_size=4).map(lambda h: json.dumps(h).encode()),
+    st.dictionaries(st.just("__metadata__"), json_values, max_size=1).map(lambda h: json.dumps(h).encode()),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.tuples(st.sampled_from(["[", "{\"a\":", "[{\"b\":"]), st.integers(100, 3000), st.booleans()).map(
+        lambda t: (t[0] * t[1] + ("0" + "]" * t[1] if t[2] and t[0] == "[" else "")).encode()),
+    st.binary(max_size=60))
+
+
+def _padded(raw):
+    return raw + b" " * (-(8 + len(raw)) % 8)
+
+
+# the issue's seven hand-made files
+@example(header=b"{}", data=b"", length=2 ** 62)
+@example(header=json.dumps({"w": {"dtype": "F32", "shape": [2 ** 50], "data_offsets": [0, 2 ** 52]}}).encode(),
+         data=bytes(16), length=None)
+@example(header=json.dumps({"w": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}}).encode(),
+         data=bytes(16), length=None)
+@example(header=json.dumps({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+                            "b": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}).encode(),
+         data=bytes(16), length=None)
+@example(header=json.dumps({"w": {"dtype": "X9", "shape": [4], "data_offsets": [0, 16]}}).encode(),
+         data=bytes(16), length=None)
+@example(header=b"[" * 1000, data=b"", length=None)
+@example(header=b"[" * 100_000 + b"]" * 100_000, data=b"", length=None)
+@FILES
+@given(header=headers, data=st.binary(max_size=96), length=st.one_of(st.none(), st.none(), st.integers(0, 2 ** 64 - 1)))
+def test_hostile_safetensors_headers(tmp_path_factory, header, data, length):
+    raw = _padded(header)
+    path = os.path.join(str(tmp_path_factory.mktemp("st")), "model.safetensors")
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw) if length is None else length) + raw + data)
+    try:
+        arrays = load_safetensors(path)
+    except CheckpointError as e:   # nothing else: no RecursionError, TypeError, OverflowError
+        event("refused")
+        assert str(e).startswith(path)
+        return
+    event("loaded")
+    assert length in (None, len(raw))
+    parsed = json.loads(raw)
+    assert isinstance(parsed, dict)
+    names = [k for k in parsed if k != "__metadata__"]
+    assert sorted(arrays) == sorted(names)
+    spans = []
+    for name in names:
+        info = parsed[name]
+        begin, end = info["data_offsets"]
+        assert all(type(s) is int and s >= 0 for s in info["shape"]) and type(begin) is type(end) is int
+        assert arrays[name].shape == tuple(info["shape"])
+        assert end - begin == int(np.prod(info["shape"], dtype=object)) * _SIZES[info["dtype"]] and end <= len(data)
+        if info["dtype"] != "BF16":
+            assert arrays[name].tobytes() == data[begin:end]
+        spans.append((begin, end))
+    spans.sort()
+    assert all(b1 >= e0 for (_, e0), (b1, _) in zip(spans, spans[1:]))
+
+
+def _json_texts():
+    deep = st.tuples(st.sampled_from(["[", "{\"k\": ", "[\"]\", "]), st.integers(128, 5000), st.booleans()).map(
+        lambda t: t[0] * t[1] + ("1" + ("]" if t[0] != "{\"k\": " else "}") * t[1] if t[2] else ""))
+    return st.one_of(json_values.map(json.dumps), st.text(alphabet='[]{}"\\:,1 a', max_size=80), deep,
+                     st.binary(max_size=80))
+
+
+def _json_loaders():
+    from cyformer.tokenizer import Tokenizer, VocabTokenizer
+    return {"config.json": lambda d: Transformer.from_pretrained(d),
+            "tokenizer_config.json": lambda d: Tokenizer.from_pretrained(d),
+            "vocab.json": lambda d: VocabTokenizer.from_pretrained(d),
+            "config.json/TransformerConfig.load": lambda d: TransformerConfig.load(os.path.join(d, "config.json"))}
+
+
+@example(name="config.json", text="[" * 100_000 + "]" * 100_000)
+@example(name="config.json", text="[" * 1000)
+@example(name="tokenizer_config.json", text="[" * 100_000 + "]" * 100_000)
+@example(name="tokenizer_config.json", text="{\"a\": " * 1000)
+@example(name="vocab.json", text="[" * 100_000 + "]" * 100_000)
+@example(name="vocab.json", text="[" * 1000)
+@example(name="config.json/TransformerConfig.load", text="[" * 1000)
+@FILES
+@given(name=st.sampled_from(["config.json", "tokenizer_config.json", "vocab.json", "config.json/TransformerConfig.load"]),
+       text=_json_texts())
+def test_hostile_json_files(tmp_path_factory, name, text):
+    from cyformer.tokenizer import VocabTokenizer
+    directory = str(tmp_path_factory.mktemp("json"))
+    VocabTokenizer(list("abc")).save_pretrained(directory)
+    fname = name.split("/")[0]
+    with open(os.path.join(directory, fname), "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    try:
+        _json_loaders()[name](directory)
+    except CheckpointError as e:
+        event("CheckpointError")
+        assert os.path.join(directory, fname) in str(e)
+        return
+    except (ValueError, TypeError, FileNotFoundError) as e:   # valid JSON, wrong contents
+        event(type(e).__name__)
+        assert str(e)
+        assert json_depth(raw) <= 127
+        json.loads(raw)
+        return
+    event("loaded")
+
+
+def _depth(value):
+    if isinstance(value, (list, dict)):
+        children = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(c) for c in children), default=0)
+    return 0
+
+
+def _reference_depth(raw: bytes) -> int:
+    """Character by character: a backslash before a backslash or quote escapes it (in a
+    string, as JSON reads it; outside one the decoder fails there anyway)."""
+    depth = best = 0
+    inside = False
+    i = 0
+    while i < len(raw):
+        ch = raw[i:i + 1]
+        if ch == b"\\" and raw[i + 1:i + 2] in (b"\\", b'"'):
+            i += 2
+            continue
+        if ch == b'"':
+            inside = not inside
+        elif not inside and ch in b"[{":
+            depth += 1
+            best = max(best, depth)
+        elif not inside and ch in b"]}":
+            depth -= 1
+            if depth < 0:
+                break
+        i += 1
+    return best
+
+
+@settings(FUZZ, max_examples=200)
+@given(value=json_values, text=st.text(alphabet='[]{}"\\ a', max_size=60))
+def test_json_depth_scan(value, text):
+    assert json_depth(json.dumps(value).encode()) == _depth(value)
+    raw = text.encode()
+    assert json_depth(raw) == _reference_depth(raw)
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return
+    assert json_depth(raw) == _depth(parsed)

@@ -4,6 +4,11 @@ The safetensors layout: an 8-byte little-endian header length, a JSON header map
 each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets into
 the data section that follows), then the raw little-endian data. It is the format
 PyTorch and Hugging Face users already exchange, so our checkpoints load there too.
+
+Files from elsewhere are read within the safetensors reader's own bounds (header size, JSON
+nesting; ``read_json`` applies them to config, tokenizer and vocabulary files too), so a
+corrupt or hostile file is a CheckpointError naming it, never a RecursionError or a
+MemoryError. Files written here get the mode ``open()`` would give them under the umask.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import json
 import os
 import struct
 import tempfile
+import threading
 from typing import Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
@@ -24,18 +30,165 @@ _DTYPES = {
 _CODES = {np.dtype("<f8"): "F64", np.dtype("<f4"): "F32", np.dtype("<f2"): "F16",
           np.dtype("<i8"): "I64", np.dtype("<i4"): "I32", np.dtype("<i2"): "I16",
           np.dtype("i1"): "I8", np.dtype("u1"): "U8", np.dtype("?"): "BOOL"}
-_MAX_HEADER = 100 * 1024 * 1024
+# The limits of the safetensors format's own reader, so that a file one side reads the other
+# reads too: huggingface/safetensors (safetensors/src/tensor.rs) refuses a header longer than
+# MAX_HEADER_SIZE = 100_000_000 bytes, and parses it with serde_json, whose Deserializer starts
+# with ``remaining_depth: 128`` and fails when an opening bracket takes it to 0: 127 nested
+# arrays/objects parse, 128 do not. Python's json would recurse ~1000 levels, then raise
+# RecursionError; the same bounds apply to every JSON file a model folder holds.
+MAX_HEADER_BYTES = 100_000_000
+MAX_JSON_BYTES = 100_000_000
+MAX_JSON_DEPTH = 127
+MAX_DIMS = 32      # numpy 1.x's limit (2.x allows 64); no real tensor comes close
 
 
 class CheckpointError(ValueError):
     """A weight file that is truncated, corrupt, or does not match the model."""
 
 
+# -- bounded JSON ---------------------------------------------------------------------------
+_KEEP = b'[]{}"'
+_NOT_KEPT = bytes(sorted(set(range(256)) - set(_KEEP)))
+_STEP = np.zeros(256, np.int8)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+_QUOTE = ord('"')
+
+
+def json_depth(raw: bytes, limit: Optional[int] = None) -> int:
+    """How deeply arrays and objects nest in the JSON text ``raw``; brackets inside strings
+    do not count. Stops early, returning a depth above ``limit``, once it passes ``limit``.
+
+    Linear time at C/numpy speed, no recursion, on any input: escaped backslashes and then
+    escaped quotes are deleted (a backslash run pairs up from its left, as the JSON decoder
+    reads it), leaving only quotes that open or close strings; of those and the brackets, a
+    bracket is inside a string when an odd number of quotes precede it. The running sum of
+    the others' +1/-1 steps (in 1 MiB chunks) is the depth. The count stops where the depth
+    would go below 0, where the decoder stops too (any text after a complete value, or a
+    backslash outside a string, is an error at that point, so nothing after it can nest).
+    """
+    kept = bytes(raw).replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_KEPT)
+    codes = np.frombuffer(kept, np.uint8)
+    depth = best = 0
+    quotes = 0
+    chunk = 1 << 20
+    for i in range(0, len(codes), chunk):
+        c = codes[i:i + chunk]
+        is_quote = c == _QUOTE
+        outside = ((np.cumsum(is_quote, dtype=np.int64) + quotes) & 1) == 0
+        quotes += int(is_quote.sum())
+        run = np.cumsum(_STEP[c] * outside, dtype=np.int64) + depth
+        below = np.flatnonzero(run < 0)
+        if len(below):
+            run = run[:below[0]]
+        if len(run):
+            best = max(best, int(run.max()))
+        if len(below) or (limit is not None and best > limit):
+            break
+        depth = int(run[-1])
+    return best
+
+
+def parse_json(text, source: str, max_depth: Optional[int] = None):
+    """``json.loads(text)`` with nesting bounded by ``max_depth``; every failure (bad
+    UTF-8, too deep, not JSON, a number too long for int()) is a CheckpointError that
+    starts with ``source`` (a path, or a path and what part of the file this is)."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raw = bytes(text)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{source} is not valid UTF-8: {e}") from None
+    else:
+        raw = str(text).encode("utf-8", "surrogatepass")
+    if max_depth is None:
+        max_depth = MAX_JSON_DEPTH
+    depth = json_depth(raw, max_depth)
+    if depth > max_depth:
+        raise CheckpointError(f"{source} nests arrays/objects more than {max_depth} levels deep; at most "
+                              f"{max_depth} are read, as by the safetensors format's own reader (corrupt?)")
+    try:
+        return json.loads(text)
+    except RecursionError:  # pragma: no cover - the depth scan comes first
+        raise CheckpointError(f"{source} nests too deeply to parse") from None
+    except ValueError as e:  # JSONDecodeError, and int() refusing a 4300+ digit number
+        raise CheckpointError(f"{source} is not valid JSON: {e}") from None
+
+
+def read_json(path: str, expect: Optional[type] = None, max_bytes: Optional[int] = None):
+    """The JSON value in the file ``path``, read with bounded size (``max_bytes``, default
+    MAX_JSON_BYTES) and nesting (MAX_JSON_DEPTH).
+
+    ``expect`` (e.g. ``dict``) is the type the top-level value must have. A missing file
+    raises FileNotFoundError; anything wrong with its contents, CheckpointError naming
+    ``path`` and the problem.
+    """
+    path = os.fspath(path)
+    if max_bytes is None:
+        max_bytes = MAX_JSON_BYTES
+    with open(path, "rb") as f:
+        raw = f.read(max_bytes + 1)   # never more: /dev/zero or a growing file stays bounded
+    if len(raw) > max_bytes:
+        raise CheckpointError(f"{path} is larger than {max_bytes} bytes, the limit for a JSON file "
+                              f"(not a config or vocabulary?)")
+    value = parse_json(raw, path)
+    if expect is not None and not isinstance(value, expect):
+        what = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
+        raise CheckpointError(f"{path} must hold {what}, not {_json_type(value)}")
+    return value
+
+
+def _json_type(value) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- file modes -----------------------------------------------------------------------------
+_umask_lock = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows.
+
+    Linux reports it in /proc/self/status (``Umask:``, since 4.7). Elsewhere the only way
+    is to set a mask and restore it; the probe sets the strict 077, so a file another
+    thread creates in that instant is, at worst, more private than asked, and a lock keeps
+    our own probes from interleaving.
+    """
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``os.mkdir`` gives a new folder: 0777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
 def atomic_write_bytes(path: str, chunks) -> None:
     """Write ``chunks`` (bytes or an iterable of buffers) to ``path`` atomically.
 
     The data goes to a temporary file in the same folder, is fsynced, then renamed over
-    ``path``: a crash mid-write leaves the previous file intact.
+    ``path``: a crash mid-write leaves the previous file intact. The file gets the mode a
+    plain ``open(path, "w")`` would give it (0666 less the umask), not mkstemp's 0600.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -43,6 +196,10 @@ def atomic_write_bytes(path: str, chunks) -> None:
         chunks = [chunks]
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, file_mode())
+        else:  # pragma: no cover - Windows before 3.13
+            os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
@@ -56,6 +213,13 @@ def atomic_write_bytes(path: str, chunks) -> None:
             pass
         raise
     fsync_dir(folder)
+
+
+def atomic_copy_file(src: str, dest: str, chunk: int = 1 << 22) -> None:
+    """Copy ``src`` to ``dest`` as atomic_write_bytes writes (temporary file, fsync, rename;
+    the umask's mode)."""
+    with open(src, "rb") as f:
+        atomic_write_bytes(dest, iter(lambda: f.read(chunk), b""))
 
 
 def fsync_dir(folder: str) -> None:
@@ -100,7 +264,13 @@ def save_safetensors(path: str, tensors: Mapping[str, np.ndarray],
 
 
 def read_safetensors_header(path: str) -> Tuple[dict, int, int]:
-    """(header, data_start, file_size) after validating the header against the file."""
+    """(header, data_start, file_size) after validating the header against the file.
+
+    Everything a hostile file can put in the header is checked before any of it is used:
+    the header length (at most MAX_HEADER_BYTES, as the safetensors reader), its nesting
+    depth, and each entry's types and sizes (exact integers, no overflow), so that a bad
+    file gives a CheckpointError naming the problem, never a TypeError or MemoryError.
+    """
     path = os.fspath(path)
     size = os.path.getsize(path)
     with open(path, "rb") as f:
@@ -109,42 +279,73 @@ def read_safetensors_header(path: str) -> Tuple[dict, int, int]:
             raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file "
                                   f"(truncated?)")
         (n,) = struct.unpack("<Q", prefix)
-        if n > _MAX_HEADER or 8 + n > size:
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header length {n} is over the {MAX_HEADER_BYTES}-byte limit "
+                                  f"of the safetensors format (corrupt or not safetensors)")
+        if 8 + n > size:
             raise CheckpointError(f"{path}: header length {n} does not fit a {size}-byte file "
                                   f"(truncated or not safetensors)")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+    header = parse_json(raw, f"{path}: the safetensors header")
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+        raise CheckpointError(f"{path}: corrupt safetensors header ({_json_type(header)}, not a JSON object)")
     data_start = 8 + n
     data_len = size - data_start
     spans = []
     for name, info in header.items():
         if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise CheckpointError(f"{path}: __metadata__ must be a JSON object of strings")
             continue
-        try:
-            dtype = _DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}") from None
-        if any(s < 0 for s in shape) or begin < 0 or end < begin:
-            raise CheckpointError(f"{path}: tensor {name!r} has an invalid shape or offsets")
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold "
-                                  f"{info['dtype']}{list(shape)}")
-        if end > data_len:
-            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} of the data, but "
-                                  f"the file holds only {data_len} bytes of data (truncated)")
+        begin, end = _check_entry(path, name, info, data_len)
         spans.append((begin, end, name))
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap")
     return header, data_start, size
+
+
+def _is_int(v) -> bool:
+    return type(v) is int   # not bool, not a float that happens to be whole
+
+
+def _check_entry(path: str, name: str, info, data_len: int) -> Tuple[int, int]:
+    """(begin, end) of one tensor's bytes in the data section, after checking its entry."""
+    where = f"{path}: tensor {_short(name)}"
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: the header entry is {_json_type(info)}, not a JSON object")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+    if missing:
+        raise CheckpointError(f"{where}: the header entry has no {', '.join(missing)}")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in _DTYPES:
+        raise CheckpointError(f"{where}: unknown dtype {_short(code)} (readable: {', '.join(_DTYPES)})")
+    if not isinstance(shape, list) or not all(_is_int(s) for s in shape):
+        raise CheckpointError(f"{where}: shape {_short(shape)} is not a list of integers")
+    if any(s < 0 for s in shape):
+        raise CheckpointError(f"{where}: shape {_short(shape)} has a negative dimension")
+    if len(shape) > MAX_DIMS:
+        raise CheckpointError(f"{where}: {len(shape)} dimensions; at most {MAX_DIMS} are read")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        raise CheckpointError(f"{where}: data_offsets {_short(offsets)} is not a pair of integers")
+    begin, end = offsets
+    if begin < 0 or end < begin:
+        raise CheckpointError(f"{where}: invalid data_offsets [{begin}, {end}]")
+    itemsize = _DTYPES[code].itemsize
+    elements = extent = 1   # exact Python ints: no wrap-around, however large the shape
+    for s in shape:
+        elements *= s
+        extent *= max(s, 1)
+    if extent * itemsize > np.iinfo(np.intp).max:   # numpy could not even describe it
+        raise CheckpointError(f"{where}: shape {_short(shape)} is too large for any array")
+    if end - begin != elements * itemsize:
+        raise CheckpointError(f"{where}: {end - begin} bytes do not hold {code}{_short(shape)} "
+                              f"({elements * itemsize} bytes)")
+    if end > data_len:
+        raise CheckpointError(f"{where} ends at byte {end} of the data, but the file holds only "
+                              f"{data_len} bytes of data (truncated)")
+    return begin, end
 
 
 def load_safetensors(path: str, mmap: bool = True) -> Dict[str, np.ndarray]:

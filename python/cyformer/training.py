@@ -36,7 +36,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .backprop import ForwardBackward, mix_seed
-from .io import atomic_write_bytes, fsync_dir, load_safetensors, save_safetensors
+from .io import atomic_write_bytes, dir_mode, fsync_dir, load_safetensors, read_json, save_safetensors
 from .model import Batch, TokenBatch, Transformer, make_batch
 from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer, make_schedule, schedule_from_dict
 
@@ -396,6 +396,7 @@ class Trainer:
         final = os.path.join(output_dir, f"checkpoint-{self.step_count}")
         tmp = tempfile.mkdtemp(prefix=f".checkpoint-{self.step_count}-", dir=output_dir)
         try:
+            os.chmod(tmp, dir_mode())   # mkdtemp's 0700 would survive the rename: the umask's mode
             self.model.save_pretrained(tmp)
             arrays = self.optimizer.state_arrays()
             save_safetensors(os.path.join(tmp, OPTIMIZER_NAME), arrays, {"format": "cyformer-optimizer"})
@@ -423,8 +424,7 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         """Restore parameters, optimizer state, schedule, data position and history."""
-        with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
-            state = json.load(f)
+        state = read_json(os.path.join(path, STATE_NAME), expect=dict)   # bounded size and nesting
         if state.get("format") != "cyformer-trainer":
             raise ValueError(f"{path}/{STATE_NAME} is not a cyformer trainer state")
         loaded = Transformer.from_pretrained(path, mmap=False)
@@ -448,8 +448,7 @@ class Trainer:
     @classmethod
     def from_checkpoint(cls, path: str, **options) -> "Trainer":
         """A trainer (and its model) restored from a checkpoint folder."""
-        with open(os.path.join(path, STATE_NAME), encoding="utf-8") as f:
-            state = json.load(f)
+        state = read_json(os.path.join(path, STATE_NAME), expect=dict)   # bounded size and nesting
         model = Transformer.from_pretrained(path, mmap=False)
         opt = state["optimizer"]
         hyper = dict(opt.get("hyper", {}))

@@ -16,7 +16,7 @@ from typing import Dict
 import numpy as np
 
 from ..config import TransformerConfig
-from ..io import CheckpointError, load_safetensors
+from ..io import CheckpointError, load_safetensors, read_json
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu",
                 "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -144,8 +144,7 @@ def load_marian(directory: str):
     """Load a Hugging Face MarianMT folder as a ``cyformer.Transformer``."""
     from ..model import Transformer
 
-    with open(os.path.join(directory, "config.json"), encoding="utf-8") as f:
-        hf = json.load(f)
+    hf = read_json(os.path.join(directory, "config.json"), expect=dict)   # bounded size and nesting
     config = marian_config(hf)
     path = os.path.join(directory, "model.safetensors")
     if not os.path.exists(path):
