@@ -2,7 +2,7 @@
 from ._version import __version__
 from .config import TransformerConfig
 from .io import CheckpointError
-from .decoding import GenerationResult
+from .decoding import GenerationResult, GenerationStepResult
 from .model import Transformer
 from .tokenizer import SentencePieceTokenizer, Tokenizer, VocabTokenizer
 from .translate import Translator
@@ -10,5 +10,5 @@ from .training import Trainer
 from .threads import get_num_threads, set_num_threads
 
 __all__ = ["__version__", "TransformerConfig", "Transformer", "CheckpointError", "GenerationResult",
-           "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator", "Trainer",
+           "GenerationStepResult", "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator", "Trainer",
            "set_num_threads", "get_num_threads"]

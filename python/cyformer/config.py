@@ -59,6 +59,7 @@ class TransformerConfig:
     eos_id: int = 2
     decoder_start_id: Optional[int] = None
     forced_eos: bool = False
+    unk_id: Optional[int] = None   # the target <unk> id, for generate(disable_unk=True)
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -113,6 +114,11 @@ class TransformerConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if self.unk_id is not None:
+            if isinstance(self.unk_id, bool) or not isinstance(self.unk_id, int):
+                raise TypeError("TransformerConfig.unk_id must be an int or None")
+            if not 0 <= self.unk_id < self.tgt_vocab_size:
+                raise ValueError(f"unk_id={self.unk_id} is outside the vocabulary [0, {self.tgt_vocab_size})")
         for name in ("pad_id", "bos_id", "eos_id", "decoder_start_id"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
@@ -145,11 +151,9 @@ class TransformerConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "TransformerConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        from .io import parse_json
+        # bounded nesting; bad JSON is a CheckpointError (a ValueError) "config is not valid JSON"
+        return cls.from_dict(parse_json(text, "config"))
 
     def save(self, path: str) -> None:
         from .io import atomic_write_bytes
@@ -157,5 +161,5 @@ class TransformerConfig:
 
     @classmethod
     def load(cls, path: str) -> "TransformerConfig":
-        with open(os.fspath(path), encoding="utf-8") as f:
-            return cls.from_json(f.read())
+        from .io import read_json
+        return cls.from_dict(read_json(path, expect=dict))   # bounded; errors name the file
