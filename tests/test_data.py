@@ -213,9 +213,13 @@ def test_tokenizer_covers_every_split(small):
     for name, data in small.items():
         tok = data.build_tokenizer()
         assert tok.vocab_size == expected_sizes[name]
-        texts = [x for pair in pairs(data) for x in pair]
-        assert all(tok.unk_id not in ids for ids in tok.encode(texts))
-        assert tok.decode(tok.encode(texts)) == texts
+        for side, texts in (("source", [s for s, _ in pairs(data)]), ("target", [t for _, t in pairs(data)])):
+            ids = tok.encode(texts, side=side)
+            assert all(tok.unk_id not in i for i in ids)
+            # decode writes text as a person does ("2004-03-21"), and that text reads back to the same ids
+            written = tok.decode(ids, side=side)
+            assert written == [data.task.detokenize(x, side) for x in texts]
+            assert tok.encode(written, side=side) == ids
         # ids come from the task's fixed vocabulary: independent of seed and sizes
         assert load_task(name, seed=5, n_train=10, n_valid=0, n_test=0).build_tokenizer().vocab == tok.vocab
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .tokenizer import VocabTokenizer
+from .tokenizer import TextNormalizer, VocabTokenizer
 
 Pair = Tuple[str, str]
 
@@ -87,19 +87,19 @@ class Task:
     def render(self, key: Hashable, rng: _Rng) -> Pair:
         raise NotImplementedError
 
+    def normalizer(self, side: str = "source") -> TextNormalizer:
+        """This side's normalisation as data: what ``tokenize`` / ``detokenize`` apply, and what
+        the demo's tokenizer saves, so a saved model reads typed text as the task does."""
+        _check_side(side)
+        return TextNormalizer(split="characters" if side in self.char_sides else "whitespace")
+
     def tokenize(self, text: str, side: str = "source") -> str:
         """Written text -> this task's token form (single-space separated); inverse of ``detokenize``."""
-        _check_side(side)
-        if side in self.char_sides:
-            return " ".join(c for c in text if not c.isspace())
-        return " ".join(text.split())
+        return " ".join(self.normalizer(side).tokens(text))
 
     def detokenize(self, text: str, side: str = "target") -> str:
         """Token form -> written text: ``"3 4 2 0 0 7"`` -> ``"342007"`` on a character side."""
-        _check_side(side)
-        if side in self.char_sides:
-            return "".join(text.split())
-        return " ".join(text.split())
+        return self.normalizer(side).text(text.split())
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}: {self.description}>"
@@ -217,10 +217,10 @@ class NumbersTask(Task):
     def render(self, key: int, rng: _Rng) -> Pair:
         return number_to_words(key), " ".join(str(key))
 
-    def tokenize(self, text: str, side: str = "source") -> str:
+    def normalizer(self, side: str = "source") -> TextNormalizer:
         if side == "source":   # "Forty-Two" -> "forty two"
-            return " ".join(text.lower().replace("-", " ").split())
-        return super().tokenize(text, side)
+            return TextNormalizer(lowercase=True, replace=[("-", " ")])
+        return super().normalizer(side)
 
 
 # -- dates -----------------------------------------------------------------------------------------
@@ -299,16 +299,11 @@ class DatesTask(Task):
         date = datetime.date.fromordinal(key)
         return rng.choice(self.forms(date)), " ".join(date.isoformat())
 
-    def tokenize(self, text: str, side: str = "source") -> str:
+    def normalizer(self, side: str = "source") -> TextNormalizer:
         if side == "source":   # "March 21st, 2004" -> "march 21st , 2004"; "Twenty-First" -> "twenty first"
-            text = text.lower().replace("-", " ").replace(".", " ").replace(",", " , ")
-            return " ".join(text.split())
-        return super().tokenize(text, side)
-
-    def detokenize(self, text: str, side: str = "target") -> str:
-        if side == "source":
-            return " ".join(text.split()).replace(" ,", ",")
-        return super().detokenize(text, side)
+            return TextNormalizer(lowercase=True, replace=[("-", " "), (".", " "), (",", " , ")],
+                                  detokenize_replace=[(" ,", ",")])
+        return super().normalizer(side)
 
 
 #: The built-in tasks by name (read-only).
@@ -349,7 +344,10 @@ class TaskData:
                         if t not in known:
                             counts[t] = counts.get(t, 0) + 1
         extra = sorted(counts, key=lambda t: (-counts[t], t))
-        return VocabTokenizer(list(known) + extra, level="word")
+        normalizers = None
+        if self.task is not None:   # saved with the model: typed text is read as the task reads it
+            normalizers = {side: self.task.normalizer(side) for side in ("source", "target")}
+        return VocabTokenizer(list(known) + extra, level="word", normalizers=normalizers)
 
 
 def _size(name: str, value, minimum: int) -> int:

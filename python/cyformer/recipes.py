@@ -50,7 +50,7 @@ def _config_for(tokenizer: Tokenizer, base: Dict) -> TransformerConfig:
     fields = dict(base)
     fields.update(src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size,
                   pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
-                  bos_id=tokenizer.vocab.get("<s>", tokenizer.eos_id))
+                  bos_id=tokenizer.vocab.get("<s>", tokenizer.eos_id), unk_id=tokenizer.unk_id)
     fields.setdefault("decoder_start_id", fields["bos_id"])
     return TransformerConfig(**fields)
 
@@ -60,8 +60,8 @@ def _finish(trainer: Trainer, tokenizer: Tokenizer, output_dir: Optional[str], t
         return
     trainer.model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    with open(os.path.join(output_dir, "history.json"), "w", encoding="utf-8") as f:
-        json.dump(trainer.history.to_dict(), f)
+    from .io import atomic_write_bytes
+    atomic_write_bytes(os.path.join(output_dir, "history.json"), json.dumps(trainer.history.to_dict()).encode())
     try:
         from .plots import plot_history
     except ImportError:  # pragma: no cover - plots import matplotlib lazily
@@ -117,7 +117,8 @@ def demo(task: str = "dates", *, steps: int = 800, batch_tokens: int = 2500, n_t
     if output_dir and attention_plot:
         _attention_example(model, tokenizer, data.test[0][0], os.path.join(output_dir, "attention.png"), log)
     if output_dir:
-        log(f"model and tokenizer saved in {output_dir}/ (try: cyformer translate {output_dir})")
+        example = data.task.detokenize(data.test[0][0], "source")
+        log(f"model and tokenizer saved in {output_dir}/ (try: echo '{example}' | cyformer translate {output_dir})")
     return JobResult(model, tokenizer, trainer.history, scores, seconds, output_dir)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .io import atomic_write_bytes
+from .io import atomic_copy_file, atomic_write_bytes, read_json
 
 SPECIALS = ("<pad>", "</s>", "<unk>", "<s>")
 
@@ -97,8 +97,7 @@ class Tokenizer:
             return SentencePieceTokenizer.from_pretrained(directory)
         cfg = os.path.join(directory, "tokenizer_config.json")
         if os.path.exists(cfg):
-            with open(cfg, encoding="utf-8") as f:
-                kind = json.load(f).get("tokenizer_class", "")
+            kind = read_json(cfg, expect=dict).get("tokenizer_class", "")   # bounded size and nesting
             if kind == "VocabTokenizer":
                 return VocabTokenizer.from_pretrained(directory)
             if kind in ("SentencePieceTokenizer", "MarianTokenizer"):
@@ -108,9 +107,8 @@ class Tokenizer:
 
 
 def _load_vocab(path: str) -> Dict[str, int]:
-    with open(path, encoding="utf-8") as f:
-        vocab = json.load(f)
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+    vocab = read_json(path)   # bounded size and nesting; CheckpointError names the file
+    if not isinstance(vocab, dict) or not all(type(v) is int for v in vocab.values()):
         raise ValueError(f"{path} must map pieces to integer ids")
     return vocab
 
@@ -162,7 +160,6 @@ class SentencePieceTokenizer(Tokenizer):
 
         Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``<s>`` 3, then the pieces.
         """
-        import shutil
         import tempfile
 
         import sentencepiece as spm
@@ -197,29 +194,116 @@ class SentencePieceTokenizer(Tokenizer):
                 if piece not in vocab and piece != "<unk>":
                     vocab[piece] = len(vocab)
             for side in ("source", "target"):
-                shutil.copyfile(prefix + ".model", os.path.join(directory, f"{side}.spm"))
+                atomic_copy_file(prefix + ".model", os.path.join(directory, f"{side}.spm"))
         atomic_write_bytes(os.path.join(directory, "vocab.json"),
                            json.dumps(vocab, ensure_ascii=False, indent=1).encode())
         return cls.from_pretrained(directory)
 
     def save_pretrained(self, directory: str) -> None:
-        import shutil
         os.makedirs(directory, exist_ok=True)
         for name, path in zip(("source.spm", "target.spm"), self._paths):
             dest = os.path.join(directory, name)
             if os.path.abspath(path) != os.path.abspath(dest):
-                shutil.copyfile(path, dest)
+                atomic_copy_file(path, dest)
         atomic_write_bytes(os.path.join(directory, "vocab.json"),
                            json.dumps(self._vocab, ensure_ascii=False, indent=1).encode())
 
 
-class VocabTokenizer(Tokenizer):
-    """Whitespace words or characters over a fixed vocabulary (the built-in tasks)."""
+class TextNormalizer:
+    """How one side's text becomes tokens and tokens become text again, as data.
 
-    def __init__(self, tokens: Sequence[str], level: str = "word"):
+    ``tokens(text)``: optionally lowercase, apply the ``replace`` pairs in order, then split
+    on whitespace (``split="whitespace"``) or into its non-space characters
+    (``split="characters"``). ``text(tokens)``: join with ``join`` (a space, or nothing for
+    character sides), then apply the ``detokenize_replace`` pairs. A model folder stores one
+    per side in ``tokenizer_config.json``, so text a user types goes through exactly the
+    normalisation the model was trained with (``cyformer.data`` tasks define theirs here).
+    """
+
+    __slots__ = ("lowercase", "replace", "split", "join", "detokenize_replace")
+    SPLITS = ("whitespace", "characters")
+
+    def __init__(self, lowercase: bool = False, replace: Sequence[Sequence[str]] = (),
+                 split: str = "whitespace", join: Optional[str] = None,
+                 detokenize_replace: Sequence[Sequence[str]] = ()):
+        if not isinstance(lowercase, bool):
+            raise TypeError("lowercase must be a bool")
+        if split not in self.SPLITS:
+            raise ValueError(f"split must be one of {self.SPLITS}, not {split!r}")
+        self.lowercase = lowercase
+        self.replace = self._pairs("replace", replace)
+        self.split = split
+        self.join = ("" if split == "characters" else " ") if join is None else join
+        if not isinstance(self.join, str):
+            raise TypeError("join must be a str")
+        self.detokenize_replace = self._pairs("detokenize_replace", detokenize_replace)
+
+    @staticmethod
+    def _pairs(name: str, pairs) -> tuple:
+        out = []
+        for pair in pairs:
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                    or not all(isinstance(x, str) for x in pair) or not pair[0]):
+                raise ValueError(f"{name} must be a list of [old, new] string pairs (old non-empty), "
+                                 f"got {pair!r}")
+            out.append((pair[0], pair[1]))
+        return tuple(out)
+
+    def tokens(self, text: str) -> List[str]:
+        if self.lowercase:
+            text = text.lower()
+        for old, new in self.replace:
+            text = text.replace(old, new)
+        if self.split == "characters":
+            return [c for c in text if not c.isspace()]
+        return text.split()
+
+    def text(self, tokens: Sequence[str]) -> str:
+        out = self.join.join(tokens)
+        for old, new in self.detokenize_replace:
+            out = out.replace(old, new)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"lowercase": self.lowercase, "replace": [list(p) for p in self.replace], "split": self.split,
+                "join": self.join, "detokenize_replace": [list(p) for p in self.detokenize_replace]}
+
+    @classmethod
+    def from_dict(cls, d) -> "TextNormalizer":
+        if not isinstance(d, dict):
+            raise ValueError(f"a normalizer must be a JSON object, got {type(d).__name__}")
+        unknown = set(d) - set(cls.__slots__)
+        if unknown:
+            raise ValueError(f"unknown normalizer fields: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TextNormalizer) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"TextNormalizer({self.to_dict()})"
+
+
+class VocabTokenizer(Tokenizer):
+    """Words or characters over a fixed vocabulary (the built-in tasks).
+
+    ``level="word"`` splits on whitespace, ``"char"`` into characters; ``normalizers``
+    (``{"source": TextNormalizer, "target": TextNormalizer}``) replace that per side with the
+    normalisation a model was trained with, saved with the tokenizer.
+    """
+
+    def __init__(self, tokens: Sequence[str], level: str = "word",
+                 normalizers: Optional[Mapping[str, "TextNormalizer"]] = None):
         if level not in ("word", "char"):
             raise ValueError(f"level must be 'word' or 'char', not {level!r}")
         self.level = level
+        self.normalizers: Dict[str, TextNormalizer] = {}
+        for side, norm in (normalizers or {}).items():
+            if side not in ("source", "target"):
+                raise ValueError(f"normalizers are per side ('source', 'target'), not {side!r}")
+            if not isinstance(norm, TextNormalizer):
+                norm = TextNormalizer.from_dict(norm)
+            self.normalizers[side] = norm
         ordered = list(SPECIALS) + [t for t in tokens if t not in SPECIALS]
         self._vocab = {t: i for i, t in enumerate(dict.fromkeys(ordered))}
         self.pad_id, self.eos_id, self.unk_id = 0, 1, 2
@@ -239,25 +323,41 @@ class VocabTokenizer(Tokenizer):
         return self._vocab
 
     def tokenize(self, text: str, side: str = "source") -> List[str]:
+        norm = self.normalizers.get(side)
+        if norm is not None:
+            return norm.tokens(text)
         return text.split() if self.level == "word" else list(text)
 
     def detokenize(self, pieces: List[str], side: str = "target") -> str:
+        norm = self.normalizers.get(side)
+        if norm is not None:
+            return norm.text(pieces)
         return (" " if self.level == "word" else "").join(pieces)
 
     def save_pretrained(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
         atomic_write_bytes(os.path.join(directory, "vocab.json"),
                            json.dumps(self._vocab, ensure_ascii=False, indent=1).encode())
+        config = {"tokenizer_class": "VocabTokenizer", "level": self.level}
+        if self.normalizers:
+            config["normalizers"] = {side: n.to_dict() for side, n in self.normalizers.items()}
         atomic_write_bytes(os.path.join(directory, "tokenizer_config.json"),
-                           json.dumps({"tokenizer_class": "VocabTokenizer", "level": self.level}).encode())
+                           json.dumps(config, ensure_ascii=False, indent=1).encode())
 
     @classmethod
     def from_pretrained(cls, directory: str) -> "VocabTokenizer":
         vocab = _load_vocab(os.path.join(directory, "vocab.json"))
-        with open(os.path.join(directory, "tokenizer_config.json"), encoding="utf-8") as f:
-            level = json.load(f).get("level", "word")
+        config = read_json(os.path.join(directory, "tokenizer_config.json"))   # bounded size and nesting
+        if not isinstance(config, dict):
+            raise ValueError(f"{directory}/tokenizer_config.json must hold a JSON object")
+        normalizers = config.get("normalizers") or {}
+        if not isinstance(normalizers, dict):
+            raise ValueError(f"{directory}/tokenizer_config.json: normalizers must map a side to a normalizer")
         tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-        tok = cls(tokens, level)
+        try:
+            tok = cls(tokens, config.get("level", "word"), normalizers)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{directory}/tokenizer_config.json: {e}") from None
         if tok.vocab != vocab:
             raise ValueError(f"{directory}/vocab.json must list {SPECIALS} first, as ids 0-3")
         return tok
