@@ -85,7 +85,8 @@ def test_train_on_files_resumes_and_plots(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "--data", "/nonexistent.src", "/nonexistent.tgt", "--output", "/tmp/x"], "No such file"),
+    (["train", "--data", "/nonexistent.src", "/nonexistent.tgt", "--output", "/tmp/x"],
+     "error: No such file or directory: /nonexistent.src"),
     (["demo", "--task", "poetry", "--output", ""], "unknown task"),
     (["plot", "/nonexistent"], "history.json"),
 ])

@@ -251,7 +251,7 @@ BAD_INPUTS = [
     (np.zeros((2, 3, 4), dtype=np.int64), ValueError, "must be"),
     (np.zeros((0, 3), dtype=np.int64), ValueError, "empty batch"),
     (np.zeros((2, 0), dtype=np.int64), ValueError, "is empty"),
-    ("hello", TypeError, "list of token-id lists"),
+    ("hello", TypeError, "not text; to translate text use cyformer.Translator"),
     ([[[1, 2]]], ValueError, "flat list"),
     (np.array([[True, False]]), TypeError, "integer token ids"),
 ]

@@ -7,7 +7,9 @@ one-line error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from typing import List, Optional
 
 from ._version import __version__
@@ -25,6 +27,11 @@ def cmd_info(args) -> int:
 
     print("\n".join(format_info()))
     return 0
+
+
+def _progress(what: str) -> None:
+    """Progress of a long bench, on stderr (the table goes to stdout)."""
+    print(f"cyformer bench: running {what} ...", file=sys.stderr, flush=True)
 
 
 def cmd_bench(args) -> int:
@@ -48,9 +55,11 @@ def cmd_bench(args) -> int:
     print(header)
     print("-" * len(header))
     for nt in threads_list:
+        _progress(f"SGEMM rate, {nt} thread(s)")
         peak = run_engine("sgemm", args.size, batch, src_len, nt, 10)["gflops"]
         results = {}
         for engine in engines:
+            _progress(f"{engine}, {'training step' if train else 'encoder'}, {nt} thread(s), {args.repeat} runs")
             if train:
                 r = run_train_engine(engine, args.size, batch, src_len, args.tgt_len, nt, args.repeat)
             else:
@@ -80,6 +89,7 @@ def _bench_decode(args, threads_list) -> int:
     print("-" * len(header))
     for mode, beam in (("greedy", 1), ("beam4", 4)):
         for nt in threads_list:
+            _progress(f"cyformer, {mode}, {nt} thread(s), {args.repeat} runs")
             r = run_decode_engine(args.size, batch, src_len, args.tgt_len, beam, nt, args.repeat)
             print(f"{mode:<8} {nt:>7} {r['median_ms']:>10.1f} {batch * args.tgt_len / (r['median_ms'] / 1e3):>9.1f}")
     return 0
@@ -92,13 +102,26 @@ def cmd_translate(args) -> int:
     if args.threads:
         set_num_threads(args.threads)
     translator = Translator.from_pretrained(args.model_dir, args.tokenizer)
-    lines = [line.rstrip("\n") for line in sys.stdin]
+    if args.input in (None, "-"):
+        lines = [line.rstrip("\n") for line in sys.stdin]
+    else:
+        if not os.path.isfile(args.input):
+            raise FileNotFoundError(f"input file {args.input} does not exist" if not os.path.exists(args.input)
+                                    else f"input {args.input} is not a file")
+        with open(args.input, encoding="utf-8", newline=None) as f:
+            lines = [line.rstrip("\n") for line in f]
     out = translator.translate(lines, beam_size=args.beam_size, max_length=args.max_length,
                                length_penalty=args.length_penalty, max_batch_size=args.batch_size,
-                               sampling_topk=args.sampling_topk, sampling_temperature=args.sampling_temperature,
-                               seed=args.seed, progress=sys.stderr.isatty() and not args.quiet)
-    sys.stdout.write("".join(t + "\n" for t in out))
-    sys.stdout.flush()
+                               batch_type=args.batch_type, sampling_topk=args.sampling_topk,
+                               sampling_temperature=args.sampling_temperature, seed=args.seed,
+                               progress=sys.stderr.isatty() and not args.quiet)
+    text = "".join(t + "\n" for t in out)
+    if args.output in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from .io import atomic_write_bytes
+        atomic_write_bytes(args.output, text.encode("utf-8"))
     return 0
 
 
@@ -124,8 +147,8 @@ def cmd_train(args) -> int:
         set_num_threads(args.threads)
     config = None
     if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            config = json.load(f)
+        from .io import read_json
+        config = read_json(args.config)   # bounded size and nesting; errors name the file
         if not isinstance(config, dict):
             raise ValueError(f"{args.config} must hold a JSON object of TransformerConfig fields")
         config.pop("model_type", None)
@@ -157,8 +180,8 @@ def cmd_plot(args) -> int:
     if args.sentence is None:
         if not os.path.exists(history_path):
             raise FileNotFoundError(f"{args.model_dir} has no history.json (written by cyformer demo / train)")
-        with open(history_path, encoding="utf-8") as f:
-            history = TrainingHistory.from_dict(json.load(f))
+        from .io import read_json
+        history = TrainingHistory.from_dict(read_json(history_path, expect=dict))
         out = args.out or os.path.join(args.model_dir, "training.png")
         print(plot_history(history, out, title=os.path.basename(os.path.abspath(args.model_dir))))
         return 0
@@ -212,13 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--threads", type=int, default=None)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
-    t = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
-    t.add_argument("model_dir")
+    t = sub.add_parser("translate", help="translate a file or stdin, one sentence per line, to a file or stdout")
+    t.add_argument("model_dir", help="a local model folder (cyformer checkpoint or MarianMT folder)")
+    t.add_argument("input", nargs="?", help="text file to translate (default, or '-': stdin)")
+    t.add_argument("-o", "--output", help="write the translations here, atomically (default, or '-': stdout)")
     t.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
     t.add_argument("--beam-size", type=int, default=4)
     t.add_argument("--max-length", type=int, default=None, help="generated tokens, EOS included")
     t.add_argument("--length-penalty", type=float, default=1.0)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, default=32, help="sentences (or tokens) per batch (default 32)")
+    t.add_argument("--batch-type", default="examples", choices=["examples", "tokens"],
+                   help="what --batch-size counts, as in CTranslate2 (default: examples)")
     t.add_argument("--sampling-topk", type=int, default=1)
     t.add_argument("--sampling-temperature", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=None)
@@ -246,6 +273,13 @@ _COMMANDS = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "
              "plot": cmd_plot, "info": cmd_info}
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception as one line: FileNotFoundError's "[Errno 2] ..." becomes "no such file: PATH"."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.strerror}: {e.filename}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,13 +287,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command is None:
         parser.print_help()
         return 0
+    prog = f"cyformer {args.command}"
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        # one line, as the errors: no source path, no category name
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return command(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
-        print(f"cyformer {args.command}: error: {e}", file=sys.stderr)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = show_warning
+            return command(args)
+    except BrokenPipeError:
+        # the reader went away (`cyformer info | head`): stop quietly, as other Unix tools do
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 141
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cyformer {args.command}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

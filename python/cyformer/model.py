@@ -7,6 +7,8 @@ so every projection is one GEMM over the whole batch and attention masks are len
 from __future__ import annotations
 
 import math
+import numbers
+import re
 import os
 import threading
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -86,6 +88,33 @@ def named_views(flat: np.ndarray, layout) -> Dict[str, np.ndarray]:
     return views
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def require_model_folder(directory) -> None:
+    """Raise a FileNotFoundError that says what is expected when ``directory`` is not a folder.
+
+    cyformer reads local folders only: a Hugging Face Hub id or a lone ``.safetensors`` file
+    gets an explanation of how to make a folder instead of a bare "not a directory".
+    """
+    path = os.fspath(directory)
+    if os.path.isdir(path):
+        return
+    if os.path.isfile(path):
+        if path.endswith(".safetensors"):
+            raise FileNotFoundError(
+                f"{path} is a weights file; cyformer expects the model folder that holds it with its "
+                f"config.json (and tokenizer files): pass {os.path.dirname(path) or '.'} if they are there, "
+                f"or build a folder with cyformer.convert (from_torch) and save_pretrained")
+        raise FileNotFoundError(f"{path} is a file, not a model folder (config.json + model.safetensors)")
+    if _HUB_ID.match(path):
+        raise FileNotFoundError(
+            f"{path} is not a local folder; it looks like a Hugging Face Hub id, and cyformer never "
+            f"downloads: fetch the folder elsewhere (e.g. `huggingface-cli download {path} --local-dir DIR`) "
+            f"and pass DIR, or convert a model with cyformer.convert")
+    raise FileNotFoundError(f"model folder {path} does not exist")
+
+
 # -- input validation --------------------------------------------------------------------
 class Batch:
     """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``."""
@@ -124,9 +153,45 @@ class Batch:
         return out
 
 
+def _is_text(x) -> bool:
+    return isinstance(x, (str, bytes))
+
+
+def _as_token_container(seqs, name: str):
+    """Lists and tuples as they are, a flat list of ints as a batch of one, array-likes as arrays."""
+    if _is_text(seqs) or (isinstance(seqs, (list, tuple)) and seqs and _is_text(seqs[0])):
+        raise TypeError(f"{name} must be token ids, not text; to translate text use cyformer.Translator "
+                        f"(Translator.from_pretrained(model_dir).translate(texts)), or encode it with the "
+                        f"model's tokenizer first")
+    if isinstance(seqs, (list, tuple)):
+        scalar = [isinstance(t, (numbers.Number, np.generic)) for t in seqs]
+        if seqs and all(scalar):
+            return [list(seqs)]   # one sentence, as np.array([5, 17, 2]) is (dtype checked below)
+        if any(scalar):
+            raise ValueError(f"{name} mixes token ids and sequences: pass one sentence as a flat list of "
+                             f"ids, or a batch as a list of id lists")
+        return seqs
+    if isinstance(seqs, np.ndarray):
+        return seqs
+    if hasattr(seqs, "__array__") or hasattr(seqs, "__array_interface__"):   # torch tensors, ...
+        if hasattr(seqs, "detach"):
+            seqs = seqs.detach().cpu()
+        return np.asarray(seqs)
+    if hasattr(seqs, "__iter__") and not isinstance(seqs, (dict, set, frozenset)):   # range, generators
+        return _as_token_container(list(seqs), name)
+    return seqs
+
+
 def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
                name: str = "src") -> Batch:
-    """Validate a batch (lists of id lists, or a padded [B, T] int array plus lengths)."""
+    """Validate a batch: lists of id lists, or a padded [B, T] int array plus lengths.
+
+    One rule for every container: a flat sequence of ids (``[5, 17, 2]``,
+    ``np.array([5, 17, 2])``, a 1-d torch tensor) is one sentence; a sequence of sequences
+    is a batch. Any array-like of integers (torch tensors included) is taken as ids; text
+    gets a TypeError pointing to ``Translator``.
+    """
+    seqs = _as_token_container(seqs, name)
     if isinstance(seqs, np.ndarray) or (lengths is not None and not isinstance(seqs, (list, tuple))):
         arr = np.asarray(seqs)
         if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
@@ -577,24 +642,40 @@ class Transformer:
 
     __call__ = forward
 
-    def generate(self, src: TokenBatch, src_lengths=None, *, beam_size: int = 1, max_length: Optional[int] = None,
-                 min_length: int = 0, length_penalty: float = 1.0, num_hypotheses: int = 1,
-                 sampling_topk: int = 1, sampling_topp: float = 1.0, sampling_temperature: float = 1.0,
-                 seed: Optional[int] = None, return_scores: bool = True, return_attention: bool = False,
-                 attention_per_head: bool = False):
+    def generate(self, src: TokenBatch, src_lengths=None, **options):
         """Decode every source; returns one ``GenerationResult`` per source (see ``cyformer.decoding``).
 
-        ``beam_size=1`` is greedy search (or sampling when ``sampling_topk != 1`` or
-        ``sampling_topp < 1``); ``max_length`` counts generated tokens, EOS included
-        (default: 256, or the model's ``max_len`` when smaller).
+        Options (CTranslate2's names; Hugging Face's accepted where they mean the same, e.g.
+        ``num_beams``, ``max_new_tokens``, ``num_return_sequences``, ``do_sample``/``top_k``/
+        ``top_p``/``temperature``, ``bad_words_ids``):
+
+        - ``beam_size=1``: greedy search, or sampling when ``sampling_topk != 1`` or
+          ``sampling_topp < 1`` (with ``sampling_temperature``, ``seed``);
+        - ``max_length`` counts generated tokens, EOS included (default: 256, or the model's
+          ``max_len`` when smaller), ``min_length`` likewise; ``length_penalty``;
+          ``num_hypotheses`` (n-best, <= ``beam_size``);
+        - ``target_prefix``: per source a list of target ids (or None) decoded first;
+        - ``repetition_penalty``, ``no_repeat_ngram_size``, ``suppress_sequences``,
+          ``disable_unk`` (with ``unk_id``, default the config's);
+        - ``return_alternatives`` (with ``min_alternative_expansion_prob``);
+        - ``max_input_length`` (default 1024; 0 or None: sources are not cut);
+        - ``return_scores``, ``return_attention``, ``attention_per_head``.
+
+        An unknown option is a TypeError; a bad value a ValueError or TypeError.
         """
         from .decoding import generate
-        return generate(self, src, src_lengths, beam_size=beam_size, max_length=max_length,
-                        min_length=min_length, length_penalty=length_penalty,
-                        num_hypotheses=num_hypotheses, sampling_topk=sampling_topk,
-                        sampling_topp=sampling_topp, sampling_temperature=sampling_temperature,
-                        seed=seed, return_scores=return_scores, return_attention=return_attention,
-                        attention_per_head=attention_per_head)
+        return generate(self, src, src_lengths, **options)
+
+    def generate_tokens(self, src, src_lengths=None, **options):
+        """Decode one source token by token: an iterator of ``GenerationStepResult``
+        (``step``, ``token_id``, ``log_prob``, ``is_last``), as CTranslate2's ``generate_tokens``.
+
+        Greedy search or sampling (``beam_size=1``), with ``generate``'s other options;
+        ``target_prefix`` may be a flat list of ids. The prefix is not streamed; EOS is, as
+        the last token. Stopping early (``break``) leaves the model usable.
+        """
+        from .decoding import generate_tokens
+        return generate_tokens(self, src, src_lengths, **options)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str, format: str = "cyformer") -> None:
@@ -623,17 +704,12 @@ class Transformer:
         ``verify=True`` also checks the data against the crc32 that ``save_pretrained`` stored
         (this reads the whole file once), catching bit rot and partial overwrites.
         """
-        import json
+        from .io import read_json
         cfg_path = os.path.join(directory, CONFIG_NAME)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"{directory} is not a directory")
+        require_model_folder(directory)
         if not os.path.exists(cfg_path):
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
-        with open(cfg_path, encoding="utf-8") as f:
-            try:
-                raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{cfg_path} is not valid JSON: {e}") from None
+        raw = read_json(cfg_path, expect=dict)   # bounded size and nesting; CheckpointError names the file
         model_type = raw.get("model_type") if isinstance(raw, dict) else None
         if model_type == "marian":
             from .convert.marian import load_marian

@@ -87,13 +87,39 @@ def scipy_blas() -> Optional[dict]:
     return None
 
 
-def openblas_coretype() -> Dict[str, object]:
-    """Whether OPENBLAS_CORETYPE forces OpenBLAS's kernels, and the core type in use."""
+def _default_architecture() -> Optional[str]:
+    """The core type OpenBLAS picks for this CPU by itself: asked of a fresh interpreter with
+    OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) removed, since the choice is made at load time."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from cyformer.sysinfo import scipy_blas; "
+            "print((scipy_blas() or {}).get('architecture') or '')")
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run([sys.executable, "-c", code, here], env=env, capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    name = out.stdout.strip()
+    return name if out.returncode == 0 and name else None
+
+
+def openblas_coretype(check_default: bool = True) -> Dict[str, object]:
+    """OPENBLAS_CORETYPE, the core type OpenBLAS actually runs, and whether the variable took effect.
+
+    OpenBLAS ignores a value it does not know (``Bogus``) and keeps its own choice; it is
+    ``in_effect`` only when the running core type is the one named. With ``check_default``
+    (and the variable set) the core type OpenBLAS would pick without it is read too.
+    """
     value = os.environ.get("OPENBLAS_CORETYPE") or None
     lib = scipy_blas()
-    return {"forced": value is not None, "value": value,
-            "architecture": (lib or {}).get("architecture"),
-            "note": CORETYPE_NOTE if value else None}
+    running = (lib or {}).get("architecture")
+    in_effect = bool(value and running and value.strip().lower() == str(running).lower())
+    default = _default_architecture() if value and check_default else (running if not value else None)
+    return {"forced": in_effect, "set": value is not None, "value": value, "in_effect": in_effect,
+            "architecture": running, "default_architecture": default,
+            "note": CORETYPE_NOTE if in_effect and default and default != running else None}
 
 
 def blas_description() -> str:
@@ -105,13 +131,16 @@ def blas_description() -> str:
     if lib is None:
         return "unknown BLAS"
     env = os.environ.get("OPENBLAS_CORETYPE")
-    forced = f" (OPENBLAS_CORETYPE={env})" if env else ""
+    forced = ""
+    if env:
+        ignored = env.strip().lower() != str(lib.get("architecture")).lower()
+        forced = f" (OPENBLAS_CORETYPE={env}{', not a known core type: ignored' if ignored else ''})"
     return f"{lib.get('internal_api')} {lib.get('version')} core={lib.get('architecture')}{forced}"
 
 
 def engine_info() -> Dict[str, object]:
     """The compiled engine: OpenMP or serial, thread counts, OpenMP runtime, where it is installed."""
-    from . import threads
+    from . import _engine, threads
     from ._engine import linear, runtime
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -127,6 +156,7 @@ def engine_info() -> Dict[str, object]:
         "openmp_max_threads": runtime.openmp_max_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": ours or omp_libs,
+        "openmp_wait": _engine.wait_policy(),
         # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else the skinny one
         "panel_gemm": linear.panel_kernel_available(),
     }
@@ -157,6 +187,15 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
                  f"(cores available: {eng['cores_available']}{env})")
     for path in eng["openmp_runtime"]:
         lines.append(f"  OpenMP runtime: {path}")
+    wait = eng.get("openmp_wait") or {}
+    if wait.get("source") == "cyformer default":
+        lines.append(f"  OpenMP wait: idle threads spin {wait['GOMP_SPINCOUNT']} times, then sleep (cyformer's "
+                     f"default; OMP_WAIT_POLICY or GOMP_SPINCOUNT override it)")
+    elif wait.get("source") == "environment":
+        values = ", ".join(f"{k}={v}" for k, v in wait.items() if k != "source")
+        lines.append(f"  OpenMP wait: {values} (from the environment)")
+    elif wait:
+        lines.append(f"  OpenMP wait: the {wait['source']}")
     if "panel_gemm" in eng:
         lines.append("decoding GEMMs (8-256 rows): " + ("panel kernel (AVX2/FMA)" if eng["panel_gemm"]
                                                         else "skinny kernel and BLAS (no AVX2/FMA)"))
@@ -166,9 +205,16 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
         lines.append(f"  library: {lib.get('filepath')}")
         lines.append(f"  core type: {lib.get('architecture')}; BLAS threads: {lib.get('num_threads')} "
                      f"(held at 1 while cyformer kernels run)")
-    if core["forced"]:
-        lines.append(f"  OPENBLAS_CORETYPE={core['value']} is set: OpenBLAS's kernel choice is forced")
-        lines.append(f"  note: {core['note']} (`cyformer bench` shows the SGEMM rate)")
+    default = core.get("default_architecture")
+    own = f"; without it OpenBLAS picks {default} on this CPU" if default else ""
+    if core["in_effect"]:
+        lines.append(f"  OPENBLAS_CORETYPE={core['value']} is set and in effect: OpenBLAS runs "
+                     f"{core['architecture']} kernels{own}")
+        if core["note"]:
+            lines.append(f"  note: {core['note']} (`cyformer bench` shows the SGEMM rate)")
+    elif core.get("set"):
+        lines.append(f"  OPENBLAS_CORETYPE={core['value']} is set but not in effect: OpenBLAS does not know "
+                     f"that core type and runs its own choice, {core['architecture']}")
     else:
         lines.append("  OPENBLAS_CORETYPE: not set (OpenBLAS picked its kernels for this CPU)")
     features = " ".join(cpu["features"]) or "unknown"
