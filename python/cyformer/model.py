@@ -250,10 +250,6 @@ class Transformer:
         for layer in (self.src_embed, self.tgt_embed, self.encoder, self.decoder, self.generator):
             layer.bind(self._views)
 
-    def _rebind_views(self) -> None:
-        """Kept for callers that assigned ``params`` and rebind by hand (assignment rebinds)."""
-        self.params = self._params
-
     @classmethod
     def empty(cls, config: TransformerConfig) -> "Transformer":
         """A model with zeroed parameters, to be filled by a loader or converter."""
@@ -482,7 +478,7 @@ class Transformer:
         os.makedirs(directory, exist_ok=True)
         data = memoryview(np.ascontiguousarray(self.params)).cast("B")
         # crc32 of the data section: from_pretrained(verify=True) and verify_checkpoint check it
-        head = safetensors_header([(n, np.float32, s) for n, s in self.layout],
+        head = safetensors_header([(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs],
                                   {"format": "cyformer", "config": self.config.to_json(),
                                    "crc32": str(zlib.crc32(data))})
         # The data section is exactly the flat buffer: one write, and one mapping on load.
