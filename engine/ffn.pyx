@@ -18,6 +18,7 @@ cdef extern from "activation.h" nogil:
         int code
     const cyf_activation_name* cyf_activation_names
     const int CYF_N_ACTIVATION_NAMES
+    enum: CYF_IDENTITY
     int cyf_activation_valid(int code)
     void cyf_bias_act_row(float* row, const float* bias, int n, int code)
     void cyf_act_backward_row(float* dh, const float* pre, int n, int code)
@@ -58,7 +59,7 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
             raise ValueError(f"bias has {b.shape[0]} entries, expected {f}")
         if f:
             bp = &b[0]
-    if n == 0 or f == 0 or (bp == NULL and code == 0):
+    if n == 0 or f == 0 or (bp == NULL and code == CYF_IDENTITY):
         return
     if f > 1 and x.strides[1] != sizeof(float):
         raise ValueError("rows of x must be contiguous")
@@ -98,7 +99,7 @@ def act_backward(float[:, ::1] dh, const float[:, ::1] pre, act, int n_threads=1
     cdef int code = _code(act)
     if pre.shape[0] != n or pre.shape[1] != f:
         raise ValueError(f"pre must be [{n}, {f}], like dh")
-    if n == 0 or f == 0 or code == 0:
+    if n == 0 or f == 0 or code == CYF_IDENTITY:
         return
     cdef float* dp = &dh[0, 0]
     cdef const float* pp = &pre[0, 0]
