@@ -12,6 +12,7 @@ Environment: CYFORMER_BUILD_JOBS (parallel Cython and C jobs; default: the usabl
 CYFORMER_NO_OPENMP (serial build), CYFORMER_NATIVE (-march=native: never for a wheel you ship).
 """
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,15 +80,51 @@ def check_stubs():
                       "(type checkers will treat them as Any)")
 
 
+_EXTERN = re.compile(r'^[ \t]*cdef[ \t]+extern[ \t]+from[ \t]+"([^"]+)"', re.M)
+_CIMPORT = re.compile(r"^[ \t]*(?:from[ \t]+([\w.]+)[ \t]+cimport|cimport[ \t]+([\w.]+))", re.M)
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', re.M)
+
+
+def engine_depends(name):
+    """The engine files extension NAME reads besides its .pyx, as sorted "engine/..." paths.
+
+    Derived from the sources, so it cannot fall out of step with them: the headers named by
+    the .pyx's ``cdef extern from "..."`` lines, the engine .pxd files it cimports (with the
+    headers those name), and, transitively, each header's ``#include "..."`` of another engine
+    header. System headers (<...>) and Cython's own .pxd (libc, cython.parallel) are not engine
+    files and are left to the compiler. tests/test_engine_build.py checks the result against
+    what the C compiler and Cython really read.
+    """
+    engine = os.path.join(HERE, "engine")
+    seen, todo = set(), [f"{name}.pyx"]
+    while todo:
+        fname = todo.pop()
+        with open(os.path.join(engine, fname)) as f:
+            text = f.read()
+        if fname.endswith((".pyx", ".pxd")):
+            found = _EXTERN.findall(text)
+            found += [(a or b) + ".pxd" for a, b in _CIMPORT.findall(text)]
+        else:
+            found = _INCLUDE.findall(text)
+        for dep in found:
+            if dep not in seen and os.path.exists(os.path.join(engine, dep)):
+                seen.add(dep)
+                todo.append(dep)
+    return sorted(os.path.join("engine", dep) for dep in seen)
+
+
 def extensions():
-    """One extension per engine module, from its .pyx; BuildExt cythonizes them."""
+    """One extension per engine module, from its .pyx; BuildExt cythonizes them.
+
+    ``depends`` lists exactly the headers and .pxd files the module reads, so a change to one
+    rebuilds the modules that include it, and only those.
+    """
     return [
         Extension(
             f"cyformer._engine.{name}",
             [os.path.join("engine", f"{name}.pyx")],
             include_dirs=["engine"],
-            # the shared headers: a change to one must rebuild every module that includes it
-            depends=[os.path.join("engine", h) for h in ("vecmath.h", "gemm_panel.h", "omp_compat.h", "_common.pxd")],
+            depends=engine_depends(name),
         )
         for name in ENGINE_MODULES
     ]
@@ -107,7 +144,8 @@ class BuildExt(build_ext):
         check_stubs()
         cflags, lflags = openmp_flags()
         # -Wno-psabi: GCC notes that 32-byte vectors change the calling convention of the
-        # baseline clone of vecmath.h's helpers, which are all inlined (no ABI is crossed).
+        # baseline clone of the row kernels' helpers (vec.h), which are all inlined (no ABI is
+        # crossed).
         extra = ["-O3", "-fno-math-errno", "-Wno-psabi"] + cflags
         if os.environ.get("CYFORMER_NATIVE"):
             extra.append("-march=native")
@@ -125,4 +163,5 @@ class BuildExt(build_ext):
         super().run()
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+if __name__ == "__main__":  # pip, build and `python setup.py` run it as __main__; the tests import it
+    setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

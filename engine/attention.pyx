@@ -20,10 +20,14 @@ from libc.stdlib cimport malloc, free
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from _common cimport sgemm_rm
 
-cdef extern from "vecmath.h" nogil:
+cdef extern from "softmax.h" nogil:
     int cyf_softmax_range(float* x, int lo, int hi, int width)
+
+cdef extern from "dropout.h" nogil:
     void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first, uint32_t threshold,
                          float inv_keep)
+
+cdef extern from "attention_row.h" nogil:
     int cyf_attend_row(const float* q, const float* k, long ldk, const float* v, long ldv,
                        float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
                        float* scores, float* dropped, uint64_t seed, uint64_t first,

@@ -9,7 +9,7 @@ the forward pass used, whatever the thread count.
 from cython.parallel cimport prange
 from libc.stdint cimport uint32_t, uint64_t
 
-cdef extern from "vecmath.h" nogil:
+cdef extern from "dropout.h" nogil:
     void cyf_dropout_row(float* x, int n, uint64_t seed, uint64_t first, uint32_t threshold,
                          float inv_keep)
 

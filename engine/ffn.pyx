@@ -3,18 +3,32 @@
 
 The FFN is ``linear2(act(linear1(x)))``; the GEMMs live in ``linear``. This module
 adds the bias of the first projection and applies the activation in one pass over
-``[N, d_ff]``. ``ACTIVATIONS`` maps names (PyTorch's and Hugging Face's) to codes.
+``[N, d_ff]``. ``ACTIVATIONS`` maps every accepted name (PyTorch's and Hugging Face's,
+aliases included) to its kernel code and ``ACTIVATION_NAMES`` lists them, both read from
+the one table in ``engine/activation_table.h`` (config.py accepts exactly these names).
 """
 from cython.parallel cimport prange
 
 cdef extern from "omp_compat.h" nogil:
     int cyf_row_team(int n_threads, long rows, long row_len)
 
-ACTIVATIONS = {"identity": 0, "relu": 1, "gelu": 2, "silu": 3, "swish": 3, "gelu_tanh": 4,
-               "gelu_new": 4, "gelu_pytorch_tanh": 4}
-
-cdef extern from "vecmath.h" nogil:
+cdef extern from "activation.h" nogil:
+    ctypedef struct cyf_activation_name:
+        const char* name
+        int code
+    const cyf_activation_name* cyf_activation_names
+    const int CYF_N_ACTIVATION_NAMES
+    enum: CYF_IDENTITY
+    int cyf_activation_valid(int code)
     void cyf_bias_act_row(float* row, const float* bias, int n, int code)
+    void cyf_act_backward_row(float* dh, const float* pre, int n, int code)
+    void cyf_bias_act_save_row(float* pre, const float* bias, float* out, int n, int code)
+
+
+# Read from the C table (engine/activation_table.h), the one list of names and codes.
+ACTIVATIONS = {cyf_activation_names[i].name.decode("ascii"): cyf_activation_names[i].code
+               for i in range(CYF_N_ACTIVATION_NAMES)}
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
 
 def activation_code(name):
@@ -27,7 +41,7 @@ def activation_code(name):
 cdef int _code(act) except -1:
     """An activation's code from its name (or the code itself), checked."""
     cdef int code = activation_code(act) if isinstance(act, str) else act
-    if code < 0 or code > 4:
+    if not cyf_activation_valid(code):
         raise ValueError(f"unknown activation code {code}")
     return code
 
@@ -45,7 +59,7 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
             raise ValueError(f"bias has {b.shape[0]} entries, expected {f}")
         if f:
             bp = &b[0]
-    if n == 0 or f == 0 or (bp == NULL and code == 0):
+    if n == 0 or f == 0 or (bp == NULL and code == CYF_IDENTITY):
         return
     if f > 1 and x.strides[1] != sizeof(float):
         raise ValueError("rows of x must be contiguous")
@@ -54,11 +68,6 @@ def bias_act_forward(float[:, :] x, bias, act="identity", int n_threads=1):
     with nogil:
         for i in prange(n, num_threads=cyf_row_team(n_threads, n, f), schedule='static'):
             cyf_bias_act_row(xp + i * ld, bp, f, code)
-
-
-cdef extern from "vecmath.h" nogil:
-    void cyf_act_backward_row(float* dh, const float* pre, int n, int code)
-    void cyf_bias_act_save_row(float* pre, const float* bias, float* out, int n, int code)
 
 
 def bias_act_forward_save(float[:, ::1] pre, bias, act, float[:, ::1] out, int n_threads=1):
@@ -90,7 +99,7 @@ def act_backward(float[:, ::1] dh, const float[:, ::1] pre, act, int n_threads=1
     cdef int code = _code(act)
     if pre.shape[0] != n or pre.shape[1] != f:
         raise ValueError(f"pre must be [{n}, {f}], like dh")
-    if n == 0 or f == 0 or code == 0:
+    if n == 0 or f == 0 or code == CYF_IDENTITY:
         return
     cdef float* dp = &dh[0, 0]
     cdef const float* pp = &pre[0, 0]

@@ -2,7 +2,7 @@
  * for a few to a few hundred rows of x and a weight matrix in PyTorch's [N, K] layout.
  *
  * Why: at 16-64 rows (batched greedy decoding, beam search) BLAS packs the whole weight
- * matrix on every call and the dot-product kernel of vecmath.h (cyf_skinny_gemm) is bound by
+ * matrix on every call and the dot-product kernel of skinny_gemm.h (cyf_skinny_gemm) is bound by
  * its loads: with weights not in cache, 25-60 and 40-65 GFLOP/s on a Zen 3 core whose FMA
  * peak is ~96. Here x, which is small, is packed once per call into panels of 16 rows
  * stored k-major (xt), and the weights are read in place: the 6 x 16 register tile

@@ -13,7 +13,7 @@ each thread streams its own share of the weight matrix.
 from cython.parallel cimport prange
 from _common cimport sgemm_rm, CYFORMER_HAVE_OPENMP
 
-cdef extern from "vecmath.h" nogil:
+cdef extern from "skinny_gemm.h" nogil:
     void cyf_skinny_gemm(const float* x, long ldx, const float* w, long ldw, const float* bias,
                          float* out, long ldo, int M, int n0, int n1, int K, int accumulate)
 
@@ -32,7 +32,7 @@ cdef extern from "gemm_panel.h" nogil:
 #   panel kernel (gemm_panel.h, AVX2/FMA, when the CPU has it). BLAS packs the whole weight
 #   matrix on every call, which at decoding sizes costs more than the product;
 # - fewer rows, or no AVX2/FMA, up to _SKINNY_MAX_ROWS: the skinny dot-product kernel
-#   (vecmath.h), bound by reading the weights;
+#   (skinny_gemm.h), bound by reading the weights;
 # - otherwise BLAS.
 cdef int _SKINNY_MAX_ROWS = 48
 cdef int _PANEL_MIN_ROWS = 8

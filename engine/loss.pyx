@@ -15,7 +15,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-cdef extern from "vecmath.h" nogil:
+cdef extern from "cross_entropy.h" nogil:
     float cyf_cross_entropy_row(float* x, int V, int y, float eps, float scale, int grad, float* nll)
 
 

@@ -15,7 +15,7 @@ cdef extern from "omp_compat.h" nogil:
     int cyf_row_team(int n_threads, long rows, long row_len)
 
 
-cdef extern from "vecmath.h" nogil:
+cdef extern from "layer_norm.h" nogil:
     void cyf_layer_norm_row(float* x, const float* r, const float* bias, const float* gamma,
                             const float* beta, float* out, int d, float eps, float* mean_out,
                             float* rstd_out)

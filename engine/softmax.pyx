@@ -6,7 +6,7 @@ cdef extern from "omp_compat.h" nogil:
     int cyf_row_team(int n_threads, long rows, long row_len)
 
 
-cdef extern from "vecmath.h" nogil:
+cdef extern from "softmax.h" nogil:
     void cyf_softmax_row(float* x, int n, int log)
 
 

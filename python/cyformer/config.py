@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
-ACTIVATIONS = ("relu", "gelu", "silu", "swish", "gelu_tanh")
+from ._engine.ffn import ACTIVATION_NAMES as ACTIVATIONS  # the one table: engine/activation_table.h
 POSITIONALS = ("sinusoidal", "learned", "none")
 SINUSOIDAL_LAYOUTS = ("interleaved", "halves")
 

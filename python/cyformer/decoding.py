@@ -684,7 +684,7 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
                                     fin_flag[rows_b, np.where(old, best, 0)])
         fin_scores[active] = np.take_along_axis(merged, best, axis=1)
         if want_attn:
-            step_attn = _step_attention(attn, state, opts, s_max).reshape((n, K) + attn_shape)
+            step_attn = _step_attention(attn, opts).reshape((n, K) + attn_shape)
             a_old = fin_attn[rows_b, np.where(old, best, 0)]
             a_new = run_attn[rows_b, new_parent]
             a_new[:, :, step] = step_attn[np.arange(n)[:, None], new_parent]
@@ -729,7 +729,7 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
     return results
 
 
-def _step_attention(attn: np.ndarray, state, opts: GenerationOptions, s_max: int) -> np.ndarray:
+def _step_attention(attn: np.ndarray, opts: GenerationOptions) -> np.ndarray:
     """This step's cross-attention per row: [rows, heads, S] or head-averaged [rows, S]."""
     return attn if opts.attention_per_head else attn.mean(axis=1)
 

@@ -1,4 +1,5 @@
-"""The encoder-decoder Transformer: one flat parameter buffer, named views, engine kernels.
+"""The encoder-decoder Transformer: one flat parameter buffer, named views, a composition of
+``cyformer.layers``.
 
 The Python layer decides what to compute; ``cyformer._engine`` computes it. Tokens of
 a batch are packed (no padding rows) into row-major ``[tokens, features]`` matrices,
@@ -11,19 +12,18 @@ import numbers
 import re
 import os
 import threading
+from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import threads
-from ._engine.attention import attention_forward
-from ._engine.embedding import embedding_forward, sinusoidal_table
-from ._engine.ffn import activation_code, bias_act_forward
-from ._engine.linear import linear_forward
-from ._engine.norm import layer_norm_forward
 from .config import TransformerConfig
+from .convert.registry import loader_for, register_loader
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
+from .layers import (Decoder, DecoderState, Embeddings, EmbeddingsRecord, Encoder, Linear, StackRecord,
+                     TrainContext, WeightSpec, derive_layout, named_views)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -31,61 +31,36 @@ WEIGHTS_NAME = "model.safetensors"
 TokenBatch = Union[Sequence[Sequence[int]], np.ndarray]
 
 
-# -- parameter layout ------------------------------------------------------------------
-def _attention_params(prefix: str, d: int) -> List[Tuple[str, Tuple[int, ...]]]:
-    # in_proj_weight stacks W_Q, W_K, W_V ([3d, d], PyTorch's nn.MultiheadAttention layout).
-    return [(f"{prefix}.in_proj_weight", (3 * d, d)), (f"{prefix}.in_proj_bias", (3 * d,)),
-            (f"{prefix}.out_proj.weight", (d, d)), (f"{prefix}.out_proj.bias", (d,))]
+# -- composition and parameter layout ------------------------------------------------------
+def _compose(config: TransformerConfig):
+    """The layers of a config: (src_embed, tgt_embed, encoder, decoder, generator)."""
+    c = config
+    d = c.d_model
+    scale = math.sqrt(d) if c.scale_embedding else 1.0
+    common = dict(max_len=c.max_len, positional=c.positional, sinusoidal_layout=c.sinusoidal_layout,
+                  scale=scale, dropout=c.dropout, pad_id=c.pad_id)
+    src_embed = Embeddings("encoder.embed_tokens.weight", c.src_vocab_size, d,
+                           position_name="encoder.embed_positions.weight", **common)
+    tgt_tokens = "encoder.embed_tokens.weight" if c.share_embeddings else "decoder.embed_tokens.weight"
+    tgt_embed = Embeddings(tgt_tokens, c.tgt_vocab_size, d, position_name="decoder.embed_positions.weight",
+                           declare_tokens=not c.share_embeddings, **common)
+    generator = Linear(tgt_tokens if c.tie_output else "output_projection.weight",
+                       "output_projection.bias" if c.output_bias else None, c.tgt_vocab_size, d,
+                       init="embedding", declare_weight=not c.tie_output)
+    return src_embed, tgt_embed, Encoder(c), Decoder(c), generator
 
 
-def _norm_params(prefix: str, d: int) -> List[Tuple[str, Tuple[int, ...]]]:
-    return [(f"{prefix}.weight", (d,)), (f"{prefix}.bias", (d,))]
-
-
-def _ffn_params(prefix: str, d: int, d_ff: int) -> List[Tuple[str, Tuple[int, ...]]]:
-    return [(f"{prefix}.linear1.weight", (d_ff, d)), (f"{prefix}.linear1.bias", (d_ff,)),
-            (f"{prefix}.linear2.weight", (d, d_ff)), (f"{prefix}.linear2.bias", (d,))]
+def _weight_specs(src_embed, tgt_embed, encoder, decoder, generator) -> List[WeightSpec]:
+    # Buffer order (checkpoints written before the layer library load by the flat path):
+    # token tables, position tables, encoder layers, decoder layers, output projection.
+    return derive_layout([*src_embed.token_weights(), *tgt_embed.token_weights(),
+                          *src_embed.position_weights(), *tgt_embed.position_weights(),
+                          *encoder.weights(), *decoder.weights(), *generator.weights()])
 
 
 def parameter_layout(config: TransformerConfig) -> List[Tuple[str, Tuple[int, ...]]]:
     """Every parameter's name and shape, in buffer order (names follow ``nn.Transformer``)."""
-    c = config
-    d = c.d_model
-    layout: List[Tuple[str, Tuple[int, ...]]] = [("encoder.embed_tokens.weight", (c.src_vocab_size, d))]
-    if not c.share_embeddings:
-        layout.append(("decoder.embed_tokens.weight", (c.tgt_vocab_size, d)))
-    if c.positional == "learned":
-        layout += [("encoder.embed_positions.weight", (c.max_len, d)),
-                   ("decoder.embed_positions.weight", (c.max_len, d))]
-    for i in range(c.n_encoder_layers):
-        p = f"encoder.layers.{i}"
-        layout += _attention_params(f"{p}.self_attn", d) + _norm_params(f"{p}.norm1", d)
-        layout += _ffn_params(p, d, c.d_ff) + _norm_params(f"{p}.norm2", d)
-    if c.final_norm:
-        layout += _norm_params("encoder.norm", d)
-    for i in range(c.n_decoder_layers):
-        p = f"decoder.layers.{i}"
-        layout += _attention_params(f"{p}.self_attn", d) + _norm_params(f"{p}.norm1", d)
-        layout += _attention_params(f"{p}.multihead_attn", d) + _norm_params(f"{p}.norm2", d)
-        layout += _ffn_params(p, d, c.d_ff) + _norm_params(f"{p}.norm3", d)
-    if c.final_norm:
-        layout += _norm_params("decoder.norm", d)
-    if not c.tie_output:
-        layout.append(("output_projection.weight", (c.tgt_vocab_size, d)))
-    if c.output_bias:
-        layout.append(("output_projection.bias", (c.tgt_vocab_size,)))
-    return layout
-
-
-def named_views(flat: np.ndarray, layout) -> Dict[str, np.ndarray]:
-    """Name -> view of ``flat`` for each (name, shape) of ``layout``, back to back."""
-    views: Dict[str, np.ndarray] = {}
-    offset = 0
-    for name, shape in layout:
-        n = int(np.prod(shape))
-        views[name] = flat[offset:offset + n].reshape(shape)
-        offset += n
-    return views
+    return [(s.name, s.shape) for s in _weight_specs(*_compose(config))]
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -279,6 +254,19 @@ class Workspace:
 
 
 # -- the model ---------------------------------------------------------------------------------
+@dataclass
+class TransformerRecord:
+    """What ``Transformer.backward`` needs from ``forward_train``."""
+    src: Batch
+    tgt: Batch
+    src_embed: EmbeddingsRecord
+    encoder: StackRecord
+    memory: np.ndarray
+    tgt_embed: EmbeddingsRecord
+    decoder: StackRecord
+    hidden: np.ndarray
+
+
 class Transformer:
     """Encoder-decoder Transformer over one contiguous float32 parameter buffer.
 
@@ -286,6 +274,11 @@ class Transformer:
     (Xavier-uniform matrices, zero attention biases, unit LayerNorm) with embeddings
     drawn from N(0, d_model^-1/2). ``params`` is the flat buffer; ``parameters()`` maps
     names to views into it.
+
+    A composition of ``cyformer.layers`` (the Annotated Transformer's ``EncoderDecoder``):
+    ``src_embed`` / ``tgt_embed`` (``Embeddings``), ``encoder`` / ``decoder`` (stacks of
+    ``EncoderLayer`` / ``DecoderLayer``) and ``generator`` (the output ``Linear``). The
+    layers declare the weights; ``layout`` is derived from the declarations.
     """
 
     def __init__(self, config: TransformerConfig, seed: Optional[int] = 0, *,
@@ -294,34 +287,39 @@ class Transformer:
             raise TypeError(f"config must be a TransformerConfig, not {type(config).__name__}")
         config.validate()
         self.config = config
-        self.layout = parameter_layout(config)
-        total = sum(int(np.prod(s)) for _, s in self.layout)
-        if params is None:
-            self.params = np.zeros(total, dtype=np.float32)
-        else:
-            if params.dtype != np.float32 or params.ndim != 1 or params.size != total:
-                raise ValueError(f"params must be float32 [{total}], got {params.dtype} {params.shape}")
-            self.params = params
-        self._rebind_views()
+        self.src_embed, self.tgt_embed, self.encoder, self.decoder, self.generator = _compose(config)
+        self.weight_specs = _weight_specs(self.src_embed, self.tgt_embed, self.encoder, self.decoder,
+                                          self.generator)
+        self.layout = [(s.name, s.shape) for s in self.weight_specs]
+        self._local = threading.local()
+        self.params = np.zeros(self._total(), dtype=np.float32) if params is None else params
         if params is None:
             self.init_parameters(seed)
-        c = config
-        self._pos_table = None
-        if c.positional == "sinusoidal":
-            self._pos_table = sinusoidal_table(c.max_len, c.d_model, c.sinusoidal_layout)
-        self._act = activation_code(c.activation)
-        self._embed_scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0
-        self._local = threading.local()
 
-    def _rebind_views(self) -> None:
-        """Name -> view of ``self.params`` (again after the buffer is replaced)."""
-        self._views = named_views(self.params, self.layout)
+    def _total(self) -> int:
+        return sum(s.size for s in self.weight_specs)
+
+    @property
+    def params(self) -> np.ndarray:
+        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views."""
+        return self._params
+
+    @params.setter
+    def params(self, flat: np.ndarray) -> None:
+        total = self._total()
+        if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 or flat.size != total:
+            raise ValueError(f"params must be float32 [{total}], got {getattr(flat, 'dtype', type(flat))} "
+                             f"{getattr(flat, 'shape', '')}")
+        self._params = flat
+        self._views = named_views(flat, self.layout)
+        for layer in (self.src_embed, self.tgt_embed, self.encoder, self.decoder, self.generator):
+            layer.bind(self._views)
 
     @classmethod
     def empty(cls, config: TransformerConfig) -> "Transformer":
         """A model with zeroed parameters, to be filled by a loader or converter."""
-        total = sum(int(np.prod(s)) for _, s in parameter_layout(config))
-        return cls(config, params=np.zeros(total, dtype=np.float32))
+        return cls(config, params=np.zeros(sum(int(np.prod(s)) for _, s in parameter_layout(config)),
+                                           dtype=np.float32))
 
     # -- parameters -----------------------------------------------------------------------
     def parameters(self) -> Dict[str, np.ndarray]:
@@ -336,21 +334,24 @@ class Transformer:
         return int(self.params.size)
 
     def init_parameters(self, seed: Optional[int] = 0) -> None:
+        """Each tensor from its declared initialiser, drawn in buffer order."""
         rng = np.random.default_rng(seed)
         d = self.config.d_model
-        for name, shape in self.layout:
-            v = self._views[name]
-            if "embed_tokens" in name or name == "output_projection.weight":
-                v[...] = rng.normal(0.0, d ** -0.5, size=shape)
-            elif "embed_positions" in name:
-                v[...] = rng.normal(0.0, 0.02, size=shape)
-            elif "norm" in name.rsplit(".", 2)[-2]:
-                v[...] = 1.0 if name.endswith("weight") else 0.0
-            elif len(shape) == 2:
-                bound = math.sqrt(6.0 / (shape[0] + shape[1]))
-                v[...] = rng.uniform(-bound, bound, size=shape)
-            else:
+        for spec in self.weight_specs:
+            v = self._views[spec.name]
+            if spec.init == "embedding":
+                v[...] = rng.normal(0.0, d ** -0.5, size=spec.shape)
+            elif spec.init == "position":
+                v[...] = rng.normal(0.0, 0.02, size=spec.shape)
+            elif spec.init == "xavier":
+                bound = math.sqrt(6.0 / (spec.shape[0] + spec.shape[1]))
+                v[...] = rng.uniform(-bound, bound, size=spec.shape)
+            elif spec.init == "ones":
+                v[...] = 1.0
+            elif spec.init == "zeros":
                 v[...] = 0.0
+            else:
+                raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         return self.parameters()
@@ -377,18 +378,6 @@ class Transformer:
                     raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
                 self._views[name][...] = arr
 
-    # -- weight names the forward pass reads ------------------------------------------------------
-    def _src_embedding(self) -> np.ndarray:
-        return self._views["encoder.embed_tokens.weight"]
-
-    def _tgt_embedding(self) -> np.ndarray:
-        return self._views["encoder.embed_tokens.weight" if self.config.share_embeddings
-                           else "decoder.embed_tokens.weight"]
-
-    def _output_weight(self) -> np.ndarray:
-        if "output_projection.weight" in self._views:
-            return self._views["output_projection.weight"]
-        return self._tgt_embedding()
 
     def _workspace(self) -> Workspace:
         ws = getattr(self._local, "workspace", None)
@@ -396,131 +385,51 @@ class Transformer:
             ws = self._local.workspace = Workspace()
         return ws
 
-    # -- forward pieces ------------------------------------------------------------------------
-    def _embed(self, batch: Batch, side: str, out: np.ndarray, nt: int) -> None:
-        table = self._src_embedding() if side == "encoder" else self._tgt_embedding()
-        pos = (self._views[f"{side}.embed_positions.weight"] if self.config.positional == "learned"
-               else self._pos_table)
-        embedding_forward(batch.ids, batch.positions, table, pos, self._embed_scale, out, nt)
-
-    def _self_attention(self, prefix: str, y: np.ndarray, batch: Batch, causal: bool,
-                        ws: Workspace, nt: int) -> np.ndarray:
-        """Multi-head self-attention of normalised input y [N, d] -> context [N, d] (before W_O)."""
-        v = self._views
-        n, d = y.shape
-        qkv = ws.get("qkv", n, 3 * d)
-        linear_forward(y, v[f"{prefix}.in_proj_weight"], v[f"{prefix}.in_proj_bias"], qkv, n_threads=nt)
-        ctx = ws.get("ctx", n, d)
-        attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx,
-                          batch.start, batch.length, batch.start, batch.length,
-                          self.config.n_heads, causal=causal, n_threads=nt)
-        return ctx
-
-    def _cross_attention(self, prefix: str, y: np.ndarray, batch: Batch, memory_kv: np.ndarray,
-                         src: Batch, ws: Workspace, nt: int) -> np.ndarray:
-        v = self._views
-        n, d = y.shape
-        q = ws.get("q", n, d)
-        linear_forward(y, v[f"{prefix}.in_proj_weight"][:d], v[f"{prefix}.in_proj_bias"][:d], q,
-                       n_threads=nt)
-        ctx = ws.get("ctx", n, d)
-        attention_forward(q, memory_kv[:, :d], memory_kv[:, d:], ctx,
-                          batch.start, batch.length, src.start, src.length,
-                          self.config.n_heads, n_threads=nt)
-        return ctx
-
-    def _sublayer_out(self, prefix: str, ctx: np.ndarray, x: np.ndarray, norm: str,
-                      ws: Workspace, nt: int) -> None:
-        """Residual connection around a sublayer whose last projection is ``prefix``.
-
-        post-LN: x = LN(x + ctx W^T + b); pre-LN: x = x + ctx W^T + b (accumulated by the GEMM).
-        """
-        v = self._views
-        if self.config.norm_first:
-            linear_forward(ctx, v[f"{prefix}.weight"], v[f"{prefix}.bias"], x, accumulate=True, n_threads=nt)
-        else:
-            o = ws.get("sub", *x.shape)
-            # The projection's bias is added inside the LayerNorm pass.
-            linear_forward(ctx, v[f"{prefix}.weight"], None, o, n_threads=nt)
-            layer_norm_forward(x, o, v[f"{norm}.weight"], v[f"{norm}.bias"], x,
-                               self.config.layer_norm_eps, n_threads=nt, bias=v[f"{prefix}.bias"])
-
-    def _pre_norm(self, norm: str, x: np.ndarray, ws: Workspace, nt: int) -> np.ndarray:
-        """Input of a sublayer: LN(x) for pre-LN, x itself for post-LN."""
-        if not self.config.norm_first:
-            return x
-        v = self._views
-        y = ws.get("normed", *x.shape)
-        layer_norm_forward(x, None, v[f"{norm}.weight"], v[f"{norm}.bias"], y,
-                           self.config.layer_norm_eps, n_threads=nt)
-        return y
-
-    def _feed_forward(self, prefix: str, x: np.ndarray, norm_in: str, norm_out: str,
-                      ws: Workspace, nt: int) -> None:
-        v = self._views
-        y = self._pre_norm(norm_in, x, ws, nt)
-        h = ws.get("ffn", x.shape[0], self.config.d_ff)
-        linear_forward(y, v[f"{prefix}.linear1.weight"], None, h, n_threads=nt)
-        bias_act_forward(h, v[f"{prefix}.linear1.bias"], self._act, nt)
-        self._sublayer_out(f"{prefix}.linear2", h, x, norm_out, ws, nt)
-
-    def _final_norm(self, side: str, x: np.ndarray, nt: int) -> None:
-        if self.config.final_norm:
-            v = self._views
-            layer_norm_forward(x, None, v[f"{side}.norm.weight"], v[f"{side}.norm.bias"], x,
-                               self.config.layer_norm_eps, n_threads=nt)
-
+    # -- inference passes over packed batches ------------------------------------------------
     def _encode_packed(self, src: Batch, ws: Workspace, nt: int) -> np.ndarray:
         """Encoder stack over packed tokens -> memory [N_src, d] (a workspace buffer)."""
         x = ws.get("memory", len(src.ids), self.config.d_model)
-        self._embed(src, "encoder", x, nt)
-        for i in range(self.config.n_encoder_layers):
-            p = f"encoder.layers.{i}"
-            y = self._pre_norm(f"{p}.norm1", x, ws, nt)
-            ctx = self._self_attention(f"{p}.self_attn", y, src, False, ws, nt)
-            self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
-            self._feed_forward(p, x, f"{p}.norm2", f"{p}.norm2", ws, nt)
-        self._final_norm("encoder", x, nt)
-        return x
-
-    def _memory_kv(self, layer: int, memory: np.ndarray, ws: Optional[Workspace], nt: int) -> np.ndarray:
-        """Cross-attention keys and values of the encoder memory: [N_src, 2d].
-
-        With ``ws=None`` the result is a fresh array the caller keeps (a decoding state).
-        """
-        v = self._views
-        d = self.config.d_model
-        p = f"decoder.layers.{layer}.multihead_attn"
-        if ws is None:
-            kv = np.empty((memory.shape[0], 2 * d), dtype=np.float32)
-        else:
-            kv = ws.get(f"memory_kv{layer}", memory.shape[0], 2 * d)
-        linear_forward(memory, v[f"{p}.in_proj_weight"][d:], v[f"{p}.in_proj_bias"][d:], kv, n_threads=nt)
-        return kv
+        self.src_embed.forward(src.ids, src.positions, x, nt)
+        return self.encoder.forward(x, src, ws, nt)
 
     def _decode_packed(self, tgt: Batch, memory: np.ndarray, src: Batch, ws: Workspace,
                        nt: int) -> np.ndarray:
         """Decoder stack (teacher forcing, causal) -> hidden states [N_tgt, d]."""
         x = ws.get("dec_x", len(tgt.ids), self.config.d_model)
-        self._embed(tgt, "decoder", x, nt)
-        for i in range(self.config.n_decoder_layers):
-            p = f"decoder.layers.{i}"
-            y = self._pre_norm(f"{p}.norm1", x, ws, nt)
-            ctx = self._self_attention(f"{p}.self_attn", y, tgt, True, ws, nt)
-            self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
-            y = self._pre_norm(f"{p}.norm2", x, ws, nt)
-            kv = self._memory_kv(i, memory, ws, nt)
-            ctx = self._cross_attention(f"{p}.multihead_attn", y, tgt, kv, src, ws, nt)
-            self._sublayer_out(f"{p}.multihead_attn.out_proj", ctx, x, f"{p}.norm2", ws, nt)
-            self._feed_forward(p, x, f"{p}.norm3", f"{p}.norm3", ws, nt)
-        self._final_norm("decoder", x, nt)
-        return x
+        self.tgt_embed.forward(tgt.ids, tgt.positions, x, nt)
+        return self.decoder.forward(x, tgt, memory, src, ws, nt)
 
     def _logits_packed(self, hidden: np.ndarray, nt: int) -> np.ndarray:
         out = np.empty((hidden.shape[0], self.config.tgt_vocab_size), dtype=np.float32)
-        linear_forward(hidden, self._output_weight(), self._views.get("output_projection.bias"),
-                       out, n_threads=nt)
+        self.generator.forward(hidden, out, nt)
         return out
+
+    # -- training passes (llm.c style: forward saves, backward accumulates into grads) ----------
+    def forward_train(self, src: Batch, tgt: Batch, tc: TrainContext):
+        """Teacher-forced logits [N_tgt, V] (a workspace buffer of ``tc``) and the record
+        ``backward`` needs. Dropout sites are numbered in this order."""
+        d = self.config.d_model
+        x = tc.buf("enc.embed", len(src.ids), d)
+        r_src = self.src_embed.forward_train(src, x, tc)
+        memory, r_enc = self.encoder.forward_train(x, src, tc)
+        y = tc.buf("dec.embed", len(tgt.ids), d)
+        r_tgt = self.tgt_embed.forward_train(tgt, y, tc)
+        hidden, r_dec = self.decoder.forward_train(y, tgt, memory, src, tc)
+        logits = tc.buf("logits", len(tgt.ids), self.config.tgt_vocab_size)
+        self.generator.forward(hidden, logits, tc.nt)
+        return logits, TransformerRecord(src, tgt, r_src, r_enc, memory, r_tgt, r_dec, hidden)
+
+    def backward(self, rec: TransformerRecord, dlogits: np.ndarray, tc: TrainContext) -> None:
+        """Accumulate every parameter's gradient into ``tc.grads`` from the logits' gradient."""
+        hidden, memory = rec.hidden, rec.memory
+        dx = tc.buf("dhidden", *hidden.shape)
+        self.generator.backward(hidden, dlogits, dx, tc.grads, tc.nt)
+        dmemory = tc.buf("dmemory", *memory.shape)
+        dmemory[...] = 0.0
+        self.decoder.backward(rec.decoder, dx, dmemory, tc)
+        self.tgt_embed.backward(rec.tgt_embed, dx, tc)
+        self.encoder.backward(rec.encoder, dmemory, tc)
+        self.src_embed.backward(rec.src_embed, dmemory, tc)
 
     # -- incremental decoding ---------------------------------------------------------------------
     def start_decoding(self, src: TokenBatch, src_lengths=None, rows_per_source: int = 1,
@@ -535,9 +444,9 @@ class Transformer:
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
             memory = self._encode_packed(batch, self._workspace(), nt)
-            memory_kv = [self._memory_kv(i, memory, None, nt) for i in range(self.config.n_decoder_layers)]
+            cache = self.decoder.memory_cache(memory, batch, nt)
         rows_src = np.repeat(np.arange(batch.size, dtype=np.int32), rows_per_source)
-        return DecoderState(self.config, memory_kv, batch, rows_src, max_steps)
+        return DecoderState(self.config, cache, batch, rows_src, max_steps)
 
     def decode_step(self, state: "DecoderState", tokens, attention: Optional[np.ndarray] = None) -> np.ndarray:
         """Feed one token per row at position ``state.length``; return logits [R, tgt_vocab].
@@ -559,50 +468,12 @@ class Transformer:
         state.reserve(t + 1)
         nt = threads.get_num_threads()
         ws = self._workspace()
-        v = self._views
-        d = c.d_model
         with threads.blas_single_threaded():
-            x = ws.get("step_x", rows, d)
-            pos = (v["decoder.embed_positions.weight"] if c.positional == "learned" else self._pos_table)
-            embedding_forward(tokens, np.full(rows, t, dtype=np.int32), self._tgt_embedding(), pos,
-                              self._embed_scale, x, nt)
-            # Attention runs per (row, head): the caches are head-major, so one head's keys are
-            # contiguous, and the kernel sees rows * n_heads sequences of one head each.
-            h, d_k = c.n_heads, d // c.n_heads
-            n_seq = rows * h
-            one = state.ones[:n_seq]
-            seq = state.arange[:n_seq]
-            self_start = state.self_start[:n_seq]
-            k_len = np.full(n_seq, t + 1, dtype=np.int32)
-            for i in range(c.n_decoder_layers):
-                p = f"decoder.layers.{i}"
-                y = self._pre_norm(f"{p}.norm1", x, ws, nt)
-                qkv = ws.get("step_qkv", rows, 3 * d)
-                linear_forward(y, v[f"{p}.self_attn.in_proj_weight"], v[f"{p}.self_attn.in_proj_bias"], qkv,
-                               n_threads=nt)
-                keys, values = state.keys[i], state.values[i]
-                keys[:rows, :, t] = qkv[:, d:2 * d].reshape(rows, h, d_k)
-                values[:rows, :, t] = qkv[:, 2 * d:].reshape(rows, h, d_k)
-                q = ws.get("step_q", rows, d)
-                np.copyto(q, qkv[:, :d])
-                ctx = ws.get("step_ctx", rows, d)
-                attention_forward(q.reshape(n_seq, d_k), keys.reshape(-1, d_k), values.reshape(-1, d_k),
-                                  ctx.reshape(n_seq, d_k), seq, one, self_start, k_len, 1, n_threads=nt)
-                self._sublayer_out(f"{p}.self_attn.out_proj", ctx, x, f"{p}.norm1", ws, nt)
-                y = self._pre_norm(f"{p}.norm2", x, ws, nt)
-                linear_forward(y, v[f"{p}.multihead_attn.in_proj_weight"][:d],
-                               v[f"{p}.multihead_attn.in_proj_bias"][:d], q, n_threads=nt)
-                probs = None
-                if attention is not None and i == c.n_decoder_layers - 1:
-                    probs = attention.reshape(n_seq, 1, 1, -1)
-                attention_forward(q.reshape(n_seq, d_k), state.cross_keys[i], state.cross_values[i],
-                                  ctx.reshape(n_seq, d_k), seq, one, state.cross_start, state.cross_len, 1,
-                                  probs=probs, n_threads=nt)
-                self._sublayer_out(f"{p}.multihead_attn.out_proj", ctx, x, f"{p}.norm2", ws, nt)
-                self._feed_forward(p, x, f"{p}.norm3", f"{p}.norm3", ws, nt)
-            self._final_norm("decoder", x, nt)
+            x = ws.get("step_x", rows, c.d_model)
+            self.tgt_embed.forward(tokens, np.full(rows, t, dtype=np.int32), x, nt)
+            self.decoder.step(x, state, attention, ws, nt)
             logits = ws.get("step_logits", rows, c.tgt_vocab_size)
-            linear_forward(x, self._output_weight(), v.get("output_projection.bias"), logits, n_threads=nt)
+            self.generator.forward(x, logits, nt)
         state.length = t + 1
         return logits.view()  # the workspace keeps its own view: a caller may reshape this one
 
@@ -688,7 +559,7 @@ class Transformer:
         os.makedirs(directory, exist_ok=True)
         data = memoryview(np.ascontiguousarray(self.params)).cast("B")
         # crc32 of the data section: from_pretrained(verify=True) and verify_checkpoint check it
-        head = safetensors_header([(n, np.float32, s) for n, s in self.layout],
+        head = safetensors_header([(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs],
                                   {"format": "cyformer", "config": self.config.to_json(),
                                    "crc32": str(zlib.crc32(data))})
         # The data section is exactly the flat buffer: one write, and one mapping on load.
@@ -697,12 +568,13 @@ class Transformer:
 
     @classmethod
     def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Transformer":
-        """Load a cyformer checkpoint or a Hugging Face MarianMT folder.
+        """Load a cyformer checkpoint or a folder of a registered format (Hugging Face MarianMT).
 
         The weights are memory-mapped (copy-on-write) when ``mmap``: nothing is copied, pages
         are read as the model touches them. Sizes, shapes and dtypes are always checked;
         ``verify=True`` also checks the data against the crc32 that ``save_pretrained`` stored
-        (this reads the whole file once), catching bit rot and partial overwrites.
+        (this reads the whole file once), catching bit rot and partial overwrites. The loader
+        is chosen by ``config.json``'s ``model_type`` (``cyformer.convert.register_loader``).
         """
         from .io import read_json
         cfg_path = os.path.join(directory, CONFIG_NAME)
@@ -711,122 +583,23 @@ class Transformer:
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
         raw = read_json(cfg_path, expect=dict)   # bounded size and nesting; CheckpointError names the file
         model_type = raw.get("model_type") if isinstance(raw, dict) else None
-        if model_type == "marian":
-            from .convert.marian import load_marian
-            return load_marian(directory)
-        if model_type not in (None, "cyformer"):
-            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not supported "
-                             f"(cyformer and marian are)")
-        config = TransformerConfig.from_dict(raw)
-        path = os.path.join(directory, WEIGHTS_NAME)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-        layout = parameter_layout(config)
-        if verify:
-            verify_checkpoint(path)
-        flat = load_flat_float32(path, layout, mmap=mmap)
-        if flat is not None:  # our own layout: the mapped file is the parameter buffer
-            return cls(config, params=flat)
-        model = cls.empty(config)
-        model.load_state_dict(load_safetensors(path, mmap=mmap))
-        return model
+        return loader_for(model_type or "cyformer", cfg_path)(directory, raw, mmap=mmap, verify=verify)
 
 
-
-def _heads_major(part: np.ndarray, src: Batch, n_heads: int) -> np.ndarray:
-    """[N_src, d] keys or values of packed sources -> [N_src * n_heads, d_k], each source's
-    block [n_heads, len, d_k] (one head's rows contiguous)."""
-    n, d = part.shape
-    d_k = d // n_heads
-    out = np.empty((n * n_heads, d_k), dtype=np.float32)
-    for start, length in zip(src.start.tolist(), src.length.tolist()):
-        block = out[start * n_heads:(start + length) * n_heads].reshape(n_heads, length, d_k)
-        block[:] = part[start:start + length].reshape(length, n_heads, d_k).transpose(1, 0, 2)
-    return out
-
-
-class DecoderState:
-    """Per-row decoder caches for incremental decoding, head-major so that the keys and
-    values one (row, head) attends over are contiguous.
-
-    ``keys[l]`` / ``values[l]``: [rows, n_heads, capacity, d_k] self-attention cache of
-    layer l. ``cross_keys[l]`` / ``cross_values[l]``: [N_src * n_heads, d_k] keys/values of
-    the encoder memory, computed once per source batch and shared by every row (beam) of a
-    source; source b's block starts at row ``start_b * n_heads``, head h of it ``h * len_b``
-    rows further. The attention kernel reads them as ``rows * n_heads`` one-head sequences
-    (sequence ``r * n_heads + h`` is row r's head h), whose starts and lengths are
-    ``self_start``, ``cross_start`` and ``cross_len``.
-    """
-
-    def __init__(self, config: TransformerConfig, memory_kv: List[np.ndarray], src: Batch,
-                 rows_src: np.ndarray, max_steps: int):
-        self.config = config
-        h, d = config.n_heads, config.d_model
-        d_k = d // h
-        self.cross_keys = [_heads_major(kv[:, :d], src, h) for kv in memory_kv]
-        self.cross_values = [_heads_major(kv[:, d:], src, h) for kv in memory_kv]
-        self.src_lengths = src.length
-        self.rows_src = rows_src.astype(np.int32)
-        self.src_start = src.start[self.rows_src]
-        self.src_len = src.length[self.rows_src]
-        self.rows = len(rows_src)
-        self.length = 0
-        self.capacity = 0
-        n = max(self.rows, 1) * h
-        self.ones = np.ones(n, dtype=np.int32)
-        self.arange = np.arange(n, dtype=np.int32)
-        self.keys: List[np.ndarray] = []
-        self.values: List[np.ndarray] = []
-        self._d_k = d_k
-        self.reserve(max(1, min(max_steps, config.max_len)))
-        self._lanes()
-
-    def _lanes(self) -> None:
-        h = self.config.n_heads
-        self.cross_start = (self.src_start[:, None] * h
-                            + np.arange(h, dtype=np.int32)[None, :] * self.src_len[:, None]).ravel()
-        self.cross_len = np.repeat(self.src_len, h).astype(np.int32)
-
-    @property
-    def self_start(self) -> np.ndarray:
-        return self.arange * self.capacity
-
-    def reserve(self, steps: int) -> None:
-        """Make room for ``steps`` positions (grows by doubling, keeping what is cached)."""
-        if steps <= self.capacity:
-            return
-        capacity = min(max(steps, 2 * self.capacity), self.config.max_len)
-        rows = max(self.rows, 1)
-        for cache in (self.keys, self.values):
-            for i in range(self.config.n_decoder_layers):
-                grown = np.empty((rows, self.config.n_heads, capacity, self._d_k), dtype=np.float32)
-                if i < len(cache):
-                    grown[:, :, :self.length] = cache[i][:rows, :, :self.length]
-                    cache[i] = grown
-                else:
-                    cache.append(grown)
-        self.capacity = capacity
-
-    def select(self, index) -> None:
-        """Keep rows ``index`` (in that order): beam reordering and dropping finished rows."""
-        index = np.asarray(index, dtype=np.intp)
-        if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= self.rows)):
-            raise ValueError("row index out of range")
-        if len(index) > self.keys[0].shape[0]:
-            raise ValueError(f"select keeps at most the {self.keys[0].shape[0]} rows the caches were "
-                             f"made for, got {len(index)} indices")
-        n = len(index)
-        t = self.length
-        # Only rows whose content changes are copied: in beam search most beams usually keep
-        # their own history, and the copy is O(current length) per moved row.
-        moved = np.flatnonzero(index != np.arange(n))
-        if len(moved):
-            source = index[moved]
-            for cache in (self.keys, self.values):
-                for arr in cache:
-                    arr[moved, :, :t] = arr[source, :, :t]   # the right side is gathered first
-        self.rows_src = self.rows_src[index]
-        self.src_start = self.src_start[index]
-        self.src_len = self.src_len[index]
-        self.rows = n
-        self._lanes()
+@register_loader("cyformer")
+def _load_cyformer(directory: str, raw, mmap: bool = True, verify: bool = False) -> Transformer:
+    """Our own folder: when the file holds exactly our layout, the mapped data section is the
+    parameter buffer (no copy); otherwise tensors are copied in by name."""
+    config = TransformerConfig.from_dict(raw)
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+    layout = parameter_layout(config)
+    if verify:
+        verify_checkpoint(path)
+    flat = load_flat_float32(path, layout, mmap=mmap)
+    if flat is not None:  # our own layout: the mapped file is the parameter buffer
+        return Transformer(config, params=flat)
+    model = Transformer.empty(config)
+    model.load_state_dict(load_safetensors(path, mmap=mmap))
+    return model

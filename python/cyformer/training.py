@@ -151,8 +151,7 @@ class Trainer:
             raise ValueError(f"clip_norm must be > 0 (or None), got {clip_norm}")
         if isinstance(model.params, np.memmap) or not model.params.flags.writeable:
             # a memory-mapped checkpoint: train on a private copy
-            model.params = np.array(model.params, dtype=np.float32)
-            model._rebind_views()
+            model.params = np.array(model.params, dtype=np.float32)  # assignment rebinds the layers
         self.model = model
         self.config = model.config
         self.passes = ForwardBackward(model)

@@ -1,1 +1,1 @@
-"""Compiled Cython kernels (built from engine/); see cyformer.kernels for the documented API."""
+"""Compiled Cython kernels (built from engine/); each module's API is in its ``.pyi`` stub next to it."""

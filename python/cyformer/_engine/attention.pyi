@@ -1,4 +1,4 @@
-# Type stub for the compiled module built from engine/attention.pyx (keep the two in step).
+# Type stub for the compiled module built from engine/attention.pyx (tests/test_engine_build.py checks the two agree).
 from typing import Optional, Union
 
 import numpy as np

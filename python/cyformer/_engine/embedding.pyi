@@ -1,4 +1,4 @@
-# Type stub for the compiled module built from engine/embedding.pyx (keep the two in step).
+# Type stub for the compiled module built from engine/embedding.pyx (tests/test_engine_build.py checks the two agree).
 from typing import Literal, Optional
 
 import numpy as np

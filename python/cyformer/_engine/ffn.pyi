@@ -1,11 +1,16 @@
-# Type stub for the compiled module built from engine/ffn.pyx (keep the two in step).
-from typing import Dict, Optional, Union
+# Type stub for the compiled module built from engine/ffn.pyx; tests/test_engine_build.py checks
+# that it declares the compiled functions' parameters and the public constants.
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import NDArray
 
 ACTIVATIONS: Dict[str, int]
-"""Activation names (PyTorch's and Hugging Face's) to kernel codes."""
+"""Every accepted activation name (PyTorch's, Hugging Face's, aliases) to its kernel code,
+read from engine/activation_table.h."""
+
+ACTIVATION_NAMES: Tuple[str, ...]
+"""The accepted names in table order, kernels first (config.ACTIVATIONS is this tuple)."""
 
 def activation_code(name: str) -> int:
     """The kernel code of an activation name; ValueError naming the known ones otherwise."""

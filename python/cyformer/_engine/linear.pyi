@@ -1,4 +1,4 @@
-# Type stub for the compiled module built from engine/linear.pyx (keep the two in step).
+# Type stub for the compiled module built from engine/linear.pyx (tests/test_engine_build.py checks the two agree).
 # Float arrays are float32 NumPy arrays (any float32 buffer works); "rows may be strided"
 # means a view whose rows are contiguous but spaced further apart than their length.
 from typing import Optional

@@ -1,4 +1,4 @@
-# Type stub for the compiled module built from engine/loss.pyx (keep the two in step).
+# Type stub for the compiled module built from engine/loss.pyx (tests/test_engine_build.py checks the two agree).
 from typing import Tuple
 
 import numpy as np

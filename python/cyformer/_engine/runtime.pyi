@@ -1,4 +1,4 @@
-# Type stub for the compiled module built from engine/runtime.pyx (keep the two in step).
+# Type stub for the compiled module built from engine/runtime.pyx (tests/test_engine_build.py checks the two agree).
 
 def openmp_enabled() -> bool:
     """True when the kernels were compiled with OpenMP."""

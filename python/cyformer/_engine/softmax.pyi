@@ -1,4 +1,4 @@
-# Type stub for the compiled module built from engine/softmax.pyx (keep the two in step).
+# Type stub for the compiled module built from engine/softmax.pyx (tests/test_engine_build.py checks the two agree).
 import numpy as np
 from numpy.typing import NDArray
 

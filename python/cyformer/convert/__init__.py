@@ -5,16 +5,20 @@ Converters only map foreign names onto the views of ``Transformer.params``:
 ``load_marian`` reads a Hugging Face MarianMT folder (also reached through
 ``Transformer.from_pretrained``) and ``save_marian`` writes one
 (``save_pretrained(dir, format="marian")``). PyTorch is needed only by ``from_torch`` itself.
+
+Folder formats register themselves (``registry.register_loader`` / ``register_exporter``);
+a new one is a file here, imported below.
 """
+from .registry import EXPORTERS, LOADERS, register_exporter, register_loader
 from .marian import load_marian, marian_config, save_marian
 from .torch import from_torch
 
 
 def export_checkpoint(model, directory, format):
     """``Transformer.save_pretrained(directory, format=...)`` for foreign formats."""
-    if format == "marian":
-        return save_marian(model, directory)
-    raise ValueError(f"unknown checkpoint format {format!r}; expected 'cyformer' or 'marian'")
+    from .registry import exporter_for
+    return exporter_for(format)(model, directory)
 
 
-__all__ = ["from_torch", "load_marian", "marian_config", "save_marian", "export_checkpoint"]
+__all__ = ["from_torch", "load_marian", "marian_config", "save_marian", "export_checkpoint",
+           "register_loader", "register_exporter", "LOADERS", "EXPORTERS"]

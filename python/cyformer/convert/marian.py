@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import TransformerConfig
 from ..io import CheckpointError, load_safetensors, read_json
+from .registry import register_exporter, register_loader
 
 _ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "swish": "silu", "silu": "silu",
                 "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -140,6 +141,11 @@ def marian_tensors(hf_tensors: Dict[str, np.ndarray], config: TransformerConfig)
     return out
 
 
+@register_loader("marian")
+def _load_marian_folder(directory: str, raw_config: Dict, mmap: bool = True, verify: bool = False):
+    return load_marian(directory)
+
+
 def load_marian(directory: str):
     """Load a Hugging Face MarianMT folder as a ``cyformer.Transformer``."""
     from ..model import Transformer
@@ -194,6 +200,7 @@ def marian_export_config(config: TransformerConfig) -> Dict:
     }
 
 
+@register_exporter("marian")
 def save_marian(model, directory: str) -> None:
     """Write ``model`` as a Hugging Face MarianMT folder (config.json + model.safetensors).
 

@@ -1,0 +1,45 @@
+"""Converters register by format name, as CTranslate2's ``@register_loader``: a new format is
+one file under ``convert/`` that decorates its loader (and exporter), imported by
+``convert/__init__.py``. ``Transformer.from_pretrained`` dispatches on ``config.json``'s
+``model_type``; ``save_pretrained(dir, format=...)`` on the format name.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+# model_type -> loader(directory, raw_config, mmap, verify) -> Transformer
+LOADERS: Dict[str, Callable] = {}
+# format -> exporter(model, directory)
+EXPORTERS: Dict[str, Callable] = {}
+
+
+def register_loader(model_type: str):
+    """Decorator: ``loader(directory, raw_config, mmap=..., verify=...)`` reads ``model_type`` folders."""
+    def wrap(fn):
+        LOADERS[model_type] = fn
+        return fn
+    return wrap
+
+
+def register_exporter(format: str):
+    """Decorator: ``exporter(model, directory)`` writes ``format`` folders."""
+    def wrap(fn):
+        EXPORTERS[format] = fn
+        return fn
+    return wrap
+
+
+def loader_for(model_type: str, where: str) -> Callable:
+    try:
+        return LOADERS[model_type]
+    except KeyError:
+        known = " and ".join(sorted(LOADERS))
+        raise ValueError(f"{where}: model_type {model_type!r} is not supported ({known} are)") from None
+
+
+def exporter_for(format: str) -> Callable:
+    try:
+        return EXPORTERS[format]
+    except KeyError:
+        known = " or ".join(repr(f) for f in ["cyformer", *sorted(EXPORTERS)])
+        raise ValueError(f"unknown checkpoint format {format!r}; expected {known}") from None
