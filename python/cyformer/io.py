@@ -303,6 +303,12 @@ def read_safetensors_header(path: str) -> Tuple[dict, int, int]:
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise CheckpointError(f"{path}: tensors {n0!r} and {n1!r} overlap")
+    # as the safetensors spec: the tensors cover the data section to its end (a header length
+    # cut short by corruption would otherwise shift every tensor by a few bytes)
+    extent = max((e for _, e, _ in spans), default=0)
+    if extent != data_len:
+        raise CheckpointError(f"{path}: {data_len - extent} bytes after the last tensor (corrupt header "
+                              f"length or trailing data)")
     return header, data_start, size
 
 
