@@ -423,7 +423,8 @@ def generate(model, src, src_lengths=None, **options) -> List[GenerationResult]:
     opts = make_options(model.config, options)
     src, src_lengths = _truncate_sources(model, src, src_lengths, opts.max_input_length)
     # Held once for the whole loop: each step's own (nested) hold is then only a counter.
-    with threads.blas_single_threaded():
+    # governed: each step's kernels run at the thread count the step governor measured best
+    with threads.blas_single_threaded(), threads.governed():
         if opts.return_alternatives:
             return _alternatives(model, src, src_lengths, opts)
         return _search(model, src, src_lengths, opts)
@@ -481,7 +482,6 @@ def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[
     attention: List[list] = [[] for _ in range(batch)]
     hist = (_start_history(batch, steps, config.decoder_start_id)
             if procs is not None and procs.needs_history else None)
-    nt = threads.get_num_threads()
     s_max = int(state.src_lengths.max())
     for step in range(steps):
         attn = (np.zeros((state.rows, config.n_heads, s_max), dtype=np.float32)
@@ -489,7 +489,7 @@ def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[
         logits = model.decode_step(state, tokens, attention=attn)
         if procs is not None:   # on the raw logits, as HF's greedy search and sampling
             procs(logits, hist[alive, :step + 1] if hist is not None else None)
-        softmax_forward(logits, log=True, n_threads=nt)
+        softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
         if prefix is None:
             _mask_logprobs(logits, step, opts, config)
             forced = None
@@ -597,7 +597,6 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
     B = state.rows // K
     if prefix is not None:
         prefix.check(B)
-    nt = threads.get_num_threads()
     s_max = int(state.src_lengths.max())
     heads = config.n_heads
     history = procs is not None and procs.needs_history
@@ -621,7 +620,7 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
         n = len(active)
         attn = np.zeros((n * K, heads, s_max), dtype=np.float32) if want_attn else None
         logp = model.decode_step(state, tokens, attention=attn)
-        softmax_forward(logp, log=True, n_threads=nt)
+        softmax_forward(logp, log=True, n_threads=threads.get_num_threads())
         if procs is not None:   # on the log-probabilities, as HF's beam search
             hist = None
             if history:
@@ -639,7 +638,7 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
             forced = gen < 0
         # running score + log p, in place in the step's logits buffer: [n, K * V]
         logp.reshape(n, K, V)[...] += run_scores[active][:, :, None]
-        cand_vals, cand = topk(logp.reshape(n, K * V), 2 * K, nt)   # [n, 2K] best first
+        cand_vals, cand = topk(logp.reshape(n, K * V), 2 * K, threads.get_num_threads())   # [n, 2K] best first
         parent = cand // V
         tok = (cand % V).astype(np.int32)
         if gen is None:
@@ -760,7 +759,6 @@ def _alternatives(model, src, src_lengths, opts: GenerationOptions) -> List[Gene
     eos = config.eos_id
     V = config.tgt_vocab_size
     state = model.start_decoding(sources, None, 1, max_steps=int(prefix.length.max()) + 1)
-    nt = threads.get_num_threads()
     s_max = int(state.src_lengths.max())
     first = np.empty((B, V), dtype=np.float32)   # log-probs of the first free token
     attention: List[list] = [[] for _ in range(B)]
@@ -785,7 +783,7 @@ def _alternatives(model, src, src_lengths, opts: GenerationOptions) -> List[Gene
                 hist[:, 1:] = prefix.ids[rows, :step]
             if procs is not None and on_logits:
                 procs(scores, hist)
-            softmax_forward(scores, log=True, n_threads=nt)
+            softmax_forward(scores, log=True, n_threads=threads.get_num_threads())
             if procs is not None and not on_logits:
                 procs(scores, hist)
             _mask_rows(scores, np.zeros(len(rows), dtype=np.int64), prefix.limit[rows], opts, config)
@@ -885,7 +883,6 @@ def _token_stream(model, state, prefix: _Prefix, opts: GenerationOptions) -> Ite
     procs = _Processors.build(opts)
     hist = _start_history(1, prefix.steps, config.decoder_start_id) if procs is not None else None
     rng = np.random.default_rng(opts.seed) if opts.sampling else None
-    nt = threads.get_num_threads()
     p_len, limit = int(prefix.length[0]), int(prefix.limit[0])
     token = np.full(1, config.decoder_start_id, dtype=np.int32)
     for step in range(prefix.steps):
@@ -893,7 +890,7 @@ def _token_stream(model, state, prefix: _Prefix, opts: GenerationOptions) -> Ite
         logits = model.decode_step(state, token)
         if procs is not None:
             procs(logits, hist[:, :step + 1] if procs.needs_history else None)
-        softmax_forward(logits, log=True, n_threads=nt)
+        softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
         gen = step - p_len
         if gen < 0:
             chosen = int(prefix.ids[0, step])

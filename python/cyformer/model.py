@@ -466,7 +466,9 @@ class Transformer:
         if t >= c.max_len:
             raise ValueError(f"cannot decode past max_len={c.max_len} positions")
         state.reserve(t + 1)
-        nt = threads.get_num_threads()
+        # the thread count of this step: the full team, or one thread when measurement says a
+        # busy machine makes that faster (same bits either way; see threads.StepGovernor)
+        nt = threads.step_governor().begin(threads.requested_num_threads())
         ws = self._workspace()
         with threads.blas_single_threaded():
             x = ws.get("step_x", rows, c.d_model)

@@ -140,7 +140,7 @@ def blas_description() -> str:
 
 def engine_info() -> Dict[str, object]:
     """The compiled engine: OpenMP or serial, thread counts, OpenMP runtime, where it is installed."""
-    from . import _engine, threads
+    from . import threads
     from ._engine import linear, runtime
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -156,7 +156,9 @@ def engine_info() -> Dict[str, object]:
         "openmp_max_threads": runtime.openmp_max_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
         "openmp_runtime": ours or omp_libs,
-        "openmp_wait": _engine.wait_policy(),
+        "openmp_wait": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ},
+        # decoding steps shrink the team while other processes hold the cores (threads.StepGovernor)
+        "adaptive_decoding_threads": threads._adaptive and threads._run_delay_ns() is not None,
         # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else the skinny one
         "panel_gemm": linear.panel_kernel_available(),
     }
@@ -188,14 +190,13 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
     for path in eng["openmp_runtime"]:
         lines.append(f"  OpenMP runtime: {path}")
     wait = eng.get("openmp_wait") or {}
-    if wait.get("source") == "cyformer default":
-        lines.append(f"  OpenMP wait: idle threads spin {wait['GOMP_SPINCOUNT']} times, then sleep (cyformer's "
-                     f"default; OMP_WAIT_POLICY or GOMP_SPINCOUNT override it)")
-    elif wait.get("source") == "environment":
-        values = ", ".join(f"{k}={v}" for k, v in wait.items() if k != "source")
-        lines.append(f"  OpenMP wait: {values} (from the environment)")
-    elif wait:
-        lines.append(f"  OpenMP wait: the {wait['source']}")
+    if wait:
+        lines.append(f"  OpenMP wait: {', '.join(f'{k}={v}' for k, v in wait.items())} (from the environment)")
+    if "adaptive_decoding_threads" in eng:
+        lines.append("  decoding steps: " + (
+            "fewer threads while other processes keep cores busy, the full team otherwise "
+            "(CYFORMER_ADAPTIVE_THREADS=0: always the full team)" if eng["adaptive_decoding_threads"]
+            else "always the full team (CYFORMER_ADAPTIVE_THREADS=0, or no /proc/self/task/*/schedstat)"))
     if "panel_gemm" in eng:
         lines.append("decoding GEMMs (8-256 rows): " + ("panel kernel (AVX2/FMA)" if eng["panel_gemm"]
                                                         else "skinny kernel and BLAS (no AVX2/FMA)"))
