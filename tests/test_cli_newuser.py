@@ -19,9 +19,13 @@ DEMO_STEPS = 300
 def demo_run(tmp_path_factory):
     """A short `cyformer demo` run (dates): its folder, its exact-match score and its test set."""
     out = str(tmp_path_factory.mktemp("demo") / "cyformer-demo")
+    lines = []
     result = demo("dates", steps=DEMO_STEPS, n_train=8000, output_dir=out, beam_size=4, progress=False,
-                  attention_plot=False, log=lambda msg: None)
+                  attention_plot=False, log=lines.append)
     data = load_task("dates", n_train=8000, n_valid=300, n_test=500, seed=0)
+    # the printed examples mark the right ones "ok" (they compare the written forms)
+    shown = [l for l in "\n".join(lines).splitlines() if " -> " in l]
+    assert len(shown) == 8 and any(l.startswith("  ok ") for l in shown), shown
     return out, result, data
 
 

@@ -106,10 +106,10 @@ def demo(task: str = "dates", *, steps: int = 800, batch_tokens: int = 2500, n_t
     from .training import corpus_bleu
     scores = {"bleu": corpus_bleu(hyps, refs), "exact": float(np.mean([h == r for h, r in zip(hyps, refs)]))}
     log(f"\ntranslations of test sentences (beam {beam_size}):")
-    for (src, ref), hyp in list(zip(data.test, hyps))[:examples]:
+    # hyps and refs are decoded text, as a person writes it ("2004-03-21")
+    for (src, _), hyp, ref in list(zip(data.test, hyps, refs))[:examples]:
         mark = "ok" if hyp == ref else "  "
-        log(f"  {mark} {data.task.detokenize(src, 'source'):<48} -> {data.task.detokenize(hyp):<14} "
-            f"(reference {data.task.detokenize(ref)})")
+        log(f"  {mark} {data.task.detokenize(src, 'source'):<48} -> {hyp:<14} (reference {ref})")
     seconds = time.perf_counter() - t0
     log(f"\ntest BLEU {scores['bleu']:.1f}, exact match {100 * scores['exact']:.1f}% on {len(test)} sentences; "
         f"training {train_seconds:.0f} s, total {seconds:.0f} s")
