@@ -91,7 +91,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING")
     p.add_argument("--size", default="small", choices=["small", "base"])
-    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--repeat", type=int, default=3, help="timed calls per process (median taken)")
+    p.add_argument("--rounds", type=int, default=5, help="processes per cell, interleaved across settings")
     p.add_argument("--model-dir", help="a model folder with a tokenizer (cyformer demo's) for the translate row")
     p.add_argument("--lines", type=int, default=2000, help="lines to translate (test sentences of the dates task)")
     a = p.parse_args()
@@ -106,35 +107,41 @@ def main() -> int:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("\n".join(data.task.detokenize(s, "source") for s, _ in data.test) + "\n")
         workloads[f"cyformer translate, {a.lines} lines, greedy"] = \
-            lambda env, nt: translate_ms(env, a.model_dir, path, nt, max(1, a.repeat // 2))
+            lambda env, nt: translate_ms(env, a.model_dir, path, nt, 1)
 
     print(f"cyformer {cyformer.__version__} | {cpu_name()} | {' '.join(cpu_features())} | {os.cpu_count()} CPUs")
-    print(f"load average before: {os.getloadavg()[0]:.2f}; median of {a.repeat} runs (ms); "
+    print(f"load average before: {os.getloadavg()[0]:.2f}; ms: median over {a.rounds} processes (interleaved "
+          f"across settings) of each one's median of {a.repeat} calls; "
           f"'x best' = this cell over the fastest thread setting of the same row and condition")
     print()
     print("| workload | setting | quiet 1 thr | quiet 2 thr | loaded 1 thr | loaded 2 thr | 2 thr loaded x best "
           "| 2 thr quiet vs cyformer default |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for wname, run in workloads.items():
-        base_quiet2 = None
+        # settings are interleaved run by run (A B C A B C ...), so that a drift of the machine's
+        # speed during the table shows in every setting alike; each run is a fresh process
+        cells: Dict[tuple, List[float]] = {}
+        for cond in ("quiet", "loaded"):
+            for nt in (1, 2):
+                print(f"  running: {wname} | {cond} | {nt} thread(s) | {a.rounds} rounds of "
+                      f"{len(a.settings)} settings", file=sys.stderr, flush=True)
+                for _ in range(a.rounds):
+                    for sname in a.settings:
+                        env = environment(SETTINGS[sname])
+                        if cond == "loaded":
+                            with Busy():
+                                t = run(env, nt)
+                        else:
+                            t = run(env, nt)
+                        cells.setdefault((sname, cond, nt), []).append(t)
+        med = {k: statistics.median(v) for k, v in cells.items()}
+        base = next((s for s in a.settings if s.startswith("cyformer default")), None)
         for sname in a.settings:
-            env = environment(SETTINGS[sname])
-            cells = {}
-            for cond in ("quiet", "loaded"):
-                for nt in (1, 2):
-                    print(f"  running: {wname} | {sname} | {cond} | {nt} thread(s)", file=sys.stderr, flush=True)
-                    if cond == "loaded":
-                        with Busy():
-                            cells[cond, nt] = run(env, nt)
-                    else:
-                        cells[cond, nt] = run(env, nt)
-            if sname.startswith("cyformer default"):
-                base_quiet2 = cells["quiet", 2]
-            best_loaded = min(cells["loaded", 1], cells["loaded", 2])
-            vs = f"{cells['quiet', 2] / base_quiet2:.2f}x" if base_quiet2 else ""
-            print(f"| {wname} | {sname} | {cells['quiet', 1]:.0f} | {cells['quiet', 2]:.0f} | "
-                  f"{cells['loaded', 1]:.0f} | {cells['loaded', 2]:.0f} | "
-                  f"{cells['loaded', 2] / best_loaded:.2f}x | {vs} |", flush=True)
+            best_loaded = min(med[sname, "loaded", 1], med[sname, "loaded", 2])
+            vs = f"{med[sname, 'quiet', 2] / med[base, 'quiet', 2]:.2f}x" if base else ""
+            print(f"| {wname} | {sname} | {med[sname, 'quiet', 1]:.0f} | {med[sname, 'quiet', 2]:.0f} | "
+                  f"{med[sname, 'loaded', 1]:.0f} | {med[sname, 'loaded', 2]:.0f} | "
+                  f"{med[sname, 'loaded', 2] / best_loaded:.2f}x | {vs} |", flush=True)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
     return 0
 

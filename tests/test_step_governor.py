@@ -31,7 +31,7 @@ def fake(monkeypatch):
     return clock, delay
 
 
-def run_window(gov, clock, delay, team_wait_share, seconds=0.025, n=2):
+def run_window(gov, clock, delay, team_wait_share, seconds=threads.StepGovernor.WINDOW * 1.25, n=2):
     """One measurement window of decoding steps during which each team thread waited
     ``team_wait_share`` of the time for a CPU."""
     t = gov.begin(n)
@@ -58,8 +58,9 @@ def test_contention_shrinks_the_team_and_the_full_team_is_tried_again(fake):
         assert gov.begin(2) == 1
         clock.now += 0.01
     assert gov.begin(2) == 2 and gov.trial              # the full team is tried again
-    delay["ns"] += int(0.4 * 0.025 * 2e9)
-    clock.now += 0.025
+    window = threads.StepGovernor.WINDOW * 1.25
+    delay["ns"] += int(0.4 * window * 2e9)
+    clock.now += window
     assert gov.begin(2) == 1                            # still contended: back to one thread
     assert gov.retry == 2 * threads.StepGovernor.RETRY_MIN   # and the next try waits twice as long
     # the load goes away: the next try holds
