@@ -1,6 +1,5 @@
 """What a new user does after the README: translate with the demo's folder, files in and out,
 warnings and errors as one line, and folders that are not model folders (issue 14, items 1 and 4)."""
-import io
 import os
 import stat
 import subprocess
@@ -8,7 +7,7 @@ import sys
 
 import pytest
 
-from cyformer.cli import main
+from test_cli import run   # the CLI in-process, with captured output
 from cyformer.data import load_task
 from cyformer.recipes import demo
 
@@ -53,14 +52,6 @@ def test_saved_demo_translates_the_printed_test_set_as_the_demo_did(demo_run, tm
                          input=sources[0].upper() + "\n", capture_output=True, text=True, timeout=120)
     assert hyp.returncode == 0, hyp.stderr
     assert hyp.stdout.strip() == hyps[0]
-
-
-def run(argv, capsys, stdin=None, monkeypatch=None):
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_unknown_tokens_are_counted_in_one_warning_line(demo_run, capsys, monkeypatch):
