@@ -194,7 +194,7 @@ cdef inline void _set_dropout(Dropout* drop, float p, uint64_t seed) noexcept:
 
 cdef class _Problem:
     """Validated shapes, strides and pointers shared by the forward and backward passes."""
-    cdef int batch, n_heads, d, d_k, max_lq, max_lk, ldm, window
+    cdef int batch, n_heads, d, d_k, max_lq, max_lk, ldm
     cdef long mask_bstride
     cdef const uint8_t* mask_ptr
     cdef object mask_arr
@@ -236,7 +236,6 @@ cdef class _Problem:
         if not (_rows_contiguous(q) and _rows_contiguous(k) and _rows_contiguous(v)):
             raise ValueError("rows of q, k and v must be contiguous")
         self.scale = scale if scale >= 0 else 1.0 / (<float>self.d_k) ** 0.5
-        self.window = -1
         if mask is not None:
             mask_arr = np.ascontiguousarray(mask).view(np.uint8) if np.asarray(mask).dtype == np.bool_ \
                 else np.ascontiguousarray(mask, dtype=np.uint8)

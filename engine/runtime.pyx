@@ -1,6 +1,6 @@
 # cython: language_level=3
 """What the compiled engine was built with: OpenMP or not, and how many threads it sees."""
-from _common cimport CYFORMER_HAVE_OPENMP, omp_get_max_threads, omp_get_num_procs
+from _common cimport CYFORMER_HAVE_OPENMP, omp_get_max_threads
 
 
 def openmp_enabled():
@@ -11,7 +11,3 @@ def openmp_enabled():
 def openmp_max_threads():
     """OpenMP's default team size (OMP_NUM_THREADS, else the number of processors)."""
     return omp_get_max_threads()
-
-
-def openmp_num_procs():
-    return omp_get_num_procs()

@@ -5,6 +5,3 @@ def openmp_enabled() -> bool:
 
 def openmp_max_threads() -> int:
     """OpenMP's default team size (OMP_NUM_THREADS, else the number of processors)."""
-
-def openmp_num_procs() -> int:
-    """Processors OpenMP sees (1 in a serial build)."""
