@@ -3,13 +3,12 @@
  *
  * Why: at 16-64 rows (batched greedy decoding, beam search) BLAS packs the whole weight
  * matrix on every call and the dot-product kernel of skinny_gemm.h (cyf_skinny_gemm) is bound by
- * its loads: with weights not in cache, 25-60 and 40-65 GFLOP/s on a Zen 3 core whose FMA
- * peak is ~96. Here x, which is small, is packed once per call into panels of 16 rows
- * stored k-major (xt), and the weights are read in place: the 6 x 16 register tile
- * broadcasts one weight of each of 6 rows and multiplies it by two 8-row vectors of the
- * panel, 12 FMAs per 8 loads. Each block of 6 weight rows is read from memory once and
- * reused from L1 for every panel. Measured the same way: 53-90 GFLOP/s at 16 rows, 55-89 at
- * 64 (bench/gemm_paths.py).
+ * its loads, well below the core's FMA peak with weights not in cache. Here x, which is
+ * small, is packed once per call into panels of 16 rows stored k-major (xt), and the
+ * weights are read in place: the 6 x 16 register tile broadcasts one weight of each of 6
+ * rows and multiplies it by two 8-row vectors of the panel, 12 FMAs per 8 loads. Each block
+ * of 6 weight rows is read from memory once and reused from L1 for every panel.
+ * bench/gemm_paths.py measures the paths against each other (figures in bench/RESULTS.md).
  *
  * Sums run over k in order in one lane, so a result does not depend on how the columns are
  * split between threads. The kernel needs AVX2 and FMA (checked at run time: cyf_panel_ok);

@@ -41,7 +41,8 @@ cdef int _PANEL_MAX_ROWS = 256
 # (otherwise the threads split the columns and every one runs all the rows).
 cdef int _PANEL_SPLIT_ROWS = 64
 # Floats of packed x the panel kernel re-reads for every block of 6 weight rows: 256 x 512
-# floats are 512 KiB, Zen 3's L2. At 256 rows x K = 2048 (2 MiB) it ran 69 GFLOP/s, BLAS 81.
+# floats are 512 KiB, Zen 3's L2. Past it (256 rows x K = 2048 is 2 MiB) BLAS was faster
+# (bench/RESULTS.md).
 cdef long _PANEL_MAX_PACK = 256 * 512
 
 # Below this many multiply-adds a GEMM is not worth a parallel region.
