@@ -7,41 +7,23 @@ a process. Figures are medians of repeated calls after a warm-up.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
+
+# bench/ forces a GEMM path through these; they live with the engine so tests need not import this module.
+from ._engine.linear_paths import LINEAR_PATHS, linear_path  # noqa: F401
 
 SIZES: Dict[str, Dict[str, int]] = {
     "small": dict(d_model=256, n_heads=4, d_ff=1024, n_encoder_layers=3, n_decoder_layers=3),
     "base": dict(d_model=512, n_heads=8, d_ff=2048, n_encoder_layers=6, n_decoder_layers=6),
 }
 VOCAB = 32000
-
-
-LINEAR_PATHS = ("panel", "skinny", "BLAS")
-
-
-@contextlib.contextmanager
-def linear_path(name: str) -> Iterator[None]:
-    """Force ``linear_forward`` onto one kernel ("panel", "skinny" or "BLAS") for every row
-    count and size, restoring the dispatch afterwards (benchmarks and tests of each path)."""
-    from ._engine import linear
-
-    if name not in LINEAR_PATHS:
-        raise ValueError(f"linear path must be one of {LINEAR_PATHS}, got {name!r}")
-    panel = linear.set_panel_rows(*((1, 1 << 30, 1 << 40) if name == "panel" else (1, 0)))
-    skinny = linear.set_skinny_rows(1 << 30 if name == "skinny" else 0)
-    try:
-        yield
-    finally:
-        linear.set_panel_rows(*panel)
-        linear.set_skinny_rows(skinny)
 
 
 def bench_config(size: str, vocab: int = VOCAB, activation: str = "relu"):

@@ -1,0 +1,35 @@
+"""Forcing ``linear_forward`` onto one of its kernels, for the tests and benchmarks of each path.
+
+The one Python module here: it only sets the dispatch thresholds of the compiled ``linear``
+module (``set_panel_rows``, ``set_skinny_rows``) and restores them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+LINEAR_PATHS = ("panel", "skinny", "BLAS")
+
+
+@contextlib.contextmanager
+def linear_path(name: str) -> Iterator[None]:
+    """Force ``linear_forward`` onto one kernel ("panel", "skinny" or "BLAS") for every row
+    count and size, restoring the dispatch afterwards (benchmarks and tests of each path)."""
+    from . import linear
+
+    if name not in LINEAR_PATHS:
+        raise ValueError(f"linear path must be one of {LINEAR_PATHS}, got {name!r}")
+    panel = linear.set_panel_rows(*((1, 1 << 30, 1 << 40) if name == "panel" else (1, 0)))
+    skinny = linear.set_skinny_rows(1 << 30 if name == "skinny" else 0)
+    try:
+        yield
+    finally:
+        linear.set_panel_rows(*panel)
+        linear.set_skinny_rows(skinny)
+
+
+def available_linear_paths() -> tuple:
+    """The paths this CPU runs: the panel kernel needs AVX2 and FMA."""
+    from . import linear
+
+    return tuple(p for p in LINEAR_PATHS if p != "panel" or linear.panel_kernel_available())
