@@ -12,6 +12,7 @@ a new one is a file here, imported below.
 from .registry import EXPORTERS, LOADERS, register_exporter, register_loader
 from .marian import load_marian, marian_config, save_marian
 from .torch import from_torch
+from .bert import bert_config, load_bert
 
 
 def export_checkpoint(model, directory, format):
@@ -20,5 +21,5 @@ def export_checkpoint(model, directory, format):
     return exporter_for(format)(model, directory)
 
 
-__all__ = ["from_torch", "load_marian", "marian_config", "save_marian", "export_checkpoint",
+__all__ = ["from_torch", "load_bert", "bert_config", "load_marian", "marian_config", "save_marian", "export_checkpoint",
            "register_loader", "register_exporter", "LOADERS", "EXPORTERS"]

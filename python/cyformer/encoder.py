@@ -1,0 +1,424 @@
+"""``Encoder``: an encoder-only Transformer (the BERT family) composed of the layer library.
+
+Token embeddings + learned positions (+ optional token-type embeddings), an optional
+LayerNorm after the embeddings, then ``EncoderLayer``s (post-LN with GELU (erf) for BERT).
+The same layers and kernels as ``Transformer``'s encoder; only the composition is new.
+
+``EncoderConfig`` is its own small dataclass rather than ``TransformerConfig``: the
+encoder-decoder config carries target-side fields (target vocabulary, BOS/EOS, decoder
+layers, output tying) that mean nothing here and are validated against each other, while an
+encoder needs token types and an embedding LayerNorm that the translation model never has.
+``EncoderLayer`` and the ``Encoder`` stack read attributes only, so this config drives them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from . import threads
+from ._engine.ffn import ACTIVATION_NAMES as ACTIVATIONS
+from .convert.registry import loader_for, register_loader
+from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
+                 safetensors_header, verify_checkpoint)
+from .layers.base import derive_layout, named_views
+from .layers.embedding import Embeddings
+from .layers.norm import LayerNorm
+from .layers.transformer import Encoder as EncoderStack
+from .model import Batch, Workspace, make_batch, require_model_folder
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_TYPE = "cyformer-encoder"
+POOLINGS = ("mean", "cls", "max")
+
+
+@dataclass
+class EncoderConfig:
+    """Hyper-parameters of an encoder-only Transformer; the defaults are BERT-base's.
+
+    ``type_vocab_size`` 0 means no token-type embeddings; ``embedding_norm`` puts a
+    LayerNorm after the summed embeddings (BERT); ``norm_first=False`` is post-LN (BERT).
+    Dropout acts only in training (not yet available for this model).
+    """
+
+    vocab_size: int = 30522
+    d_model: int = 768
+    n_heads: int = 12
+    d_ff: int = 3072
+    n_layers: int = 12
+    max_len: int = 512
+    type_vocab_size: int = 2
+    embedding_norm: bool = True
+    norm_first: bool = False
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.1
+    attention_dropout: Optional[float] = None
+    activation_dropout: Optional[float] = None
+    pad_id: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.attention_dropout is None:
+            self.attention_dropout = self.dropout
+        if self.activation_dropout is None:
+            self.activation_dropout = self.dropout
+        self.validate()
+
+    # what the layer library's EncoderLayer / Encoder stack read
+    @property
+    def n_encoder_layers(self) -> int:
+        return self.n_layers
+
+    @property
+    def final_norm(self) -> bool:
+        return self.norm_first   # pre-LN stacks end in a LayerNorm; post-LN ones do not
+
+    @property
+    def d_k(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self) -> None:
+        def integer(name: str, minimum: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"EncoderConfig.{name} must be an int, not {type(v).__name__}")
+            if v < minimum:
+                raise ValueError(f"EncoderConfig.{name} must be >= {minimum}, got {v}")
+
+        for name in ("vocab_size", "d_model", "n_heads", "d_ff", "max_len"):
+            integer(name, 1)
+        integer("n_layers", 0)
+        integer("type_vocab_size", 0)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+        for name in ("embedding_norm", "norm_first"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"EncoderConfig.{name} must be a bool")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {v!r}")
+        if isinstance(self.layer_norm_eps, bool) or not isinstance(self.layer_norm_eps, (int, float)) \
+                or not self.layer_norm_eps > 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        integer("pad_id", 0)
+        if self.pad_id >= self.vocab_size:
+            raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+        if not isinstance(self.extra, dict):
+            raise TypeError("EncoderConfig.extra must be a dict")
+
+    # -- serialisation -------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model_type"] = MODEL_TYPE
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "EncoderConfig":
+        if not isinstance(d, dict):
+            raise TypeError("config must be a JSON object")
+        d = dict(d)
+        mt = d.pop("model_type", MODEL_TYPE)
+        if mt != MODEL_TYPE:
+            raise ValueError(f"not an encoder config: model_type {mt!r} (expected {MODEL_TYPE!r})")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "EncoderConfig":
+        from .io import parse_json
+        return cls.from_dict(parse_json(text, "config"))
+
+    def save(self, path: str) -> None:
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str) -> "EncoderConfig":
+        from .io import read_json
+        return cls.from_dict(read_json(path, expect=dict))
+
+
+def _compose(c: EncoderConfig):
+    embed = Embeddings("embed_tokens.weight", c.vocab_size, c.d_model, max_len=c.max_len,
+                       positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id,
+                       dropout=c.dropout)
+    norm = LayerNorm("embed_norm", c.d_model, c.layer_norm_eps) if c.embedding_norm else None
+    stack = EncoderStack(c)
+    return embed, norm, stack
+
+
+class Encoder:
+    """Encoder-only Transformer: ``forward`` -> hidden states, ``embed`` -> pooled vectors.
+
+    Weights, in buffer order: ``embed_tokens.weight`` [vocab, d], ``embed_positions.weight``
+    [max_len, d], ``embed_token_types.weight`` [type_vocab, d] (when ``type_vocab_size``),
+    ``embed_norm.{weight,bias}`` (when ``embedding_norm``), then ``encoder.layers.{i}...``.
+    """
+
+    def __init__(self, config: EncoderConfig, seed: Optional[int] = 0, *,
+                 params: Optional[np.ndarray] = None):
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig, not {type(config).__name__}")
+        config.validate()
+        self.config = c = config
+        self.embeddings, self.embed_norm, self.encoder = _compose(c)
+        specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
+        if c.type_vocab_size:
+            from .layers.base import WeightSpec
+            specs.append(WeightSpec("embed_token_types.weight", (c.type_vocab_size, c.d_model), "position"))
+        if self.embed_norm is not None:
+            specs += list(self.embed_norm.weights())
+        specs += list(self.encoder.weights())
+        self.weight_specs = derive_layout(specs)
+        self.layout = [(s.name, s.shape) for s in self.weight_specs]
+        self._local = threading.local()
+        self.params = np.zeros(self._total(), dtype=np.float32) if params is None else params
+        if params is None:
+            self.init_parameters(seed)
+
+    def _total(self) -> int:
+        return sum(s.size for s in self.weight_specs)
+
+    @property
+    def params(self) -> np.ndarray:
+        return self._params
+
+    @params.setter
+    def params(self, flat: np.ndarray) -> None:
+        total = self._total()
+        if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 or flat.size != total:
+            raise ValueError(f"params must be float32 [{total}], got {getattr(flat, 'dtype', type(flat))} "
+                             f"{getattr(flat, 'shape', '')}")
+        self._params = flat
+        self._views = named_views(flat, self.layout)
+        self.embeddings.bind(self._views)
+        if self.embed_norm is not None:
+            self.embed_norm.bind(self._views)
+        self.encoder.bind(self._views)
+        self._types = self._views.get("embed_token_types.weight")
+
+    @classmethod
+    def empty(cls, config: EncoderConfig) -> "Encoder":
+        """A model with zeroed parameters, to be filled by a loader."""
+        return cls(config, params=np.zeros(_total_for(config), dtype=np.float32))
+
+    def parameters(self) -> Dict[str, np.ndarray]:
+        return dict(self._views)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._views[name]
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.params.size)
+
+    def init_parameters(self, seed: Optional[int] = 0) -> None:
+        rng = np.random.default_rng(seed)
+        d = self.config.d_model
+        for spec in self.weight_specs:
+            v = self._views[spec.name]
+            if spec.init == "embedding":
+                v[...] = rng.normal(0.0, d ** -0.5, size=spec.shape)
+            elif spec.init == "position":
+                v[...] = rng.normal(0.0, 0.02, size=spec.shape)
+            elif spec.init == "xavier":
+                bound = math.sqrt(6.0 / (spec.shape[0] + spec.shape[1]))
+                v[...] = rng.uniform(-bound, bound, size=spec.shape)
+            elif spec.init == "ones":
+                v[...] = 1.0
+            elif spec.init == "zeros":
+                v[...] = 0.0
+            else:
+                raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return self.parameters()
+
+    def load_state_dict(self, tensors, strict: bool = True) -> None:
+        """Copy named tensors in, reporting missing, unexpected and mis-shaped names."""
+        missing = [n for n, _ in self.layout if n not in tensors]
+        unexpected = sorted(set(tensors) - set(self._views))
+        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(np.shape(tensors[n]))}"
+                      for n, _ in self.layout if n in tensors and np.shape(tensors[n]) != self._views[n].shape]
+        problems = []
+        if mismatched:
+            problems.append("mis-shaped: " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        if problems:
+            raise CheckpointError("weights do not match the encoder config — " + " | ".join(problems))
+        for name, value in tensors.items():
+            if name in self._views:
+                arr = np.asarray(value)
+                if not np.issubdtype(arr.dtype, np.floating):
+                    raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
+                self._views[name][...] = arr
+
+    def _workspace(self) -> Workspace:
+        ws = getattr(self._local, "workspace", None)
+        if ws is None:
+            ws = self._local.workspace = Workspace()
+        return ws
+
+    # -- inference ---------------------------------------------------------------------------------
+    def _batch(self, ids, lengths) -> Batch:
+        return make_batch(ids, lengths, vocab_size=self.config.vocab_size, max_len=self.config.max_len,
+                          name="ids")
+
+    def _token_types(self, token_type_ids, batch: Batch) -> Optional[np.ndarray]:
+        """Packed token-type ids [N] (None: type 0 everywhere, or no type table)."""
+        n_types = self.config.type_vocab_size
+        if token_type_ids is None:
+            return None
+        if not n_types:
+            raise ValueError("token_type_ids given, but this encoder has no token-type embeddings "
+                             "(type_vocab_size=0)")
+        if isinstance(token_type_ids, (list, tuple)) and token_type_ids and \
+                not isinstance(token_type_ids[0], (int, np.integer)):
+            rows = [np.asarray(t) for t in token_type_ids]
+            if len(rows) != batch.size:
+                raise ValueError(f"token_type_ids has {len(rows)} rows, ids has {batch.size}")
+            for b, (r, n) in enumerate(zip(rows, batch.length.tolist())):
+                if r.ndim != 1 or len(r) < n:
+                    raise ValueError(f"token_type_ids[{b}] must be a flat list of at least {n} ids")
+            tt = np.concatenate([r[:n] for r, n in zip(rows, batch.length.tolist())])
+        else:
+            arr = np.asarray(token_type_ids)
+            if arr.ndim == 1:
+                arr = arr[None]
+            if arr.ndim != 2 or arr.shape[0] != batch.size or arr.shape[1] < batch.max_length:
+                raise ValueError(f"token_type_ids must be [batch={batch.size}, >= {batch.max_length}], "
+                                 f"got shape {arr.shape}")
+            mask = np.arange(arr.shape[1])[None, :] < batch.length[:, None]
+            tt = arr[mask]
+        if tt.size and (tt.dtype == np.bool_ or not np.issubdtype(tt.dtype, np.integer)):
+            raise TypeError(f"token_type_ids must hold integers, got dtype {tt.dtype}")
+        if tt.size and (tt.min() < 0 or tt.max() >= n_types):
+            bad = tt.min() if tt.min() < 0 else tt.max()
+            raise ValueError(f"token_type_ids holds {bad}, outside [0, {n_types})")
+        return tt.astype(np.int64)
+
+    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int) -> np.ndarray:
+        x = ws.get("memory", len(batch.ids), self.config.d_model)
+        self.embeddings.forward(batch.ids, batch.positions, x, nt)
+        if self._types is not None:
+            if types is None:
+                x += self._types[0]
+            else:
+                x += self._types[types]
+        if self.embed_norm is not None:
+            self.embed_norm.forward(x, None, x, nt)
+        return self.encoder.forward(x, batch, ws, nt)
+
+    def forward(self, ids, lengths=None, token_type_ids=None) -> np.ndarray:
+        """Hidden states [B, T, d_model] (zeros past each sequence's length).
+
+        ``ids``: lists of id lists, or a padded [B, T] int array with ``lengths``;
+        ``token_type_ids``: the same shape as ``ids`` (type 0 when omitted).
+        """
+        batch = self._batch(ids, lengths)
+        types = self._token_types(token_type_ids, batch)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            h = self._forward_packed(batch, types, self._workspace(), nt)
+            return batch.unpack(h)
+
+    __call__ = forward
+
+    def embed(self, ids, lengths=None, token_type_ids=None, *, pooling: str = "mean",
+              normalize: bool = False) -> np.ndarray:
+        """One vector per sequence [B, d_model]: the mean or max over its tokens, or its first
+        (CLS) token's state; ``normalize`` scales each to unit L2 norm."""
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        batch = self._batch(ids, lengths)
+        types = self._token_types(token_type_ids, batch)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            h = self._forward_packed(batch, types, self._workspace(), nt)
+            if pooling == "cls":
+                out = h[batch.start].copy()
+            elif pooling == "mean":
+                out = np.add.reduceat(h, batch.start, axis=0) / batch.length[:, None].astype(np.float32)
+            else:
+                out = np.maximum.reduceat(h, batch.start, axis=0)
+        out = out.astype(np.float32, copy=False)
+        if normalize:
+            norm = np.linalg.norm(out, axis=1, keepdims=True)
+            out = out / np.maximum(norm, 1e-12)
+        return out
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (the flat buffer as the data section)."""
+        import zlib
+        os.makedirs(directory, exist_ok=True)
+        data = memoryview(np.ascontiguousarray(self.params)).cast("B")
+        head = safetensors_header([(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs],
+                                  {"format": MODEL_TYPE, "config": self.config.to_json(),
+                                   "crc32": str(zlib.crc32(data))})
+        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [head, data])
+        self.config.save(os.path.join(directory, CONFIG_NAME))
+
+    @classmethod
+    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Encoder":
+        """Load an encoder folder: our own (``model_type`` "cyformer-encoder", memory-mapped) or a
+        registered foreign format (Hugging Face ``bert``)."""
+        from .io import read_json
+        directory = os.fspath(directory)
+        require_model_folder(directory)
+        cfg_path = os.path.join(directory, CONFIG_NAME)
+        if not os.path.exists(cfg_path):
+            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
+        raw = read_json(cfg_path, expect=dict)
+        model_type = raw.get("model_type") or "cyformer"
+        if model_type == "cyformer":
+            raise ValueError(f"{cfg_path}: a cyformer encoder-decoder checkpoint; load it with "
+                             f"Transformer.from_pretrained")
+        model = loader_for(model_type, cfg_path)(directory, raw, mmap=mmap, verify=verify)
+        if not isinstance(model, Encoder):
+            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not an encoder-only model")
+        return model
+
+
+def _total_for(config: EncoderConfig) -> int:
+    c = config
+    d = c.d_model
+    per_layer = 3 * d * d + 3 * d + d * d + d + 2 * d + c.d_ff * d + c.d_ff + d * c.d_ff + d + 2 * d
+    return (c.vocab_size * d + c.max_len * d + c.type_vocab_size * d + (2 * d if c.embedding_norm else 0)
+            + c.n_layers * per_layer + (2 * d if c.final_norm else 0))
+
+
+@register_loader(MODEL_TYPE)
+def _load_encoder(directory: str, raw, mmap: bool = True, verify: bool = False) -> Encoder:
+    config = EncoderConfig.from_dict(raw)
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+    model = Encoder.empty(config)
+    if verify:
+        verify_checkpoint(path)
+    flat = load_flat_float32(path, model.layout, mmap=mmap)
+    if flat is not None:
+        model.params = flat
+        return model
+    model.load_state_dict(load_safetensors(path, mmap=mmap))
+    return model
