@@ -390,13 +390,7 @@ class Encoder:
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
         raw = read_json(cfg_path, expect=dict)
         model_type = raw.get("model_type") or "cyformer"
-        if model_type == "cyformer":
-            raise ValueError(f"{cfg_path}: a cyformer encoder-decoder checkpoint; load it with "
-                             f"Transformer.from_pretrained")
-        model = loader_for(model_type, cfg_path)(directory, raw, mmap=mmap, verify=verify)
-        if not isinstance(model, Encoder):
-            raise ValueError(f"{cfg_path}: model_type {model_type!r} is not an encoder-only model")
-        return model
+        return loader_for(model_type, cfg_path, kind="encoder")(directory, raw, mmap=mmap, verify=verify)
 
 
 def _total_for(config: EncoderConfig) -> int:
@@ -407,7 +401,7 @@ def _total_for(config: EncoderConfig) -> int:
             + c.n_layers * per_layer + (2 * d if c.final_norm else 0))
 
 
-@register_loader(MODEL_TYPE)
+@register_loader(MODEL_TYPE, kind="encoder")
 def _load_encoder(directory: str, raw, mmap: bool = True, verify: bool = False) -> Encoder:
     config = EncoderConfig.from_dict(raw)
     path = os.path.join(directory, WEIGHTS_NAME)

@@ -9,7 +9,7 @@ Converters only map foreign names onto the views of ``Transformer.params``:
 Folder formats register themselves (``registry.register_loader`` / ``register_exporter``);
 a new one is a file here, imported below.
 """
-from .registry import EXPORTERS, LOADERS, register_exporter, register_loader
+from .registry import ENCODER_LOADERS, EXPORTERS, LOADERS, register_exporter, register_loader
 from .marian import load_marian, marian_config, save_marian
 from .torch import from_torch
 from .bert import bert_config, load_bert
@@ -22,4 +22,4 @@ def export_checkpoint(model, directory, format):
 
 
 __all__ = ["from_torch", "load_bert", "bert_config", "load_marian", "marian_config", "save_marian", "export_checkpoint",
-           "register_loader", "register_exporter", "LOADERS", "EXPORTERS"]
+           "register_loader", "register_exporter", "LOADERS", "ENCODER_LOADERS", "EXPORTERS"]

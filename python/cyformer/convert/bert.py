@@ -69,7 +69,7 @@ def bert_to_cyformer_names(config) -> dict:
     return m
 
 
-@register_loader("bert")
+@register_loader("bert", kind="encoder")
 def load_bert(directory: str, raw, mmap: bool = True, verify: bool = False):
     """A Hugging Face BERT folder as an ``Encoder`` (weights copied into the flat buffer)."""
     from ..encoder import Encoder
