@@ -116,6 +116,11 @@ def test_save_load_round_trip(tmp_path):
     copied = Encoder.from_pretrained(str(tmp_path / "m"), mmap=False, verify=True)
     np.testing.assert_array_equal(copied.embed(seqs), enc.embed(seqs))
     assert EncoderConfig.from_json(enc.config.to_json()) == enc.config
+    # tensors in another order: copied in by name
+    from cyformer.io import save_safetensors
+    save_safetensors(str(tmp_path / "m" / "model.safetensors"), dict(reversed(list(enc.state_dict().items()))))
+    shuffled = Encoder.from_pretrained(str(tmp_path / "m"))
+    np.testing.assert_array_equal(shuffled.forward(seqs), enc.forward(seqs))
 
 
 def test_bert_round_trips_through_our_format(tmp_path):
@@ -190,3 +195,11 @@ def test_bad_folders(tmp_path):
         Transformer.from_pretrained(str(other))
     with pytest.raises(FileNotFoundError):
         Encoder.from_pretrained(str(tmp_path / "nowhere"))
+    Encoder(_small(), seed=0).save_pretrained(str(tmp_path / "enc"))
+    with pytest.raises(ValueError, match="cyformer-encoder.*Encoder.from_pretrained"):
+        Transformer.from_pretrained(str(tmp_path / "enc"))
+    from cyformer import TransformerConfig
+    Transformer(TransformerConfig(src_vocab_size=20, d_model=8, n_heads=2, d_ff=16, n_encoder_layers=1,
+                                  n_decoder_layers=1, max_len=8)).save_pretrained(str(tmp_path / "s2s"))
+    with pytest.raises(ValueError, match="'cyformer' is not supported.*Transformer.from_pretrained"):
+        Encoder.from_pretrained(str(tmp_path / "s2s"))

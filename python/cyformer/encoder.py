@@ -27,7 +27,7 @@ from ._engine.ffn import ACTIVATION_NAMES as ACTIVATIONS
 from .convert.registry import loader_for, register_loader
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
-from .layers.base import derive_layout, named_views
+from .layers.base import WeightSpec, derive_layout, named_views
 from .layers.embedding import Embeddings
 from .layers.norm import LayerNorm
 from .layers.transformer import Encoder as EncoderStack
@@ -173,6 +173,13 @@ class Encoder:
 
     def __init__(self, config: EncoderConfig, seed: Optional[int] = 0, *,
                  params: Optional[np.ndarray] = None):
+        self._compose(config)
+        self.params = np.zeros(self._total(), dtype=np.float32) if params is None else params
+        if params is None:
+            self.init_parameters(seed)
+
+    def _compose(self, config: EncoderConfig) -> None:
+        """The layers and the buffer layout derived from their declarations (no buffer yet)."""
         if not isinstance(config, EncoderConfig):
             raise TypeError(f"config must be an EncoderConfig, not {type(config).__name__}")
         config.validate()
@@ -180,7 +187,6 @@ class Encoder:
         self.embeddings, self.embed_norm, self.encoder = _compose(c)
         specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
         if c.type_vocab_size:
-            from .layers.base import WeightSpec
             specs.append(WeightSpec("embed_token_types.weight", (c.type_vocab_size, c.d_model), "position"))
         if self.embed_norm is not None:
             specs += list(self.embed_norm.weights())
@@ -188,9 +194,6 @@ class Encoder:
         self.weight_specs = derive_layout(specs)
         self.layout = [(s.name, s.shape) for s in self.weight_specs]
         self._local = threading.local()
-        self.params = np.zeros(self._total(), dtype=np.float32) if params is None else params
-        if params is None:
-            self.init_parameters(seed)
 
     def _total(self) -> int:
         return sum(s.size for s in self.weight_specs)
@@ -216,7 +219,15 @@ class Encoder:
     @classmethod
     def empty(cls, config: EncoderConfig) -> "Encoder":
         """A model with zeroed parameters, to be filled by a loader."""
-        return cls(config, params=np.zeros(_total_for(config), dtype=np.float32))
+        return cls.with_params(config, None)
+
+    @classmethod
+    def with_params(cls, config: EncoderConfig, flat: Optional[np.ndarray]) -> "Encoder":
+        """A model over ``flat`` (e.g. a memory-mapped file; None: zeros), no initialisation."""
+        model = cls.__new__(cls)
+        model._compose(config)
+        model.params = np.zeros(model._total(), dtype=np.float32) if flat is None else flat
+        return model
 
     def parameters(self) -> Dict[str, np.ndarray]:
         return dict(self._views)
@@ -393,26 +404,19 @@ class Encoder:
         return loader_for(model_type, cfg_path, kind="encoder")(directory, raw, mmap=mmap, verify=verify)
 
 
-def _total_for(config: EncoderConfig) -> int:
-    c = config
-    d = c.d_model
-    per_layer = 3 * d * d + 3 * d + d * d + d + 2 * d + c.d_ff * d + c.d_ff + d * c.d_ff + d + 2 * d
-    return (c.vocab_size * d + c.max_len * d + c.type_vocab_size * d + (2 * d if c.embedding_norm else 0)
-            + c.n_layers * per_layer + (2 * d if c.final_norm else 0))
-
-
 @register_loader(MODEL_TYPE, kind="encoder")
 def _load_encoder(directory: str, raw, mmap: bool = True, verify: bool = False) -> Encoder:
     config = EncoderConfig.from_dict(raw)
     path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-    model = Encoder.empty(config)
     if verify:
         verify_checkpoint(path)
+    model = Encoder.__new__(Encoder)
+    model._compose(config)
     flat = load_flat_float32(path, model.layout, mmap=mmap)
-    if flat is not None:
-        model.params = flat
-        return model
-    model.load_state_dict(load_safetensors(path, mmap=mmap))
+    # our own layout: the mapped file is the parameter buffer; otherwise copy in by name
+    model.params = flat if flat is not None else np.zeros(model._total(), dtype=np.float32)
+    if flat is None:
+        model.load_state_dict(load_safetensors(path, mmap=mmap))
     return model
