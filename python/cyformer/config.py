@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -12,8 +11,50 @@ POSITIONALS = ("sinusoidal", "learned", "none")
 SINUSOIDAL_LAYOUTS = ("interleaved", "halves")
 
 
+class JsonConfig:
+    """A config dataclass's JSON round trip: ``model_type`` names its kind, unknown fields are
+    refused, reads are bounded (``io.read_json``) and writes atomic."""
+
+    MODEL_TYPE = "cyformer"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model_type"] = self.MODEL_TYPE
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]):
+        if not isinstance(d, dict):
+            raise TypeError("config must be a JSON object")
+        d = dict(d)
+        d.pop("model_type", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):
+        from .io import parse_json
+        # bounded nesting; bad JSON is a CheckpointError (a ValueError) "config is not valid JSON"
+        return cls.from_dict(parse_json(text, "config"))
+
+    def save(self, path: str) -> None:
+        from .io import atomic_write_bytes
+        atomic_write_bytes(path, (self.to_json() + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str):
+        from .io import read_json
+        return cls.from_dict(read_json(path, expect=dict))   # bounded; errors name the file
+
+
 @dataclass
-class TransformerConfig:
+class TransformerConfig(JsonConfig):
     """Hyper-parameters of an encoder-decoder Transformer ("Attention Is All You Need").
 
     Defaults are the paper's base model with a 32k shared vocabulary. ``norm_first=False``
@@ -127,39 +168,3 @@ class TransformerConfig:
             limit = min(self.src_vocab_size, self.tgt_vocab_size) if name == "pad_id" else self.tgt_vocab_size
             if not 0 <= v < limit:
                 raise ValueError(f"{name}={v} is outside the vocabulary [0, {limit})")
-
-    # -- serialisation -------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model_type"] = "cyformer"
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "TransformerConfig":
-        if not isinstance(d, dict):
-            raise TypeError("config must be a JSON object")
-        d = dict(d)
-        d.pop("model_type", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TransformerConfig fields: {', '.join(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "TransformerConfig":
-        from .io import parse_json
-        # bounded nesting; bad JSON is a CheckpointError (a ValueError) "config is not valid JSON"
-        return cls.from_dict(parse_json(text, "config"))
-
-    def save(self, path: str) -> None:
-        from .io import atomic_write_bytes
-        atomic_write_bytes(path, (self.to_json() + "\n").encode())
-
-    @classmethod
-    def load(cls, path: str) -> "TransformerConfig":
-        from .io import read_json
-        return cls.from_dict(read_json(path, expect=dict))   # bounded; errors name the file

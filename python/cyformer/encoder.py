@@ -12,9 +12,6 @@ encoder needs token types and an embedding LayerNorm that the translation model 
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -24,14 +21,15 @@ import numpy as np
 
 from . import threads
 from ._engine.ffn import ACTIVATION_NAMES as ACTIVATIONS
+from .config import JsonConfig
 from .convert.registry import loader_for, register_loader
-from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
+from .io import (atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
 from .layers.base import WeightSpec, derive_layout, named_views
 from .layers.embedding import Embeddings
 from .layers.norm import LayerNorm
 from .layers.transformer import Encoder as EncoderStack
-from .model import Batch, Workspace, make_batch, require_model_folder
+from .model import Batch, ParameterOwner, Workspace, make_batch, require_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -40,13 +38,15 @@ POOLINGS = ("mean", "cls", "max")
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(JsonConfig):
     """Hyper-parameters of an encoder-only Transformer; the defaults are BERT-base's.
 
     ``type_vocab_size`` 0 means no token-type embeddings; ``embedding_norm`` puts a
     LayerNorm after the summed embeddings (BERT); ``norm_first=False`` is post-LN (BERT).
     Dropout acts only in training (not yet available for this model).
     """
+
+    MODEL_TYPE = MODEL_TYPE
 
     vocab_size: int = 30522
     d_model: int = 768
@@ -117,41 +117,13 @@ class EncoderConfig:
         if not isinstance(self.extra, dict):
             raise TypeError("EncoderConfig.extra must be a dict")
 
-    # -- serialisation -------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model_type"] = MODEL_TYPE
-        return d
-
+    # -- serialisation (JsonConfig), refusing another kind's config ------------------------
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "EncoderConfig":
-        if not isinstance(d, dict):
-            raise TypeError("config must be a JSON object")
-        d = dict(d)
-        mt = d.pop("model_type", MODEL_TYPE)
+        mt = d.get("model_type", MODEL_TYPE) if isinstance(d, dict) else MODEL_TYPE
         if mt != MODEL_TYPE:
             raise ValueError(f"not an encoder config: model_type {mt!r} (expected {MODEL_TYPE!r})")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig fields: {', '.join(unknown)}")
-        return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "EncoderConfig":
-        from .io import parse_json
-        return cls.from_dict(parse_json(text, "config"))
-
-    def save(self, path: str) -> None:
-        atomic_write_bytes(path, (self.to_json() + "\n").encode())
-
-    @classmethod
-    def load(cls, path: str) -> "EncoderConfig":
-        from .io import read_json
-        return cls.from_dict(read_json(path, expect=dict))
+        return super().from_dict(d)
 
 
 def _compose(c: EncoderConfig):
@@ -163,13 +135,15 @@ def _compose(c: EncoderConfig):
     return embed, norm, stack
 
 
-class Encoder:
+class Encoder(ParameterOwner):
     """Encoder-only Transformer: ``forward`` -> hidden states, ``embed`` -> pooled vectors.
 
     Weights, in buffer order: ``embed_tokens.weight`` [vocab, d], ``embed_positions.weight``
     [max_len, d], ``embed_token_types.weight`` [type_vocab, d] (when ``type_vocab_size``),
     ``embed_norm.{weight,bias}`` (when ``embedding_norm``), then ``encoder.layers.{i}...``.
     """
+
+    _config_label = "encoder config"
 
     def __init__(self, config: EncoderConfig, seed: Optional[int] = 0, *,
                  params: Optional[np.ndarray] = None):
@@ -228,66 +202,6 @@ class Encoder:
         model._compose(config)
         model.params = np.zeros(model._total(), dtype=np.float32) if flat is None else flat
         return model
-
-    def parameters(self) -> Dict[str, np.ndarray]:
-        return dict(self._views)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._views[name]
-
-    @property
-    def num_parameters(self) -> int:
-        return int(self.params.size)
-
-    def init_parameters(self, seed: Optional[int] = 0) -> None:
-        rng = np.random.default_rng(seed)
-        d = self.config.d_model
-        for spec in self.weight_specs:
-            v = self._views[spec.name]
-            if spec.init == "embedding":
-                v[...] = rng.normal(0.0, d ** -0.5, size=spec.shape)
-            elif spec.init == "position":
-                v[...] = rng.normal(0.0, 0.02, size=spec.shape)
-            elif spec.init == "xavier":
-                bound = math.sqrt(6.0 / (spec.shape[0] + spec.shape[1]))
-                v[...] = rng.uniform(-bound, bound, size=spec.shape)
-            elif spec.init == "ones":
-                v[...] = 1.0
-            elif spec.init == "zeros":
-                v[...] = 0.0
-            else:
-                raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
-
-    def state_dict(self) -> Dict[str, np.ndarray]:
-        return self.parameters()
-
-    def load_state_dict(self, tensors, strict: bool = True) -> None:
-        """Copy named tensors in, reporting missing, unexpected and mis-shaped names."""
-        missing = [n for n, _ in self.layout if n not in tensors]
-        unexpected = sorted(set(tensors) - set(self._views))
-        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(np.shape(tensors[n]))}"
-                      for n, _ in self.layout if n in tensors and np.shape(tensors[n]) != self._views[n].shape]
-        problems = []
-        if mismatched:
-            problems.append("mis-shaped: " + "; ".join(mismatched))
-        if strict and missing:
-            problems.append("missing: " + ", ".join(missing))
-        if strict and unexpected:
-            problems.append("unexpected: " + ", ".join(unexpected))
-        if problems:
-            raise CheckpointError("weights do not match the encoder config — " + " | ".join(problems))
-        for name, value in tensors.items():
-            if name in self._views:
-                arr = np.asarray(value)
-                if not np.issubdtype(arr.dtype, np.floating):
-                    raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
-                self._views[name][...] = arr
-
-    def _workspace(self) -> Workspace:
-        ws = getattr(self._local, "workspace", None)
-        if ws is None:
-            ws = self._local.workspace = Workspace()
-        return ws
 
     # -- inference ---------------------------------------------------------------------------------
     def _batch(self, ids, lengths) -> Batch:

@@ -267,7 +267,82 @@ class TransformerRecord:
     hidden: np.ndarray
 
 
-class Transformer:
+class ParameterOwner:
+    """What a model over one flat float32 buffer shares (``Transformer``, ``Encoder``): named
+    views, initialisation from the layers' declarations, loading named tensors with a report
+    of what does not match, and a per-thread workspace.
+
+    Needs ``weight_specs``, ``layout`` ([(name, shape)]), ``_views``, ``params``, ``_local``
+    and ``config.d_model``.
+    """
+
+    _config_label = "model config"
+
+    def parameters(self) -> Dict[str, np.ndarray]:
+        """Name -> view into ``params`` (writes go to the model)."""
+        return dict(self._views)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._views[name]
+
+    @property
+    def num_parameters(self) -> int:
+        return int(self.params.size)
+
+    def init_parameters(self, seed: Optional[int] = 0) -> None:
+        """Each tensor from its declared initialiser, drawn in buffer order."""
+        rng = np.random.default_rng(seed)
+        d = self.config.d_model
+        for spec in self.weight_specs:
+            v = self._views[spec.name]
+            if spec.init == "embedding":
+                v[...] = rng.normal(0.0, d ** -0.5, size=spec.shape)
+            elif spec.init == "position":
+                v[...] = rng.normal(0.0, 0.02, size=spec.shape)
+            elif spec.init == "xavier":
+                bound = math.sqrt(6.0 / (spec.shape[0] + spec.shape[1]))
+                v[...] = rng.uniform(-bound, bound, size=spec.shape)
+            elif spec.init == "ones":
+                v[...] = 1.0
+            elif spec.init == "zeros":
+                v[...] = 0.0
+            else:
+                raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        return self.parameters()
+
+    def load_state_dict(self, tensors: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Copy named tensors into the buffer, reporting missing, unexpected and mis-shaped names."""
+        missing = [n for n, _ in self.layout if n not in tensors]
+        unexpected = sorted(set(tensors) - set(self._views))
+        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(np.shape(tensors[n]))}"
+                      for n, _ in self.layout if n in tensors and np.shape(tensors[n]) != self._views[n].shape]
+        problems = []
+        if mismatched:
+            problems.append("mis-shaped: " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        if problems:
+            raise CheckpointError(f"weights do not match the {self._config_label} — " + " | ".join(problems))
+        for name, value in tensors.items():
+            if name in self._views:
+                arr = np.asarray(value)
+                if not np.issubdtype(arr.dtype, np.floating):
+                    raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
+                self._views[name][...] = arr
+
+
+    def _workspace(self) -> Workspace:
+        ws = getattr(self._local, "workspace", None)
+        if ws is None:
+            ws = self._local.workspace = Workspace()
+        return ws
+
+
+class Transformer(ParameterOwner):
     """Encoder-decoder Transformer over one contiguous float32 parameter buffer.
 
     ``Transformer(config, seed=0)`` initialises as PyTorch's ``nn.Transformer`` does
@@ -320,70 +395,6 @@ class Transformer:
         """A model with zeroed parameters, to be filled by a loader or converter."""
         return cls(config, params=np.zeros(sum(int(np.prod(s)) for _, s in parameter_layout(config)),
                                            dtype=np.float32))
-
-    # -- parameters -----------------------------------------------------------------------
-    def parameters(self) -> Dict[str, np.ndarray]:
-        """Name -> view into ``params`` (writes go to the model)."""
-        return dict(self._views)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self._views[name]
-
-    @property
-    def num_parameters(self) -> int:
-        return int(self.params.size)
-
-    def init_parameters(self, seed: Optional[int] = 0) -> None:
-        """Each tensor from its declared initialiser, drawn in buffer order."""
-        rng = np.random.default_rng(seed)
-        d = self.config.d_model
-        for spec in self.weight_specs:
-            v = self._views[spec.name]
-            if spec.init == "embedding":
-                v[...] = rng.normal(0.0, d ** -0.5, size=spec.shape)
-            elif spec.init == "position":
-                v[...] = rng.normal(0.0, 0.02, size=spec.shape)
-            elif spec.init == "xavier":
-                bound = math.sqrt(6.0 / (spec.shape[0] + spec.shape[1]))
-                v[...] = rng.uniform(-bound, bound, size=spec.shape)
-            elif spec.init == "ones":
-                v[...] = 1.0
-            elif spec.init == "zeros":
-                v[...] = 0.0
-            else:
-                raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
-
-    def state_dict(self) -> Dict[str, np.ndarray]:
-        return self.parameters()
-
-    def load_state_dict(self, tensors: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        """Copy named tensors into the buffer, reporting missing, unexpected and mis-shaped names."""
-        missing = [n for n, _ in self.layout if n not in tensors]
-        unexpected = sorted(set(tensors) - set(self._views))
-        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(np.shape(tensors[n]))}"
-                      for n, _ in self.layout if n in tensors and np.shape(tensors[n]) != self._views[n].shape]
-        problems = []
-        if mismatched:
-            problems.append("mis-shaped: " + "; ".join(mismatched))
-        if strict and missing:
-            problems.append("missing: " + ", ".join(missing))
-        if strict and unexpected:
-            problems.append("unexpected: " + ", ".join(unexpected))
-        if problems:
-            raise CheckpointError("weights do not match the model config — " + " | ".join(problems))
-        for name, value in tensors.items():
-            if name in self._views:
-                arr = np.asarray(value)
-                if not np.issubdtype(arr.dtype, np.floating):
-                    raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
-                self._views[name][...] = arr
-
-
-    def _workspace(self) -> Workspace:
-        ws = getattr(self._local, "workspace", None)
-        if ws is None:
-            ws = self._local.workspace = Workspace()
-        return ws
 
     # -- inference passes over packed batches ------------------------------------------------
     def _encode_packed(self, src: Batch, ws: Workspace, nt: int) -> np.ndarray:
