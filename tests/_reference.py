@@ -221,3 +221,75 @@ def sentencepiece_folder(directory, vocab_size=48, seed=0):
     with open(os.path.join(directory, "vocab.json"), "w") as f:
         json.dump(vocab, f)
     return vocab
+
+
+# -- text encoders: a WordPiece tokenizer, BERT folders and sentence-transformers models ------
+
+TEXT_WORDS = ("the a an cat dog bird sat sits ran runs on in under mat house tree car red blue green "
+              "small big fast slow and or but not very happy sad good bad day night").split()
+
+
+def wordpiece_tokenizer(words=TEXT_WORDS, model_max_length=None):
+    """A BERT WordPiece ``tokenizers.Tokenizer`` (lowercasing, [CLS] ... [SEP], pairs typed 0 / 1)
+    over ``words``, single letters and their ``##`` continuations, and a ``BertTokenizerFast``
+    around it (``model_max_length`` saved in tokenizer_config.json when given)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?"]
+    vocab += [w for w in dict.fromkeys(words) if w not in vocab]
+    vocab += ["##s", "##ed", "##ing"] + list(letters) + ["##" + c for c in letters]
+    vocab = list(dict.fromkeys(vocab))
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))])
+    tok.decoder = decoders.WordPiece()
+    kw = {} if model_max_length is None else {"model_max_length": model_max_length}
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]", **kw)
+    return tok, fast
+
+
+def seeded_bert(config: dict, seed=0, model_class=None):
+    """A transformers BERT model (``BertModel`` unless ``model_class``) with seeded weights and
+    non-trivial LayerNorm parameters and biases, in eval mode."""
+    t = _torch()
+    from transformers import BertConfig, BertModel
+    t.manual_seed(seed)
+    model = (model_class or BertModel)(BertConfig(**config)).eval()
+    with t.no_grad():
+        for n, p in model.named_parameters():
+            if "LayerNorm" in n or n.endswith(".bias"):
+                p.add_(0.1 * t.randn_like(p))
+    return model
+
+
+def bert_text_folder(folder, config: dict, seed=0, model_class=None, model_max_length=None, words=TEXT_WORDS):
+    """Save a seeded BERT model and its WordPiece tokenizer to ``folder``; returns (model, fast tokenizer).
+    ``config`` gets the tokenizer's ``vocab_size``."""
+    _, fast = wordpiece_tokenizer(words, model_max_length)
+    model = seeded_bert(dict(config, vocab_size=len(fast)), seed, model_class)
+    model.save_pretrained(str(folder))
+    fast.save_pretrained(str(folder))
+    return model, fast
+
+
+def sentence_transformer(bert_folder, pooling="mean", normalize=False, max_seq_length=None):
+    """A ``sentence_transformers.SentenceTransformer`` assembled from modules: Transformer over the
+    saved BERT folder, Pooling (one mode or a list), optionally Normalize."""
+    import warnings
+    from sentence_transformers import SentenceTransformer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the models namespace's deprecation notice
+        from sentence_transformers import models
+    kw = {} if max_seq_length is None else {"max_seq_length": max_seq_length}
+    transformer = models.Transformer(str(bert_folder), **kw)
+    dim = transformer.auto_model.config.hidden_size
+    mods = [transformer, models.Pooling(dim, pooling_mode=pooling)]
+    if normalize:
+        mods.append(models.Normalize())
+    return SentenceTransformer(modules=mods, device="cpu")

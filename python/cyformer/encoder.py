@@ -34,7 +34,40 @@ from .model import Batch, ParameterOwner, Workspace, make_batch, require_model_f
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "cyformer-encoder"
-POOLINGS = ("mean", "cls", "max")
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+
+
+def pool(h: np.ndarray, start: np.ndarray, length: np.ndarray, modes, normalize: bool) -> np.ndarray:
+    """Packed token states h [N, d] of sequences ``h[start[b]:start[b] + length[b]]`` -> [B, k * d].
+
+    The sequences must tile ``h`` in order (``start[b + 1] == start[b] + length[b]``): the sums
+    are ``reduceat`` segments, which end where the next begins.
+
+    One reduction over the packed rows per mode (no padded copy); sums run in float32 as
+    sentence-transformers' do on float32 states, so the two agree to float rounding.
+    """
+    out = []
+    n = length.astype(np.float32)[:, None]
+    for mode in modes:
+        if mode == "cls":
+            out.append(h[start])
+        elif mode == "lasttoken":
+            out.append(h[start + length - 1])
+        elif mode == "max":
+            out.append(np.maximum.reduceat(h, start, axis=0))
+        elif mode == "weightedmean":
+            # token i of a sequence (from 0) weighs i + 1: positions of the packed rows + 1
+            w = (np.arange(len(h)) - np.repeat(start, length) + 1).astype(np.float32)
+            out.append(np.add.reduceat(h * w[:, None], start, axis=0) / (n * (n + 1) / 2))
+        else:   # mean, mean_sqrt_len_tokens
+            s = np.add.reduceat(h, start, axis=0)
+            out.append(s / (n if mode == "mean" else np.sqrt(n)))
+    v = out[0] if len(out) == 1 else np.concatenate(out, axis=1)
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if normalize:
+        # F.normalize's eps: a zero vector stays zero
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v
 
 
 @dataclass
@@ -133,6 +166,18 @@ def _compose(c: EncoderConfig):
     norm = LayerNorm("embed_norm", c.d_model, c.layer_norm_eps) if c.embedding_norm else None
     stack = EncoderStack(c)
     return embed, norm, stack
+
+
+def _prompt_skip(prompt_length, batch: Batch, modes) -> int:
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, (int, np.integer)) or prompt_length < 0:
+        raise ValueError(f"prompt_length must be an int >= 0, got {prompt_length!r}")
+    if prompt_length and prompt_length >= int(batch.length.min()):
+        raise ValueError(f"prompt_length={prompt_length} leaves no token to pool in a sequence of "
+                         f"{int(batch.length.min())}")
+    if prompt_length and "weightedmean" in modes:
+        # sentence-transformers keeps the weights of the whole sequence (i + 1) there
+        raise ValueError("weightedmean pooling with the prompt left out is not supported")
+    return int(prompt_length)
 
 
 class Encoder(ParameterOwner):
@@ -268,28 +313,47 @@ class Encoder(ParameterOwner):
 
     __call__ = forward
 
-    def embed(self, ids, lengths=None, token_type_ids=None, *, pooling: str = "mean",
-              normalize: bool = False) -> np.ndarray:
-        """One vector per sequence [B, d_model]: the mean or max over its tokens, or its first
-        (CLS) token's state; ``normalize`` scales each to unit L2 norm."""
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    def embed(self, ids, lengths=None, token_type_ids=None, *, pooling=None,
+              normalize: Optional[bool] = None, prompt_length: int = 0) -> np.ndarray:
+        """One vector per sequence [B, d_model] (or [B, k * d_model] for k pooling modes).
+
+        ``pooling``: ``"mean"`` over the tokens, ``"cls"`` (the first token's state),
+        ``"max"``, or sentence-transformers' ``"mean_sqrt_len_tokens"`` (sum / sqrt(length)),
+        ``"weightedmean"`` (token i weighted i + 1) and ``"lasttoken"``; a list of modes
+        concatenates them in order. ``normalize`` scales each vector to unit L2 norm. Both
+        default to what the folder said (a sentence-transformers ``1_Pooling`` and
+        ``Normalize``), else ``"mean"`` and False. ``prompt_length``: the first tokens of every
+        sequence (a prompt's) are left out of the pooling, as sentence-transformers'
+        ``include_prompt=False`` does.
+        """
+        pooling, normalize = self.pooling_defaults(pooling, normalize)
         batch = self._batch(ids, lengths)
+        skip = _prompt_skip(prompt_length, batch, pooling)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
             h = self._forward_packed(batch, types, self._workspace(), nt)
-            if pooling == "cls":
-                out = h[batch.start].copy()
-            elif pooling == "mean":
-                out = np.add.reduceat(h, batch.start, axis=0) / batch.length[:, None].astype(np.float32)
-            else:
-                out = np.maximum.reduceat(h, batch.start, axis=0)
-        out = out.astype(np.float32, copy=False)
-        if normalize:
-            norm = np.linalg.norm(out, axis=1, keepdims=True)
-            out = out / np.maximum(norm, 1e-12)
-        return out
+            if skip:   # the rows after each sequence's first ``skip`` tokens, packed again
+                h = h[batch.positions >= skip]
+                length = batch.length - skip
+                return pool(h, np.concatenate([[0], np.cumsum(length[:-1])]), length, pooling, normalize)
+            return pool(h, batch.start, batch.length, pooling, normalize)
+
+    def pooling_defaults(self, pooling=None, normalize: Optional[bool] = None):
+        """(pooling modes tuple, normalize) with None filled from the folder's sentence-transformers
+        description (``config.extra["sentence_transformers"]``), else ("mean",) and False; checked."""
+        st = self.config.extra.get("sentence_transformers") or {}
+        if pooling is None:
+            pooling = st.get("pooling") or "mean"
+        modes = (pooling,) if isinstance(pooling, str) else tuple(pooling) \
+            if isinstance(pooling, (list, tuple)) else None
+        if not modes or not all(isinstance(m, str) and m in POOLINGS for m in modes):
+            raise ValueError(f"pooling must be one of {POOLINGS} (or a list of them), got {pooling!r}")
+        if normalize is None:
+            normalize = bool(st.get("normalize", False))
+        if not isinstance(normalize, (bool, np.bool_)):
+            raise TypeError(f"normalize must be a bool, not {type(normalize).__name__}")
+        return modes, bool(normalize)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str) -> None:
@@ -305,17 +369,24 @@ class Encoder(ParameterOwner):
 
     @classmethod
     def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Encoder":
-        """Load an encoder folder: our own (``model_type`` "cyformer-encoder", memory-mapped) or a
-        registered foreign format (Hugging Face ``bert``)."""
+        """Load an encoder folder: our own (``model_type`` "cyformer-encoder", memory-mapped), a
+        registered foreign format (Hugging Face ``bert``), or a sentence-transformers folder
+        (``modules.json``: its Transformer module, with the pooling and normalisation that
+        ``embed`` then uses by default, kept in ``config.extra["sentence_transformers"]``)."""
+        from .convert.sbert import transformer_folder
         from .io import read_json
         directory = os.fspath(directory)
         require_model_folder(directory)
-        cfg_path = os.path.join(directory, CONFIG_NAME)
+        folder, st = transformer_folder(directory)
+        cfg_path = os.path.join(folder, CONFIG_NAME)
         if not os.path.exists(cfg_path):
-            raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
+            raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}")
         raw = read_json(cfg_path, expect=dict)
         model_type = raw.get("model_type") or "cyformer"
-        return loader_for(model_type, cfg_path, kind="encoder")(directory, raw, mmap=mmap, verify=verify)
+        model = loader_for(model_type, cfg_path, kind="encoder")(folder, raw, mmap=mmap, verify=verify)
+        if st is not None:
+            model.config.extra["sentence_transformers"] = st.to_extra()
+        return model
 
 
 @register_loader(MODEL_TYPE, kind="encoder")
