@@ -1,8 +1,9 @@
-"""The ``cyformer`` command: ``demo``, ``train``, ``translate``, ``bench``, ``plot``, ``info``.
+"""The ``cyformer`` command: ``demo``, ``train``, ``translate``, ``embed``, ``classify``, ``bench``,
+``plot``, ``info``.
 
 Each subcommand is a thin front for a library call (``cyformer.recipes``,
-``cyformer.Translator``, ``cyformer.benchmark``, ``cyformer.plots``); bad input ends with a
-one-line error and exit status 2, never a traceback.
+``cyformer.Translator``, ``cyformer.TextEncoder``, ``cyformer.benchmark``, ``cyformer.plots``);
+bad input ends with a one-line error and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
@@ -95,6 +96,32 @@ def _bench_decode(args, threads_list) -> int:
     return 0
 
 
+def _read_lines(path: Optional[str]) -> List[str]:
+    """The lines of a text file, or of stdin for None or '-', without their line ends."""
+    if path in (None, "-"):
+        return [line.rstrip("\n") for line in sys.stdin]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path} does not exist" if not os.path.exists(path)
+                                else f"input {path} is not a file")
+    with open(path, encoding="utf-8", newline=None) as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _write_output(path: Optional[str], data) -> None:
+    """Text (str, as UTF-8) or bytes to the file ``path`` atomically, or to stdout for None or '-'."""
+    if path in (None, "-"):
+        if isinstance(data, str):
+            sys.stdout.write(data)
+            sys.stdout.flush()
+        else:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    else:
+        from .io import atomic_write_bytes
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
 def cmd_translate(args) -> int:
     from . import set_num_threads
     from .translate import Translator
@@ -102,26 +129,58 @@ def cmd_translate(args) -> int:
     if args.threads:
         set_num_threads(args.threads)
     translator = Translator.from_pretrained(args.model_dir, args.tokenizer)
-    if args.input in (None, "-"):
-        lines = [line.rstrip("\n") for line in sys.stdin]
-    else:
-        if not os.path.isfile(args.input):
-            raise FileNotFoundError(f"input file {args.input} does not exist" if not os.path.exists(args.input)
-                                    else f"input {args.input} is not a file")
-        with open(args.input, encoding="utf-8", newline=None) as f:
-            lines = [line.rstrip("\n") for line in f]
+    lines = _read_lines(args.input)
     out = translator.translate(lines, beam_size=args.beam_size, max_length=args.max_length,
                                length_penalty=args.length_penalty, max_batch_size=args.batch_size,
                                batch_type=args.batch_type, sampling_topk=args.sampling_topk,
                                sampling_temperature=args.sampling_temperature, seed=args.seed,
                                progress=sys.stderr.isatty() and not args.quiet)
-    text = "".join(t + "\n" for t in out)
-    if args.output in (None, "-"):
-        sys.stdout.write(text)
-        sys.stdout.flush()
+    _write_output(args.output, "".join(t + "\n" for t in out))
+    return 0
+
+
+def _text_encoder(args):
+    from . import set_num_threads
+    from .text_encoder import TextEncoder
+
+    if args.threads:
+        set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    return TextEncoder.from_pretrained(args.model_dir, args.tokenizer)
+
+
+def cmd_embed(args) -> int:
+    import io
+
+    import numpy as np
+
+    to_stdout = args.output in (None, "-")
+    if to_stdout and sys.stdout.isatty():
+        raise ValueError("the vectors are a binary .npy file: redirect stdout (> vectors.npy) or pass -o FILE")
+    encoder = _text_encoder(args)
+    pooling = args.pooling.split(",") if args.pooling else None
+    lines = _read_lines(args.input)
+    vectors = encoder.embed(lines, batch_size=args.batch_size, pooling=pooling, normalize=args.normalize,
+                            prompt=args.prompt, prompt_name=args.prompt_name,
+                            progress=sys.stderr.isatty() and not args.quiet)
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    _write_output(args.output, buf.getvalue())
+    return 0
+
+
+def cmd_classify(args) -> int:
+    encoder = _text_encoder(args)
+    lines = _read_lines(args.input)
+    results = encoder.classify(lines, batch_size=args.batch_size,
+                               progress=sys.stderr.isatty() and not args.quiet)
+    if encoder.model.config.head == "token_classification":
+        # CoNLL style: one token a line, an empty line after each text
+        text = "".join("".join(f"{t.token}\t{t.label}\t{t.score:.4f}\n" for t in r) + "\n" for r in results)
     else:
-        from .io import atomic_write_bytes
-        atomic_write_bytes(args.output, text.encode("utf-8"))
+        text = "".join(f"{r.label}\t{r.score:.4f}\n" for r in results)
+    _write_output(args.output, text)
     return 0
 
 
@@ -251,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    for name, what in (("embed", "sentence embeddings of a file or stdin, one text per line, as a .npy "
+                                 "array [lines, dim]"),
+                       ("classify", "a label and its probability for each line of a file or stdin "
+                                    "(label<TAB>score; token heads: token<TAB>label<TAB>score lines)")):
+        e = sub.add_parser(name, help=what)
+        e.add_argument("model_dir", help="a local model folder: Hugging Face BERT, sentence-transformers, "
+                                         "or a cyformer encoder, with its tokenizer")
+        e.add_argument("input", nargs="?", help="text file, one text per line (default, or '-': stdin)")
+        e.add_argument("-o", "--output", help="write here, atomically (default, or '-': stdout)")
+        e.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
+        e.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
+        if name == "embed":
+            e.add_argument("--pooling", help="mean, cls, max, mean_sqrt_len_tokens, weightedmean or lasttoken; "
+                                             "several joined by commas are concatenated (default: the "
+                                             "folder's sentence-transformers pooling, else mean)")
+            e.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                           help="unit-length vectors (default: as the folder says, else not)")
+            e.add_argument("--prompt", help="text put before every line (sentence-transformers' prompt)")
+            e.add_argument("--prompt-name", help="one of the folder's sentence-transformers prompts")
+        e.add_argument("--threads", type=int, default=None)
+        e.add_argument("--quiet", action="store_true", help="no progress bar")
     b = sub.add_parser("bench", help="time the encoder, a training step or decoding on seeded weights "
                                      "(vs PyTorch when installed)")
     b.add_argument("--task", default="encode", choices=["encode", "train", "decode"])
@@ -269,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_COMMANDS = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "bench": cmd_bench,
+_COMMANDS = {"demo": cmd_demo, "train": cmd_train, "translate": cmd_translate, "embed": cmd_embed,
+             "classify": cmd_classify, "bench": cmd_bench,
              "plot": cmd_plot, "info": cmd_info}
 
 
