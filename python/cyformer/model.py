@@ -92,13 +92,18 @@ def require_model_folder(directory) -> None:
 
 # -- input validation --------------------------------------------------------------------
 class Batch:
-    """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``."""
+    """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``.
 
-    __slots__ = ("ids", "start", "length", "positions")
+    ``mask``: optional uint8 [B, T, T], which positions of sequence b each of its positions may
+    attend to in self-attention (graph structure; ``features.adjacency_mask`` builds it).
+    """
 
-    def __init__(self, ids: np.ndarray, length: np.ndarray):
+    __slots__ = ("ids", "start", "length", "positions", "mask")
+
+    def __init__(self, ids: np.ndarray, length: np.ndarray, mask: Optional[np.ndarray] = None):
         self.ids = ids
         self.length = length
+        self.mask = mask
         self.start = np.zeros(len(length), dtype=np.int32)
         np.cumsum(length[:-1], out=self.start[1:])
         # position of every packed token inside its own sequence
