@@ -232,13 +232,13 @@ def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
 
 class FeatureBatch(Batch):
     """Float feature vectors packed without padding: ``features`` [N, F] float32, sequence b is
-    rows ``start[b]:start[b]+length[b]`` (``ids`` is None; ``mask`` as ``Batch``)."""
+    rows ``start[b]:start[b]+length[b]``; ``mask`` as ``Batch``. ``ids`` is a zero placeholder
+    [N] so code that counts rows (``len(batch.ids)``) works; nothing looks tokens up in it."""
 
     __slots__ = ("features",)
 
     def __init__(self, features: np.ndarray, length: np.ndarray, mask: Optional[np.ndarray] = None):
-        super().__init__(np.empty(len(features), dtype=np.int32), length, mask)
-        self.ids = None
+        super().__init__(np.zeros(len(features), dtype=np.int32), length, mask)
         self.features = features
 
 
