@@ -190,49 +190,65 @@ def test_prompts_as_sentence_transformers(tmp_path, bert_dir):
         enc.embed(TEXTS, prompt="x", prompt_name="query")
 
 
-class _FakeHead(Encoder):
-    """An Encoder with a linear head on top of mean pooling or per token (until the model-side
-    heads land, the TextEncoder tests need a model with ``classify``)."""
-
-    def classify(self, ids, lengths=None, token_type_ids=None):
-        if self.config.head == "token_classification":
-            return self.forward(ids, lengths, token_type_ids) @ self.w
-        return self.embed(ids, lengths, token_type_ids, pooling="cls") @ self.w
+SEQ_LABELS = {0: "negative", 1: "positive", 2: "neutral"}
+TOKEN_LABELS = {0: "O", 1: "B-ANIMAL", 2: "I-ANIMAL", 3: "B-COLOUR"}
 
 
-def _with_head(model, head, n_labels, seed=0):
-    fake = _FakeHead.with_params(model.config, model.params)
-    fake.config.head = head
-    fake.config.n_labels = n_labels
-    fake.config.id2label = {i: f"L{i}" for i in range(n_labels)}
-    fake.w = np.random.default_rng(seed).normal(size=(model.config.d_model, n_labels)).astype(np.float32)
-    return fake
+@pytest.fixture(scope="module")
+def seq_dir(tmp_path_factory):
+    from transformers import BertForSequenceClassification
+    folder = tmp_path_factory.mktemp("text") / "seq"
+    model, _ = bert_text_folder(folder, dict(BERT, num_labels=3, id2label=SEQ_LABELS,
+                                             label2id={v: k for k, v in SEQ_LABELS.items()}),
+                                seed=4, model_class=BertForSequenceClassification)
+    return folder, model
 
 
-def test_classify_sequence_head_labels_and_softmax_scores(bert_dir):
-    base = TextEncoder.from_pretrained(str(bert_dir))
-    enc = TextEncoder(_with_head(base.model, "sequence_classification", 3), base.tokenizer)
-    texts = _sentences(11, seed=9)
+def test_classify_sequence_head_against_transformers(seq_dir):
+    from transformers import BertTokenizerFast, pipeline
+    folder, ref = seq_dir
+    enc = TextEncoder.from_pretrained(str(folder))
+    tok = BertTokenizerFast.from_pretrained(str(folder))
+    texts = TEXTS + _sentences(9, seed=9)
+    with torch.no_grad():
+        logits = ref(**tok(texts, padding=True, return_tensors="pt")).logits
+    want = torch.softmax(logits, -1).numpy()
     probs = enc.predict_proba(texts, batch_size=4)
-    assert probs.shape == (11, 3)
-    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
-    logits = enc.model.classify(enc.tokenize(texts))
-    want = torch.softmax(torch.tensor(logits), -1).numpy()
-    np.testing.assert_allclose(probs, want, atol=1e-6)
+    assert probs.shape == (len(texts), 3)
+    np.testing.assert_allclose(probs, want, atol=1e-5, rtol=0)
     out = enc.classify(texts, batch_size=4)
     assert all(isinstance(r, Classification) for r in out)
-    assert [r.label for r in out] == [f"L{i}" for i in want.argmax(1)]
-    np.testing.assert_allclose([r.score for r in out], want.max(1), atol=1e-6)
+    assert [r.label for r in out] == [SEQ_LABELS[i] for i in want.argmax(1)]
+    np.testing.assert_allclose([r.score for r in out], want.max(1), atol=1e-5)
     assert enc.classify(texts[0]) == out[0]
-    # one logit: a sigmoid, as transformers' pipeline
-    one = TextEncoder(_with_head(base.model, "sequence_classification", 1), base.tokenizer)
-    lg = one.model.classify(one.tokenize(texts))[:, 0]
-    np.testing.assert_allclose([r.score for r in one.classify(texts)], 1 / (1 + np.exp(-lg)), atol=1e-6)
+    # what transformers' text-classification pipeline answers
+    pipe = pipeline("text-classification", model=ref, tokenizer=tok, device="cpu")
+    for r, p in zip(out, pipe(texts)):
+        assert r.label == p["label"] and r.score == pytest.approx(p["score"], abs=1e-5)
+    # text pairs: the second segment typed 1, as the tokenizer says
+    pairs = [("the cat sat", "on the mat"), ("a dog", "runs fast")]
+    with torch.no_grad():
+        pl = ref(**tok([a for a, _ in pairs], [b for _, b in pairs], padding=True, return_tensors="pt")).logits
+    np.testing.assert_allclose(enc.predict_proba(pairs), torch.softmax(pl, -1).numpy(), atol=1e-5, rtol=0)
 
 
-def test_classify_token_head_skips_special_tokens_and_gives_offsets(bert_dir):
-    base = TextEncoder.from_pretrained(str(bert_dir))
-    enc = TextEncoder(_with_head(base.model, "token_classification", 4), base.tokenizer)
+def test_classify_one_logit_head_is_a_sigmoid(tmp_path):
+    from transformers import BertForSequenceClassification
+    ref, tok = bert_text_folder(tmp_path / "one", dict(BERT, num_labels=1), seed=6,
+                                model_class=BertForSequenceClassification)
+    enc = TextEncoder.from_pretrained(str(tmp_path / "one"))
+    with torch.no_grad():
+        logit = ref(**tok(TEXTS, padding=True, return_tensors="pt")).logits[:, 0]
+    out = enc.classify(TEXTS)
+    np.testing.assert_allclose([r.score for r in out], torch.sigmoid(logit).numpy(), atol=1e-5)
+
+
+def test_classify_token_head_skips_special_tokens_and_gives_offsets(tmp_path):
+    from transformers import BertForTokenClassification
+    ref, tok = bert_text_folder(tmp_path / "tok", dict(BERT, num_labels=4, id2label=TOKEN_LABELS,
+                                                       label2id={v: k for k, v in TOKEN_LABELS.items()}),
+                                seed=8, model_class=BertForTokenClassification)
+    enc = TextEncoder.from_pretrained(str(tmp_path / "tok"))
     texts = ["The cat sat.", "a green dogs"]
     out = enc.classify(texts)
     assert [[t.token for t in r] for r in out] == [["the", "cat", "sat", "."], ["a", "green", "dog", "##s"]]
@@ -240,7 +256,12 @@ def test_classify_token_head_skips_special_tokens_and_gives_offsets(bert_dir):
     assert [texts[0][t.start:t.end] for t in out[0]] == ["The", "cat", "sat", "."]
     probs = enc.predict_proba(texts)
     assert [p.shape for p in probs] == [(6, 4), (6, 4)]
-    assert out[1][2].score == pytest.approx(float(probs[1][3].max()), abs=1e-6)
+    with torch.no_grad():
+        want = torch.softmax(ref(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+    for p, w in zip(probs, want):
+        np.testing.assert_allclose(p, w[:len(p)], atol=1e-5, rtol=0)
+    assert [t.label for t in out[1]] == [TOKEN_LABELS[i] for i in want[1, 1:5].argmax(1)]
+    assert out[1][2].score == pytest.approx(float(want[1, 3].max()), abs=1e-5)
 
 
 def test_cyformer_tokenizer_folder(tmp_path):
@@ -272,7 +293,7 @@ def test_bad_input(tmp_path, bert_dir):
         enc.embed(["a"], batch_size=0)
     with pytest.raises(ValueError, match="pooling must be one of"):
         enc.embed(["a"], pooling="sum")
-    with pytest.raises(ValueError, match="no classification head"):
+    with pytest.raises(ValueError, match="has no classification head"):
         enc.classify(["a"])
     with pytest.raises(ValueError, match=r"max_len must be an int in \[1, 40\]"):
         TextEncoder(enc.model, enc.tokenizer, max_len=41)

@@ -189,6 +189,9 @@ class TextEncoder:
                  prompts: Optional[dict] = None, default_prompt_name: Optional[str] = None):
         if not isinstance(model, Encoder):
             raise TypeError(f"model must be a cyformer.Encoder, not {type(model).__name__}")
+        if model.config.n_features:
+            raise ValueError(f"this encoder reads vectors of {model.config.n_features} features, not tokens: "
+                             f"call Encoder.embed / classify with the vectors instead of a TextEncoder")
         limit = model.config.max_len
         if max_len is None:
             max_len = limit
@@ -343,15 +346,11 @@ class TextEncoder:
 
     # -- classification --------------------------------------------------------------------------
     def _head(self) -> str:
-        head = getattr(self.model.config, "head", None)
-        if head is None or not hasattr(self.model, "classify"):
-            raise ValueError("this model has no classification head (config.head is None): load a "
-                             "BertForSequenceClassification / BertForTokenClassification folder, or "
-                             "train a head")
-        return head
+        self.model._require_head()   # a clear error naming the checkpoint's architecture
+        return self.model.config.head
 
     def _labels(self, n_labels: int) -> List[str]:
-        id2label = getattr(self.model.config, "id2label", None) or {}
+        id2label = self.model.config.id2label or {}
         return [str(id2label.get(i, id2label.get(str(i), f"LABEL_{i}"))) for i in range(n_labels)]
 
     def predict_proba(self, texts: Union[Text, Sequence[Text]], batch_size: int = 32, *,
@@ -378,9 +377,7 @@ class TextEncoder:
             for row, i in enumerate(chunk):
                 out[i] = p[row, :n[row]] if per_token else p[row]
         if not per_token:
-            n_labels = self.model.config.n_labels if hasattr(self.model.config, "n_labels") else None
-            width = out[0].shape[-1] if out else (n_labels or 0)
-            return (np.stack(out) if out else np.zeros((0, width), dtype=np.float32)), enc
+            return (np.stack(out) if out else np.zeros((0, self.model.config.n_labels), dtype=np.float32)), enc
         return out, enc
 
     def classify(self, texts: Union[Text, Sequence[Text]], batch_size: int = 32, *, progress: bool = False):
@@ -422,5 +419,4 @@ class TextEncoder:
 
     def __repr__(self) -> str:
         c = self.model.config
-        return (f"TextEncoder(d_model={c.d_model}, n_layers={c.n_layers}, max_len={self.max_len}, "
-                f"head={getattr(c, 'head', None)!r})")
+        return f"TextEncoder(d_model={c.d_model}, n_layers={c.n_layers}, max_len={self.max_len}, head={c.head!r})"
