@@ -297,9 +297,37 @@ def test_translator_on_random_text(tmp_path_factory, texts):
     assert all(o == "" for o, t in zip(out, texts) if not t.strip())
 
 
+@FUZZ
+@given(texts=st.lists(st.text(max_size=60) | st.tuples(st.text(max_size=20), st.text(max_size=20)), max_size=6),
+       batch_size=st.integers(1, 4), pooling=st.sampled_from(["mean", "cls", "max", "lasttoken"]))
+def test_text_encoder_on_random_text(texts, batch_size, pooling):
+    """Any text (control characters, emoji, empty, longer than max_len, pairs): one finite vector
+    each, in input order; too long ones are truncated with the documented warning."""
+    pytest.importorskip("tokenizers")
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    from cyformer import Encoder, EncoderConfig, TextEncoder
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + list("abcdefgh") + ["##" + c for c in "abcdefgh"]
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    enc = TextEncoder(Encoder(EncoderConfig(vocab_size=len(vocab), d_model=8, n_heads=2, d_ff=16, n_layers=1,
+                                            max_len=12), seed=0), tok)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # documented: texts over max_len are truncated with a warning
+        out = enc.embed(texts, batch_size=batch_size, pooling=pooling)
+        one = [enc.embed(t if isinstance(t, str) else [t], pooling=pooling).reshape(-1) for t in texts]
+    assert out.shape == (len(texts), 8) and np.isfinite(out).all()
+    for a, b in zip(out, one):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 # -- hostile files (issue 14 item 9): bounded headers and JSON files ------------------------
 from hypothesis import example  # noqa: E402
 
+from cyformer.convert.sbert import read_sentence_transformers  # noqa: E402
 from cyformer.io import json_depth, load_safetensors  # noqa: E402
 
 FILES = settings(FUZZ, max_examples=60)
@@ -393,7 +421,15 @@ def _json_loaders():
     return {"config.json": lambda d: Transformer.from_pretrained(d),
             "tokenizer_config.json": lambda d: Tokenizer.from_pretrained(d),
             "vocab.json": lambda d: VocabTokenizer.from_pretrained(d),
-            "config.json/TransformerConfig.load": lambda d: TransformerConfig.load(os.path.join(d, "config.json"))}
+            "config.json/TransformerConfig.load": lambda d: TransformerConfig.load(os.path.join(d, "config.json")),
+            "tokenizer.json": lambda d: _hf_tokenizer_file(os.path.join(d, "tokenizer.json")),
+            "modules.json": lambda d: read_sentence_transformers(d)}
+
+
+def _hf_tokenizer_file(path):
+    pytest.importorskip("tokenizers")
+    from cyformer.text_encoder import _HFTokenizer
+    return _HFTokenizer.from_file(path, 16)
 
 
 @example(name="config.json", text="[" * 100_000 + "]" * 100_000)
@@ -404,7 +440,10 @@ def _json_loaders():
 @example(name="vocab.json", text="[" * 1000)
 @example(name="config.json/TransformerConfig.load", text="[" * 1000)
 @FILES
-@given(name=st.sampled_from(["config.json", "tokenizer_config.json", "vocab.json", "config.json/TransformerConfig.load"]),
+@example(name="tokenizer.json", text="[" * 100_000 + "]" * 100_000)
+@example(name="modules.json", text="[" * 1000)
+@given(name=st.sampled_from(["config.json", "tokenizer_config.json", "vocab.json", "config.json/TransformerConfig.load",
+                             "tokenizer.json", "modules.json"]),
        text=_json_texts())
 def test_hostile_json_files(tmp_path_factory, name, text):
     from cyformer.tokenizer import VocabTokenizer

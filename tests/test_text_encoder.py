@@ -276,11 +276,18 @@ def test_cyformer_tokenizer_folder(tmp_path):
     texts = ["the cat sat on the mat", "a dog", "the happy bird sits in a small house and the sad dog runs"]
     with pytest.warns(TruncationWarning, match="1 of 3"):
         got = enc.embed(texts)
-    ids = tok.encode(texts)
-    ids[2] = ids[2][:9] + [tok.eos_id]
+    ids = tok.encode(texts, add_eos=False)   # as the encoder demos train: one id per word
+    ids[2] = ids[2][:10]
     np.testing.assert_allclose(got, model.embed(ids), atol=1e-6, rtol=0)
     with pytest.raises(TypeError, match="text pairs"):
         enc.embed([("a", "b")])
+    # a token head over cyformer's tokenizer: one label per word, with its place in the text
+    config = EncoderConfig(vocab_size=tok.vocab_size, d_model=16, n_heads=2, d_ff=32, n_layers=1, max_len=10,
+                           head="token_classification", n_labels=3, id2label={0: "DET", 1: "NOUN", 2: "VERB"})
+    tagger = TextEncoder(Encoder(config, seed=1), tok)
+    words = tagger.classify("the  cat sat")
+    assert [(w.token, w.start, w.end) for w in words] == [("the", 0, 3), ("cat", 5, 8), ("sat", 9, 12)]
+    assert all(w.label in ("DET", "NOUN", "VERB") for w in words)
 
 
 def test_bad_input(tmp_path, bert_dir):
@@ -313,6 +320,15 @@ def test_bad_input(tmp_path, bert_dir):
     (broken / "tokenizer.json").write_text('{"model": 3}')
     with pytest.raises(ValueError, match="tokenizer.json is not a tokenizer"):
         TextEncoder.from_pretrained(str(broken))
+    (broken / "tokenizer.json").write_text('{"model": ')
+    with pytest.raises(CheckpointError, match="tokenizer.json is not valid JSON"):
+        TextEncoder.from_pretrained(str(broken))
+    # the caller's tokenizer keeps its settings
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(bert_dir / "tokenizer.json"))
+    tok.enable_truncation(5)
+    TextEncoder(enc.model, tok)
+    assert tok.truncation["max_length"] == 5
 
 
 def test_unsupported_sentence_transformers_modules_are_named(tmp_path, bert_dir):
@@ -335,3 +351,21 @@ def test_unsupported_sentence_transformers_modules_are_named(tmp_path, bert_dir)
     (folder / "modules.json").write_text("[")
     with pytest.raises(CheckpointError, match="modules.json is not valid JSON"):
         Encoder.from_pretrained(str(folder))
+
+
+def test_save_pretrained_round_trip(tmp_path, bert_dir):
+    """A sentence-transformers folder saved by TextEncoder: cyformer's format, memory-mapped,
+    the same vectors (pooling, Normalize, max_len, prompts and lowercasing kept)."""
+    st, folder = _st_folder(tmp_path, bert_dir, pooling="max", normalize=True, max_seq_length=20)
+    enc = TextEncoder.from_pretrained(str(folder))
+    enc.prompts = {"query": "query: "}
+    enc.save_pretrained(str(tmp_path / "ours"))
+    back = TextEncoder.from_pretrained(str(tmp_path / "ours"))
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "cyformer-encoder"
+    assert back.model.params.base is not None and back.max_len == 20 and back.prompts == {"query": "query: "}
+    texts = TEXTS + _sentences(10, seed=11, hi=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        np.testing.assert_array_equal(back.embed(texts), enc.embed(texts))
+        np.testing.assert_array_equal(back.embed(texts, prompt_name="query"), enc.embed(texts, prompt_name="query"))
+        np.testing.assert_allclose(back.embed(texts), st.encode(texts), atol=EMBED_ATOL, rtol=0)

@@ -115,13 +115,15 @@ def parse_json(text, source: str, max_depth: Optional[int] = None):
         raise CheckpointError(f"{source} is not valid JSON: {e}") from None
 
 
-def read_json(path: str, expect: Optional[type] = None, max_bytes: Optional[int] = None):
+def read_json(path: str, expect: Optional[type] = None, max_bytes: Optional[int] = None, *,
+              with_text: bool = False):
     """The JSON value in the file ``path``, read with bounded size (``max_bytes``, default
     MAX_JSON_BYTES) and nesting (MAX_JSON_DEPTH).
 
     ``expect`` (e.g. ``dict``) is the type the top-level value must have. A missing file
     raises FileNotFoundError; anything wrong with its contents, CheckpointError naming
-    ``path`` and the problem.
+    ``path`` and the problem. ``with_text``: return (value, the file's text), for a reader
+    of its own (``tokenizers``) that gets only a file checked here.
     """
     path = os.fspath(path)
     if max_bytes is None:
@@ -135,6 +137,8 @@ def read_json(path: str, expect: Optional[type] = None, max_bytes: Optional[int]
     if expect is not None and not isinstance(value, expect):
         what = {dict: "a JSON object", list: "a JSON array"}.get(expect, expect.__name__)
         raise CheckpointError(f"{path} must hold {what}, not {_json_type(value)}")
+    if with_text:
+        return value, raw.decode("utf-8")
     return value
 
 

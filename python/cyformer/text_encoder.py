@@ -65,11 +65,12 @@ class _HFTokenizer:
     """A ``tokenizers.Tokenizer`` read from ``tokenizer.json``, with truncation done here so that
     it can be counted (the file's own padding and truncation settings are switched off)."""
 
-    def __init__(self, tokenizer, max_len: int):
-        self.tokenizer = tokenizer
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        self.cutter = tokenizer.__class__.from_str(tokenizer.to_str())
+    def __init__(self, tokenizer, max_len: int, copy: bool = True):
+        # a copy: the caller's tokenizer keeps its own padding and truncation settings
+        self.tokenizer = tokenizer.__class__.from_str(tokenizer.to_str()) if copy else tokenizer
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.cutter = tokenizer.__class__.from_str(self.tokenizer.to_str())
         self.cutter.enable_truncation(max_len)   # longest_first, specials kept, as transformers
         self.max_len = max_len
 
@@ -79,8 +80,10 @@ class _HFTokenizer:
             from tokenizers import Tokenizer
         except ImportError as e:  # pragma: no cover - declared dependency
             raise ImportError("tokenizer.json files need the 'tokenizers' package") from e
+        # bounded size and nesting first (a CheckpointError naming the file), then tokenizers' reader
+        _, text = read_json(path, expect=dict, with_text=True)
         try:
-            return cls(Tokenizer.from_file(path), max_len)
+            return cls(Tokenizer.from_str(text), max_len, copy=False)
         except Exception as e:   # tokenizers raises its own Exception type for a bad file
             raise ValueError(f"{path} is not a tokenizer the tokenizers library reads: "
                              f"{' '.join(str(e).split())[:200]}") from None
@@ -107,7 +110,8 @@ class _HFTokenizer:
 
 class _CyformerTokenizer:
     """cyformer's own tokenizers (``tokenizer_config.json`` + ``vocab.json``, or SentencePiece):
-    the source side, ending in EOS as the models trained here saw it."""
+    the source side without EOS, as the encoders trained here see their text (``cyformer demo
+    --task tagging|classify``: one id per word, one label per id)."""
 
     def __init__(self, tokenizer, max_len: int):
         self.tokenizer = tokenizer
@@ -118,20 +122,36 @@ class _CyformerTokenizer:
         return self.tokenizer.vocab_size
 
     def token_count(self, text: str) -> int:
-        return len(self.tokenizer.encode([text], side="source")[0])
+        return len(self.tokenizer.encode([text], side="source", add_eos=False)[0])
 
     def encode(self, texts: Sequence[Text]) -> _Encoded:
         for t in texts:
             if not isinstance(t, str):
                 raise TypeError("text pairs need a tokenizer.json tokenizer (this model's tokenizer "
                                 "encodes single texts)")
-        ids = self.tokenizer.encode(list(texts), side="source")
+        ids = self.tokenizer.encode(list(texts), side="source", add_eos=False)
         cut = 0
         for i, s in enumerate(ids):
             if len(s) > self.max_len:
-                ids[i] = s[:self.max_len - 1] + [s[-1]]   # keep the closing EOS
+                ids[i] = s[:self.max_len]
                 cut += 1
         return _Encoded(ids, None, cut, None)
+
+    def tokens(self, text: str, ids: List[int]):
+        """(pieces, (start, end) offsets, special flags) of one encoded text; a piece's offsets are
+        where it is found in the text from the previous one on (pieces the tokenizer normalised
+        away from the text get an empty span there)."""
+        pieces = self.tokenizer._id_to_piece()
+        specials = self.tokenizer.special_ids
+        out, offsets, pos = [], [], 0
+        for t in ids:
+            piece = pieces[t]
+            at = text.find(piece, pos) if piece else -1
+            span = (at, at + len(piece)) if at >= 0 else (pos, pos)
+            pos = span[1]
+            out.append(piece)
+            offsets.append(span)
+        return out, offsets, [int(t in specials) for t in ids]
 
 
 def _tokenizer_max_len(folder: str) -> Optional[int]:
@@ -231,10 +251,12 @@ class TextEncoder:
         from .convert.sbert import transformer_folder
         directory = os.fspath(directory)
         model = Encoder.from_pretrained(directory, mmap=mmap)
-        folder, st = transformer_folder(directory)
+        folder, _ = transformer_folder(directory)
+        # a sentence-transformers folder's settings, or those a TextEncoder saved with the model
+        st = model.config.extra.get("sentence_transformers") or {}
         tok_folder = os.fspath(tokenizer_dir) if tokenizer_dir is not None else folder
-        limits = [model.config.max_len, _tokenizer_max_len(tok_folder), st.max_seq_length if st else None]
-        max_len = min(v for v in limits if v is not None)
+        limits = [model.config.max_len, _tokenizer_max_len(tok_folder), st.get("max_seq_length")]
+        max_len = min(v for v in limits if isinstance(v, int) and not isinstance(v, bool) and v > 0)
         path = os.path.join(tok_folder, TOKENIZER_FILE)
         if os.path.isfile(path):
             tokenizer = _HFTokenizer.from_file(path, max_len)
@@ -246,8 +268,31 @@ class TextEncoder:
                 raise FileNotFoundError(f"{tok_folder} holds no tokenizer: expected {TOKENIZER_FILE} (Hugging "
                                         f"Face tokenizers) or cyformer's tokenizer files; save the "
                                         f"tokenizer with the model (tokenizer.save_pretrained)") from None
-        return cls(model, tokenizer, max_len=max_len, lowercase=st.do_lower_case if st else False,
-                   prompts=st.prompts if st else None, default_prompt_name=st.default_prompt_name if st else None)
+        return cls(model, tokenizer, max_len=max_len, lowercase=bool(st.get("do_lower_case", False)),
+                   prompts=st.get("prompts"), default_prompt_name=st.get("default_prompt_name"))
+
+    def save_pretrained(self, directory: str) -> None:
+        """The model in cyformer's format (memory-mapped when loaded again) with the tokenizer
+        (``tokenizer.json``, or cyformer's files) and what ``from_pretrained`` read besides:
+        pooling and normalisation, ``max_len``, lowercasing and prompts (in the config's
+        ``extra["sentence_transformers"]``)."""
+        from .io import atomic_write_bytes
+        import json
+        os.makedirs(directory, exist_ok=True)
+        extra = self.model.config.extra
+        st = dict(extra.get("sentence_transformers") or {})
+        st.update(max_seq_length=self.max_len, do_lower_case=self.lowercase, prompts=dict(self.prompts),
+                  default_prompt_name=self.default_prompt_name)
+        st.setdefault("pooling", ["mean"])
+        st.setdefault("normalize", False)
+        extra["sentence_transformers"] = st
+        self.model.save_pretrained(directory)
+        if isinstance(self._tok, _HFTokenizer):
+            atomic_write_bytes(os.path.join(directory, TOKENIZER_FILE), self._tok.tokenizer.to_str().encode("utf-8"))
+            atomic_write_bytes(os.path.join(directory, "tokenizer_config.json"),
+                               json.dumps({"model_max_length": self.max_len}, indent=1).encode())
+        else:
+            self._tok.tokenizer.save_pretrained(directory)
 
     # -- tokens ----------------------------------------------------------------------------------
     def _prompt(self, prompt: Optional[str], prompt_name: Optional[str]) -> Optional[str]:
@@ -408,11 +453,7 @@ class TextEncoder:
                 e = enc.encodings[i]
                 tokens, offsets, special = e.tokens, e.offsets, e.special_tokens_mask
             else:
-                pieces = self._tok.tokenizer._id_to_piece()
-                tokens = [pieces[t] for t in enc.ids[i]]
-                offsets = [(0, 0)] * len(tokens)
-                specials = self._tok.tokenizer.special_ids
-                special = [int(t in specials) for t in enc.ids[i]]
+                tokens, offsets, special = self._tok.tokens(texts[i], enc.ids[i])
             results.append([TokenClassification(tokens[j], labels[best[j]], float(p[j, best[j]]), *offsets[j])
                             for j in range(len(best)) if not special[j]])
         return results[0] if single else results
