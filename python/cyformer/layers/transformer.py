@@ -241,7 +241,9 @@ class DecoderLayer(Layer):
 
     def __init__(self, prefix: str, c: TransformerConfig):
         d, eps = c.d_model, c.layer_norm_eps
-        self.self_attn = MultiHeadAttention(f"{prefix}.self_attn", d, c.n_heads, causal=True)
+        # causal unless the config says otherwise (the non-autoregressive decoder sees every position)
+        self.self_attn = MultiHeadAttention(f"{prefix}.self_attn", d, c.n_heads,
+                                            causal=getattr(c, "decoder_causal", True))
         self.norm1 = LayerNorm(f"{prefix}.norm1", d, eps)
         self.cross_attn = MultiHeadAttention(f"{prefix}.multihead_attn", d, c.n_heads)
         self.norm2 = LayerNorm(f"{prefix}.norm2", d, eps)
