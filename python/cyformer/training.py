@@ -9,7 +9,9 @@ from them.
 
 The model is a ``Transformer`` (examples are ``(source ids, target ids)`` pairs) or an
 ``Encoder`` with a head (examples are ``(ids, label)`` for a sequence head, ``(ids, labels)``
-with one label per token for a token head, optionally ``(ids, labels, token_type_ids)``;
+with one label per token for a token head, optionally ``(ids, labels, token_type_ids)``; for
+an encoder of vector sets (``n_features``) ``(features [T, F], label(s))``, optionally with
+the graph's ``edges`` [E, 2] as the third element;
 labels are class indices or ``config.id2label`` names, and ``-100`` ignores a position, as
 in Hugging Face). For an encoder, validation reports accuracy (and macro F1 over the
 classes for token labels) instead of BLEU.
@@ -221,12 +223,14 @@ class Trainer:
         if len(examples) == 0:
             raise ValueError("empty batch")
         token_head = c.head == "token_classification"
+        vectors = bool(getattr(c, "n_features", 0))   # examples are vector sets [T, F], not ids
+        what, third = ("features", "edges") if vectors else ("ids", "token_type_ids")
         ids, labels, types = [], [], []
         for i, ex in enumerate(examples):
             if not isinstance(ex, (tuple, list)) or len(ex) not in (2, 3):
-                raise ValueError(f"example {i} must be (ids, label{'s' if token_head else ''}) or "
-                                 f"(ids, label{'s' if token_head else ''}, token_type_ids)")
-            seq = _as_ids(ex[0], f"ids[{i}]")
+                raise ValueError(f"example {i} must be ({what}, label{'s' if token_head else ''}) or "
+                                 f"({what}, label{'s' if token_head else ''}, {third})")
+            seq = np.asarray(ex[0]) if vectors else _as_ids(ex[0], f"ids[{i}]")
             ids.append(seq)
             if token_head:
                 lab = self._label_list(ex[1], f"labels[{i}]")
@@ -236,7 +240,15 @@ class Trainer:
                 labels += lab
             else:
                 labels.append(self._label_value(ex[1], f"labels[{i}]"))
+            if vectors:
+                types.append(None if len(ex) < 3 else ex[2])
+                continue
             types.append(None if len(ex) < 3 or ex[2] is None else _as_ids(ex[2], f"token_type_ids[{i}]"))
+        if vectors:   # the graph's edges (when given) become the batch's attention mask
+            edges = types if any(t is not None for t in types) else None
+            if edges is not None:
+                edges = [np.zeros((0, 2), np.int64) if e is None else e for e in edges]
+            return self.model._batch(ids, None, None, edges), np.asarray(labels, dtype=np.int32), None
         batch = make_batch(ids, vocab_size=c.vocab_size, max_len=c.max_len, name="ids")
         tt = None
         if any(t is not None for t in types):
