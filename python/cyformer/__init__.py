@@ -5,12 +5,14 @@ from .io import CheckpointError
 from .decoding import GenerationResult, GenerationStepResult
 from .model import Transformer
 from .encoder import Encoder, EncoderConfig
+from .nat import NATConfig, NATransformer
 from .text_encoder import TextEncoder
 from .tokenizer import SentencePieceTokenizer, Tokenizer, VocabTokenizer
 from .translate import Translator
 from .training import Trainer
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["__version__", "TransformerConfig", "Transformer", "Encoder", "EncoderConfig", "TextEncoder", "CheckpointError", "GenerationResult",
+__all__ = ["__version__", "TransformerConfig", "Transformer", "Encoder", "EncoderConfig", "TextEncoder", "NATConfig",
+           "NATransformer", "CheckpointError", "GenerationResult",
            "GenerationStepResult", "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator", "Trainer",
            "set_num_threads", "get_num_threads"]

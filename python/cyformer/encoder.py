@@ -434,7 +434,8 @@ class Encoder(ParameterOwner):
             raise ValueError(f"token_type_ids holds {bad}, outside [0, {n_types})")
         return tt.astype(np.int64)
 
-    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int) -> np.ndarray:
+    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int,
+                        probs: Optional[dict] = None) -> np.ndarray:
         x = ws.get("memory", len(batch.ids), self.config.d_model)
         if isinstance(batch, FeatureBatch):
             self.embeddings.forward(batch.features, batch.positions, x, nt)
@@ -447,7 +448,7 @@ class Encoder(ParameterOwner):
                 x += self._types[types]
         if self.embed_norm is not None:
             self.embed_norm.forward(x, None, x, nt)
-        return self.encoder.forward(x, batch, ws, nt)
+        return self.encoder.forward(x, batch, ws, nt, probs)
 
     def forward(self, ids, lengths=None, token_type_ids=None, *, mask=None, edges=None) -> np.ndarray:
         """Hidden states [B, T, d_model] (zeros past each sequence's length).
@@ -467,6 +468,23 @@ class Encoder(ParameterOwner):
             return batch.unpack(h)
 
     __call__ = forward
+
+    def attention(self, ids, lengths=None, token_type_ids=None, *, layer: int = -1, mask=None,
+                  edges=None) -> np.ndarray:
+        """Self-attention weights of one layer (default the last): [B, n_heads, T, T], row i the
+        distribution of position i over the positions of its sequence (zero where masked or
+        past its length). Inputs as ``forward``."""
+        n = self.config.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise ValueError(f"layer must be an index into the {n} layers, got {layer!r}")
+        batch = self._batch(ids, lengths, mask, edges)
+        types = self._token_types(token_type_ids, batch)
+        t = batch.max_length
+        probs = np.zeros((batch.size, self.config.n_heads, t, t), dtype=np.float32)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            self._forward_packed(batch, types, self._workspace(), nt, probs={int(layer) % n: probs})
+        return probs
 
     def embed(self, ids, lengths=None, token_type_ids=None, *, pooling=None,
               normalize: Optional[bool] = None, mask=None, edges=None, prompt_length: int = 0) -> np.ndarray:
