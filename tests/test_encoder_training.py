@@ -147,6 +147,41 @@ def test_pooled_head_gradients_match_torch(pooling, pooler):
         np.testing.assert_allclose(fb.grad(name), leaf.grad.numpy(), atol=1e-6, rtol=1e-4, err_msg=name)
 
 
+def test_dropout_gradients_are_the_gradients_of_the_dropped_network():
+    """With dropout on (embeddings, attention, FFN, residuals, classifier), the loss is a
+    function of the parameters for a fixed seed; the gradient's directional derivative matches
+    central differences of that loss (float64 accumulation of float32 losses)."""
+    cfg = EncoderConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=10, type_vocab_size=2,
+                        head="token_classification", n_labels=3, dropout=0.2, attention_dropout=0.1)
+    enc = Encoder(cfg, seed=1)
+    batch = make_batch([[3, 4, 5, 6], [7, 8], [9, 10, 11]], vocab_size=30, max_len=10)
+    labels = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0])
+    types = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1])
+    fb = ForwardBackward(enc)
+    fb.forward_labels(batch, labels, types, seed=7)
+    fb.backward()
+    direction = np.random.default_rng(0).standard_normal(enc.params.size).astype(np.float32)
+    base = enc.params.copy()
+
+    def loss_at(t):
+        enc.params[...] = base + t * direction
+        total, _, n = ForwardBackward(enc).forward_labels(batch, labels, types, seed=7, grad_scale=0.0)
+        return total / n
+
+    eps = 1e-3
+    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    enc.params[...] = base
+    analytic = float(np.dot(fb.grads.astype(np.float64), direction))
+    assert abs(analytic - numeric) <= 2e-2 * abs(numeric) + 1e-3, (analytic, numeric)
+    # another seed drops other units: another loss
+    a = ForwardBackward(enc).forward_labels(batch, labels, types, seed=7, grad_scale=0.0)[0]
+    b = ForwardBackward(enc).forward_labels(batch, labels, types, seed=8, grad_scale=0.0)[0]
+    c = ForwardBackward(enc).forward_labels(batch, labels, types, training=False, grad_scale=0.0)[0]
+    assert a != b and c != a
+    np.testing.assert_allclose(c / 9, ForwardBackward(enc).forward_labels(batch, labels, types, seed=7,
+                               training=False, grad_scale=0.0)[0] / 9, rtol=0)
+
+
 # -- the Trainer on labels --------------------------------------------------------------------------
 def _tiny(head="sequence_classification", n_labels=3, **kw):
     c = dict(vocab_size=24, d_model=32, n_heads=4, d_ff=64, n_layers=2, max_len=16, type_vocab_size=0,
