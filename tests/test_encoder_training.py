@@ -307,6 +307,22 @@ def test_fine_tuning_a_loaded_checkpoint(tmp_path):
                                   trainer.model.classify([[2, 5, 6]]))
 
 
+def test_trainer_examples_with_token_types():
+    """(ids, label, token_type_ids) examples: the same loss as the passes given the packed types."""
+    model = _tiny(type_vocab_size=2, dropout=0.0)
+    trainer = Trainer(model, label_smoothing=0.0)
+    examples = [([3, 4, 5], 1, [0, 0, 1]), ([6, 7], 2, [1, 1]), ([8, 9, 10, 11], 0, None)]
+    loss = trainer.evaluate(examples)["loss"]
+    fb = ForwardBackward(model)
+    batch = make_batch([e[0] for e in examples], vocab_size=24, max_len=16)
+    total, _, n = fb.forward_labels(batch, np.array([1, 2, 0]), np.array([0, 0, 1, 1, 1, 0, 0, 0, 0]),
+                                    training=False, grad_scale=0.0)
+    assert abs(loss - total / n) < 1e-6
+    assert abs(loss - trainer.evaluate([e[:2] for e in examples])["loss"]) > 1e-6   # the types count
+    with pytest.raises(ValueError, match=r"token_type_ids holds 2, outside \[0, 2\)"):
+        trainer.step([[3, 4]], [1], token_type_ids=[[0, 2]])
+
+
 def test_label_trainer_bad_input():
     trainer = Trainer(_tiny())
     with pytest.raises(ValueError, match="empty batch"):
