@@ -9,17 +9,15 @@ bench/RESULTS.md with this command.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
-import cyformer
+from _training_runs import parse
 from cyformer import Trainer, Transformer
 from cyformer.data import load_task
 from cyformer.nat import NATConfig, NATransformer
 from cyformer.recipes import DEMO_MODEL, DEMO_TRAINING, _config_for, _encode_pairs
-from cyformer.sysinfo import cpu_features, cpu_name
 from cyformer.training import corpus_bleu
 
 
@@ -44,16 +42,8 @@ def _scores(hyps, refs):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", nargs="+", default=["dates", "reverse"])
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--batch-tokens", type=int, default=2500)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    if args.threads:
-        cyformer.set_num_threads(args.threads)
-    print(f"CPU: {cpu_name()}; {' '.join(cpu_features())}; {cyformer.get_num_threads()} threads")
+    args = parse(__doc__, steps=800,
+                 extra=lambda ap: ap.add_argument("--tasks", nargs="+", default=["dates", "reverse"]))
     print(f"{'task':8} {'model':18} {'BLEU':>6} {'exact %':>8} {'tokens/s':>9} {'train s':>8}")
     for task in args.tasks:
         data = load_task(task, n_train=40000, n_valid=300, n_test=500, seed=args.seed)

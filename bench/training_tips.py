@@ -11,16 +11,14 @@ Prints test exact match (greedy) and BLEU of each run. Figures go to bench/RESUL
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
-import cyformer
+from _training_runs import parse
 from cyformer import Trainer, Transformer
 from cyformer.data import load_task
 from cyformer.recipes import DEMO_MODEL, DEMO_TRAINING, _config_for, _encode_pairs
-from cyformer.sysinfo import cpu_features, cpu_name
 from cyformer.training import corpus_bleu
 
 
@@ -38,16 +36,7 @@ def run(task: str, steps: int, seed: int, batch_tokens: int, **tips):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--batch-tokens", type=int, default=2500)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    if args.threads:
-        cyformer.set_num_threads(args.threads)
-    print(f"CPU: {cpu_name()}; {' '.join(cpu_features())}; {cyformer.get_num_threads()} threads; "
-          f"{args.steps} steps, seed {args.seed}")
+    args = parse(__doc__, steps=600)
     half = max(args.steps // 2, 1)
     runs = [
         ("dates", "teacher forcing", {}),
