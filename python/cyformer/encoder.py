@@ -7,6 +7,9 @@ patches, graph nodes): a learned projection ``F -> d_model`` plus positions
 (``FeatureProjection``) replaces the token embeddings; ``attention_window`` bounds
 self-attention to ``|i - j| <= w`` and a per-example mask or edge list restricts it to a graph.
 The same layers and kernels as ``Transformer``'s encoder; only the composition is new.
+An optional head (``layers.heads``) turns the last states into labels: one per sequence
+(pooled, through BERT's tanh pooler when the checkpoint has one) or one per position
+(``classify``); ``forward_train`` / ``backward`` train it and the encoder (``Trainer``).
 
 ``EncoderConfig`` is its own small dataclass rather than ``TransformerConfig``: the
 encoder-decoder config carries target-side fields (target vocabulary, BOS/EOS, decoder
