@@ -49,19 +49,20 @@ def _batch(rng, lengths):
     return ids, types, lengths, mask
 
 
-def _compare(fb: ForwardBackward, enc: Encoder, ref, skip=()):
+def _compare(fb: ForwardBackward, enc: Encoder, ref, skip=(), names=None, prefix="bert."):
     named = {k: (v.grad.numpy() if v.grad is not None else np.zeros(tuple(v.shape), np.float32))
              for k, v in ref.named_parameters()}
-    names = dict(bert_to_cyformer_names(enc.config))
-    names.update(_head_names(enc.config, "bert"))
+    if names is None:
+        names = dict(bert_to_cyformer_names(enc.config))
+        names.update(_head_names(enc.config, "bert"))
     worst = {}
     for ours, theirs in names.items():
         if ours in skip:
             continue
         if isinstance(theirs, tuple):
-            want = np.concatenate([named["bert." + t] for t in theirs], axis=0)
+            want = np.concatenate([named[prefix + t] for t in theirs], axis=0)
         else:
-            want = named.get("bert." + theirs, named.get(theirs))
+            want = named.get(prefix + theirs, named.get(theirs))
         got = fb.grad(ours)
         assert got.shape == want.shape, ours
         scale = float(np.abs(want).max()) or 1.0
@@ -94,6 +95,45 @@ def test_sequence_classification_gradients_match_transformers(tmp_path, smoothin
     _compare(fb, enc, ref)
 
 
+@pytest.mark.parametrize("family", ["distilbert", "electra"])
+def test_other_families_sequence_gradients_match_transformers(tmp_path, family):
+    """DistilBERT (ReLU pre-classifier, its own names) and ELECTRA (GELU head) fine-tune too."""
+    from cyformer.convert.distilbert import distilbert_to_cyformer_names
+    torch.manual_seed(2)
+    common = dict(vocab_size=50, max_position_embeddings=20, num_labels=3)
+    if family == "distilbert":
+        ref = transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+            dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+            **common))
+    else:
+        ref = transformers.ElectraForSequenceClassification(transformers.ElectraConfig(
+            embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common))
+    ref.save_pretrained(str(tmp_path / family))
+    enc = Encoder.from_pretrained(str(tmp_path / family), mmap=False)
+    ref.train()
+    ids, types, lengths, mask = _batch(np.random.default_rng(3), [6, 3, 5])
+    labels = np.array([2, 0, 1])
+    kw = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)))
+    if family == "electra":
+        kw["token_type_ids"] = torch.tensor(types)
+    out = ref(**kw, labels=torch.tensor(labels))
+    out.loss.backward()
+    fb = ForwardBackward(enc)
+    batch = make_batch(ids, lengths, vocab_size=50, max_len=20)
+    total, _, n = fb.forward_labels(batch, labels, _packed(types, mask) if family == "electra" else None)
+    assert abs(total / n - out.loss.item()) <= LOSS_ATOL
+    fb.backward()
+    if family == "distilbert":
+        names = distilbert_to_cyformer_names(enc.config)
+        names.update({"pooler.dense.weight": "pre_classifier.weight", "pooler.dense.bias": "pre_classifier.bias",
+                      "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"})
+    else:
+        names = dict(bert_to_cyformer_names(enc.config))
+        names.update(_head_names(enc.config, "electra"))
+    _compare(fb, enc, ref, names=names, prefix=family + ".")
+
+
 def test_token_classification_gradients_match_transformers(tmp_path):
     ref, enc = _reference(tmp_path, "BertForTokenClassification", seed=1, num_labels=4)
     rng = np.random.default_rng(1)
@@ -113,15 +153,15 @@ def test_token_classification_gradients_match_transformers(tmp_path):
     _compare(fb, enc, ref)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
-@pytest.mark.parametrize("pooler", [False, True])
+@pytest.mark.parametrize("pooling,pooler", [("mean", None), ("max", None), ("cls", None), ("mean", "tanh"),
+                                            ("cls", "tanh"), ("cls", "relu"), ("cls", "gelu")])
 def test_pooled_head_gradients_match_torch(pooling, pooler):
     """Heads BERT does not have (mean / max pooling, no pooler): against torch autograd over
     the same computation, on an encoder of no layers (hidden states = token + position
     vectors), so the pooling's backward reaches the tables and every tensor is compared."""
     cfg = EncoderConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_layers=0, max_len=10, type_vocab_size=0,
                         embedding_norm=False, head="sequence_classification", n_labels=3, pooling=pooling,
-                        pooler=pooler, dropout=0.0)
+                        pooler=pooler is not None, pooler_activation=pooler or "tanh", dropout=0.0)
     enc = Encoder(cfg, seed=3)
     enc["classifier.bias"][...] = [0.1, -0.2, 0.3]
     seqs = [[3, 4, 5, 6], [7, 8], [9, 10, 11]]
@@ -139,12 +179,48 @@ def test_pooled_head_gradients_match_torch(pooling, pooler):
         p = h.masked_fill(~mask[..., None], -1e30).max(1).values
     else:
         p = h[:, 0]
-    if pooler:
-        p = torch.tanh(p @ leaves["pooler.dense.weight"].T + leaves["pooler.dense.bias"])
+    if pooler:   # BERT's tanh, DistilBERT's ReLU, ELECTRA's GELU (erf)
+        act = {"tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu}[pooler]
+        p = act(p @ leaves["pooler.dense.weight"].T + leaves["pooler.dense.bias"])
     logits = p @ leaves["classifier.weight"].T + leaves["classifier.bias"]
     torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).backward()
     for name, leaf in leaves.items():
         np.testing.assert_allclose(fb.grad(name), leaf.grad.numpy(), atol=1e-6, rtol=1e-4, err_msg=name)
+
+
+def test_dropout_gradients_are_the_gradients_of_the_dropped_network():
+    """With dropout on (embeddings, attention, FFN, residuals, classifier), the loss is a
+    function of the parameters for a fixed seed; the gradient's directional derivative matches
+    central differences of that loss (float64 accumulation of float32 losses)."""
+    cfg = EncoderConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=10, type_vocab_size=2,
+                        head="token_classification", n_labels=3, dropout=0.2, attention_dropout=0.1)
+    enc = Encoder(cfg, seed=1)
+    batch = make_batch([[3, 4, 5, 6], [7, 8], [9, 10, 11]], vocab_size=30, max_len=10)
+    labels = np.array([0, 1, 2, 1, 0, 2, 2, 1, 0])
+    types = np.array([0, 0, 1, 1, 0, 1, 0, 0, 1])
+    fb = ForwardBackward(enc)
+    fb.forward_labels(batch, labels, types, seed=7)
+    fb.backward()
+    direction = np.random.default_rng(0).standard_normal(enc.params.size).astype(np.float32)
+    base = enc.params.copy()
+
+    def loss_at(t):
+        enc.params[...] = base + t * direction
+        total, _, n = ForwardBackward(enc).forward_labels(batch, labels, types, seed=7, grad_scale=0.0)
+        return total / n
+
+    eps = 1e-3
+    numeric = (loss_at(eps) - loss_at(-eps)) / (2 * eps)
+    enc.params[...] = base
+    analytic = float(np.dot(fb.grads.astype(np.float64), direction))
+    assert abs(analytic - numeric) <= 2e-2 * abs(numeric) + 1e-3, (analytic, numeric)
+    # another seed drops other units: another loss
+    a = ForwardBackward(enc).forward_labels(batch, labels, types, seed=7, grad_scale=0.0)[0]
+    b = ForwardBackward(enc).forward_labels(batch, labels, types, seed=8, grad_scale=0.0)[0]
+    c = ForwardBackward(enc).forward_labels(batch, labels, types, training=False, grad_scale=0.0)[0]
+    assert a != b and c != a
+    np.testing.assert_allclose(c / 9, ForwardBackward(enc).forward_labels(batch, labels, types, seed=7,
+                               training=False, grad_scale=0.0)[0] / 9, rtol=0)
 
 
 # -- the Trainer on labels --------------------------------------------------------------------------
@@ -270,6 +346,22 @@ def test_fine_tuning_a_loaded_checkpoint(tmp_path):
     trainer.model.save_pretrained(str(tmp_path / "tuned"))
     np.testing.assert_array_equal(Encoder.from_pretrained(str(tmp_path / "tuned")).classify([[2, 5, 6]]),
                                   trainer.model.classify([[2, 5, 6]]))
+
+
+def test_trainer_examples_with_token_types():
+    """(ids, label, token_type_ids) examples: the same loss as the passes given the packed types."""
+    model = _tiny(type_vocab_size=2, dropout=0.0)
+    trainer = Trainer(model, label_smoothing=0.0)
+    examples = [([3, 4, 5], 1, [0, 0, 1]), ([6, 7], 2, [1, 1]), ([8, 9, 10, 11], 0, None)]
+    loss = trainer.evaluate(examples)["loss"]
+    fb = ForwardBackward(model)
+    batch = make_batch([e[0] for e in examples], vocab_size=24, max_len=16)
+    total, _, n = fb.forward_labels(batch, np.array([1, 2, 0]), np.array([0, 0, 1, 1, 1, 0, 0, 0, 0]),
+                                    training=False, grad_scale=0.0)
+    assert abs(loss - total / n) < 1e-6
+    assert abs(loss - trainer.evaluate([e[:2] for e in examples])["loss"]) > 1e-6   # the types count
+    with pytest.raises(ValueError, match=r"token_type_ids holds 2, outside \[0, 2\)"):
+        trainer.step([[3, 4]], [1], token_type_ids=[[0, 2]])
 
 
 def test_label_trainer_bad_input():

@@ -27,7 +27,7 @@ def _save(plt, fig, path: str) -> str:
 
 def plot_history(history: TrainingHistory, path: str, title: Optional[str] = None, smooth: int = 50) -> str:
     """Training loss (raw and a running mean of ``smooth`` steps), validation loss and, when
-    measured, validation BLEU (right axis) against the step; written to ``path``."""
+    measured, validation BLEU or accuracy (right axis) against the step; written to ``path``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     steps = np.asarray(history.steps)
@@ -46,11 +46,15 @@ def plot_history(history: TrainingHistory, path: str, title: Optional[str] = Non
     ax.set_ylabel("loss (label-smoothed cross-entropy)")
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
-    bleu = [v for v in history.valid if "bleu" in v]
-    if bleu:
+    # the right axis: BLEU of a translation run, or accuracy (%) of a labelling run
+    key, name, scale = ("bleu", "BLEU", 1.0) if any("bleu" in v for v in history.valid) else \
+        ("accuracy", "accuracy (%)", 100.0)
+    scored = [v for v in history.valid if key in v]
+    if scored:
         ax2 = ax.twinx()
-        ax2.plot([v["step"] for v in bleu], [v["bleu"] for v in bleu], "s--", color="#238b45", label="valid BLEU")
-        ax2.set_ylabel("BLEU")
+        ax2.plot([v["step"] for v in scored], [scale * v[key] for v in scored], "s--", color="#238b45",
+                 label=f"valid {name}")
+        ax2.set_ylabel(name)
         ax2.set_ylim(0, 100)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
