@@ -115,3 +115,30 @@ def test_errors_are_one_line(argv, message, st_dir, capsys, monkeypatch):
     code, out, err = run(argv, capsys, stdin="a cat\n", monkeypatch=monkeypatch)
     assert code == 2, err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("task", ["classify", "tagging"])
+def test_classify_reads_a_label_demo_folder(task, tmp_path, capsys, monkeypatch):
+    """A `cyformer demo --task tagging|classify` folder: an Encoder with cyformer's own vocab.json
+    tokenizer (one id per word, no EOS); classify gives what the model's head says on those ids."""
+    from cyformer import Encoder, Tokenizer
+    from cyformer.data import load_task
+    from cyformer.recipes import demo_labels
+    out_dir = str(tmp_path / task)
+    demo_labels(task, steps=3, n_train=200, output_dir=out_dir, examples=0, progress=False, log=lambda m: None)
+    texts = [s for s, _ in load_task(task, n_train=10, n_valid=5, n_test=5, seed=1).test][:4]
+    code, out, err = run(["classify", out_dir, "--quiet"], capsys, stdin="\n".join(texts) + "\n",
+                         monkeypatch=monkeypatch)
+    assert code == 0, err
+    model, tok = Encoder.from_pretrained(out_dir), Tokenizer.from_pretrained(out_dir)
+    logits = model.classify(tok.encode(texts, add_eos=False))
+    names = model.config.id2label
+    if task == "classify":
+        assert [line.split("\t")[0] for line in out.splitlines()] == [names[k] for k in logits.argmax(-1)]
+    else:
+        blocks = out.strip("\n").split("\n\n")
+        assert len(blocks) == len(texts)
+        for block, text, row in zip(blocks, texts, logits):
+            lines = [line.split("\t") for line in block.splitlines()]
+            assert [w for w, _, _ in lines] == text.split()
+            assert [label for _, label, _ in lines] == [names[k] for k in row[:len(lines)].argmax(-1)]
