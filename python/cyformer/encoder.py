@@ -2,6 +2,10 @@
 
 Token embeddings + learned positions (+ optional token-type embeddings), an optional
 LayerNorm after the embeddings, then ``EncoderLayer``s (post-LN with GELU (erf) for BERT).
+With ``n_features`` the inputs are sets of float vectors instead (speech frames, image
+patches, graph nodes): a learned projection ``F -> d_model`` plus positions
+(``FeatureProjection``) replaces the token embeddings; ``attention_window`` bounds
+self-attention to ``|i - j| <= w`` and a per-example mask or edge list restricts it to a graph.
 The same layers and kernels as ``Transformer``'s encoder; only the composition is new.
 
 ``EncoderConfig`` is its own small dataclass rather than ``TransformerConfig``: the
@@ -25,16 +29,20 @@ from .config import JsonConfig
 from .convert.registry import loader_for, register_loader
 from .io import (atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
-from .layers.base import WeightSpec, derive_layout, named_views
-from .layers.embedding import Embeddings
-from .layers.norm import LayerNorm
-from .layers.transformer import Encoder as EncoderStack
-from .model import Batch, ParameterOwner, Workspace, make_batch, require_model_folder
+from .layers.base import TrainContext, WeightSpec, derive_layout, named_views
+from .layers.embedding import Embeddings, EmbeddingsRecord
+from .layers.heads import (HEADS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
+                           TokenClassificationHead, pool)
+from .layers.norm import LayerNorm, LayerNormRecord
+from .layers.projection import POSITIONALS, FeatureProjection
+from .layers.transformer import Encoder as EncoderStack, StackRecord
+from .model import (Batch, FeatureBatch, ParameterOwner, Workspace, make_batch, make_feature_batch,
+                    require_model_folder)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "cyformer-encoder"
-POOLINGS = ("mean", "cls", "max")
+POOLINGS = ("mean", "cls", "max", "pooler")
 
 
 @dataclass
@@ -43,7 +51,22 @@ class EncoderConfig(JsonConfig):
 
     ``type_vocab_size`` 0 means no token-type embeddings; ``embedding_norm`` puts a
     LayerNorm after the summed embeddings (BERT); ``norm_first=False`` is post-LN (BERT).
-    Dropout acts only in training (not yet available for this model).
+    Dropout acts only in training (``forward_train``): after the embeddings' LayerNorm, on
+    every sublayer's output, on the attention weights and inside the FFN.
+
+    Heads (Hugging Face's names where they exist): ``head`` is None (hidden states and
+    pooled vectors only), ``"sequence_classification"`` (one label per sequence, on the
+    ``pooling`` vector of each sequence, "cls" for BERT) or ``"token_classification"`` (one
+    label per position); ``n_labels`` classes named by ``id2label`` (``{0: "LABEL_0", ...}``
+    by default; ``label2id`` is its inverse). ``pooler`` adds BERT's tanh pooler
+    (``pooler.dense``) on the pooled vector, before the sequence classifier;
+    ``classifier_dropout`` (None: ``dropout``) is the dropout before the classifier.
+
+    Vector-set inputs: ``n_features`` > 0 makes the model take float vectors [T, n_features]
+    per example through a learned projection (``vocab_size`` and token types are then unused:
+    set ``type_vocab_size=0``); ``positional`` is "learned", "sinusoidal" or "none" (a
+    graph's nodes have no order); ``attention_window`` (None: full attention) keeps each
+    position's attention within ``|i - j| <= attention_window`` (speech frames).
     """
 
     MODEL_TYPE = MODEL_TYPE
@@ -63,6 +86,15 @@ class EncoderConfig(JsonConfig):
     attention_dropout: Optional[float] = None
     activation_dropout: Optional[float] = None
     pad_id: int = 0
+    head: Optional[str] = None
+    n_labels: int = 2
+    id2label: Optional[Dict[int, str]] = None
+    pooler: bool = False
+    pooling: str = "cls"
+    classifier_dropout: Optional[float] = None
+    n_features: int = 0
+    positional: str = "learned"
+    attention_window: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,7 +102,19 @@ class EncoderConfig(JsonConfig):
             self.attention_dropout = self.dropout
         if self.activation_dropout is None:
             self.activation_dropout = self.dropout
+        if self.classifier_dropout is None:
+            self.classifier_dropout = self.dropout
+        if self.id2label is None and isinstance(self.n_labels, int) and not isinstance(self.n_labels, bool):
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.n_labels)}
+        elif isinstance(self.id2label, dict):
+            # JSON keys are strings ("0"): back to ints, as transformers' PretrainedConfig does
+            self.id2label = {_label_index(k): v for k, v in self.id2label.items()}
         self.validate()
+
+    @property
+    def label2id(self) -> Dict[str, int]:
+        """Label name -> class index (the inverse of ``id2label``)."""
+        return {v: k for k, v in self.id2label.items()}
 
     # what the layer library's EncoderLayer / Encoder stack read
     @property
@@ -114,6 +158,39 @@ class EncoderConfig(JsonConfig):
         integer("pad_id", 0)
         if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.head is not None and self.head not in HEADS:
+            raise ValueError(f"head must be None or one of {HEADS}, got {self.head!r}")
+        integer("n_labels", 1)
+        if not isinstance(self.id2label, dict):
+            raise TypeError(f"EncoderConfig.id2label must be a dict {{index: name}}, not "
+                            f"{type(self.id2label).__name__}")
+        if sorted(self.id2label) != list(range(self.n_labels)):
+            raise ValueError(f"id2label must name the classes 0..{self.n_labels - 1} (n_labels={self.n_labels}), "
+                             f"got keys {sorted(self.id2label)[:10]}")
+        names = list(self.id2label.values())
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError("id2label's names must be strings")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"id2label names a label twice: {', '.join(map(repr, dup))}")
+        if not isinstance(self.pooler, bool):
+            raise TypeError("EncoderConfig.pooler must be a bool")
+        if self.pooling not in HEAD_POOLINGS:
+            raise ValueError(f"pooling must be one of {HEAD_POOLINGS}, got {self.pooling!r}")
+        v = self.classifier_dropout
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {v!r}")
+        integer("n_features", 0)
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.positional != "learned" and not self.n_features:
+            raise ValueError("positional other than 'learned' needs n_features (token inputs use learned positions)")
+        if self.n_features and self.type_vocab_size:
+            raise ValueError("an encoder of feature vectors (n_features > 0) has no token types: "
+                             "set type_vocab_size=0")
+        w = self.attention_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise ValueError(f"attention_window must be None or an int >= 0, got {w!r}")
         if not isinstance(self.extra, dict):
             raise TypeError("EncoderConfig.extra must be a dict")
 
@@ -126,13 +203,50 @@ class EncoderConfig(JsonConfig):
         return super().from_dict(d)
 
 
+def _label_index(key) -> int:
+    if isinstance(key, bool):
+        raise TypeError(f"id2label keys must be class indices, got {key!r}")
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key)
+    raise TypeError(f"id2label keys must be class indices (ints, or digit strings in JSON), got {key!r}")
+
+
 def _compose(c: EncoderConfig):
-    embed = Embeddings("embed_tokens.weight", c.vocab_size, c.d_model, max_len=c.max_len,
-                       positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id,
-                       dropout=c.dropout)
+    """(embeddings, embedding LayerNorm or None, stack, pooler or None, head or None).
+
+    The embeddings' dropout is applied by ``Encoder`` after the token types and the
+    LayerNorm (BERT's order), so the ``Embeddings`` layer itself has none."""
+    if c.n_features:
+        embed = FeatureProjection("input_proj", c.n_features, c.d_model, max_len=c.max_len,
+                                  positional=c.positional)
+    else:
+        embed = Embeddings("embed_tokens.weight", c.vocab_size, c.d_model, max_len=c.max_len,
+                           positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id)
     norm = LayerNorm("embed_norm", c.d_model, c.layer_norm_eps) if c.embedding_norm else None
     stack = EncoderStack(c)
-    return embed, norm, stack
+    pooler = Pooler(c.d_model) if c.pooler else None
+    head = None
+    if c.head == "sequence_classification":
+        head = SequenceClassificationHead(c.d_model, c.n_labels, pooling=c.pooling, pooler=pooler,
+                                          dropout=c.classifier_dropout)
+    elif c.head == "token_classification":
+        head = TokenClassificationHead(c.d_model, c.n_labels, dropout=c.classifier_dropout)
+    return embed, norm, stack, pooler, head
+
+
+@dataclass
+class EncoderRecord:
+    """What ``Encoder.backward`` needs from ``forward_train``."""
+    batch: Batch
+    types: Optional[np.ndarray]      # packed token-type ids [N] (None: type 0)
+    embed: EmbeddingsRecord
+    embed_norm: Optional[LayerNormRecord]
+    site: int                        # the embeddings' dropout site
+    stack: StackRecord
+    hidden: np.ndarray               # the last layer's states [N, d]
+    head: Any                        # the head's record (None without a head)
 
 
 class Encoder(ParameterOwner):
@@ -140,7 +254,12 @@ class Encoder(ParameterOwner):
 
     Weights, in buffer order: ``embed_tokens.weight`` [vocab, d], ``embed_positions.weight``
     [max_len, d], ``embed_token_types.weight`` [type_vocab, d] (when ``type_vocab_size``),
-    ``embed_norm.{weight,bias}`` (when ``embedding_norm``), then ``encoder.layers.{i}...``.
+    ``embed_norm.{weight,bias}`` (when ``embedding_norm``), then ``encoder.layers.{i}...``,
+    ``pooler.dense.{weight,bias}`` [d, d] (when ``pooler``) and ``classifier.{weight,bias}``
+    [n_labels, d] (with a ``head``).
+
+    ``classify`` runs the head; ``forward_train`` / ``backward`` are the training passes
+    (``cyformer.Trainer`` fits the heads with them).
     """
 
     _config_label = "encoder config"
@@ -158,13 +277,19 @@ class Encoder(ParameterOwner):
             raise TypeError(f"config must be an EncoderConfig, not {type(config).__name__}")
         config.validate()
         self.config = c = config
-        self.embeddings, self.embed_norm, self.encoder = _compose(c)
-        specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
+        self.embeddings, self.embed_norm, self.encoder, self.pooler, self.head = _compose(c)
+        if c.n_features:
+            specs = list(self.embeddings.weights())
+        else:
+            specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
         if c.type_vocab_size:
             specs.append(WeightSpec("embed_token_types.weight", (c.type_vocab_size, c.d_model), "position"))
         if self.embed_norm is not None:
             specs += list(self.embed_norm.weights())
         specs += list(self.encoder.weights())
+        for layer in (self.pooler, self.head):
+            if layer is not None:
+                specs += list(layer.weights())
         self.weight_specs = derive_layout(specs)
         self.layout = [(s.name, s.shape) for s in self.weight_specs]
         self._local = threading.local()
@@ -188,6 +313,9 @@ class Encoder(ParameterOwner):
         if self.embed_norm is not None:
             self.embed_norm.bind(self._views)
         self.encoder.bind(self._views)
+        for layer in (self.pooler, self.head):
+            if layer is not None:
+                layer.bind(self._views)
         self._types = self._views.get("embed_token_types.weight")
 
     @classmethod
@@ -204,9 +332,25 @@ class Encoder(ParameterOwner):
         return model
 
     # -- inference ---------------------------------------------------------------------------------
-    def _batch(self, ids, lengths) -> Batch:
-        return make_batch(ids, lengths, vocab_size=self.config.vocab_size, max_len=self.config.max_len,
-                          name="ids")
+    def _batch(self, ids, lengths, mask=None, edges=None) -> Batch:
+        """A Batch of token ids, or for a feature encoder a FeatureBatch of the vector sets
+        ``ids`` (lists of [T, F] arrays or [B, T, F] with lengths), with the graph ``mask``
+        [B, T, T] or ``edges`` (one [E, 2] edge list per example) when given."""
+        c = self.config
+        if mask is not None and edges is not None:
+            raise ValueError("give a mask or edges, not both")
+        if not c.n_features:
+            if mask is not None or edges is not None:
+                raise ValueError("mask / edges are for encoders of feature vectors (n_features > 0)")
+            return make_batch(ids, lengths, vocab_size=c.vocab_size, max_len=c.max_len, name="ids")
+        if edges is not None:
+            from .features import adjacency_mask
+            probe = make_feature_batch(ids, lengths, n_features=c.n_features, max_len=c.max_len, name="features")
+            mask = adjacency_mask(edges, probe.length.tolist())
+            probe.mask = mask
+            return probe
+        return make_feature_batch(ids, lengths, n_features=c.n_features, max_len=c.max_len, mask=mask,
+                                  name="features")
 
     def _token_types(self, token_type_ids, batch: Batch) -> Optional[np.ndarray]:
         """Packed token-type ids [N] (None: type 0 everywhere, or no type table)."""
@@ -241,9 +385,13 @@ class Encoder(ParameterOwner):
             raise ValueError(f"token_type_ids holds {bad}, outside [0, {n_types})")
         return tt.astype(np.int64)
 
-    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int) -> np.ndarray:
+    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int,
+                        probs: Optional[dict] = None) -> np.ndarray:
         x = ws.get("memory", len(batch.ids), self.config.d_model)
-        self.embeddings.forward(batch.ids, batch.positions, x, nt)
+        if isinstance(batch, FeatureBatch):
+            self.embeddings.forward(batch.features, batch.positions, x, nt)
+        else:
+            self.embeddings.forward(batch.ids, batch.positions, x, nt)
         if self._types is not None:
             if types is None:
                 x += self._types[0]
@@ -251,15 +399,19 @@ class Encoder(ParameterOwner):
                 x += self._types[types]
         if self.embed_norm is not None:
             self.embed_norm.forward(x, None, x, nt)
-        return self.encoder.forward(x, batch, ws, nt)
+        return self.encoder.forward(x, batch, ws, nt, probs)
 
-    def forward(self, ids, lengths=None, token_type_ids=None) -> np.ndarray:
+    def forward(self, ids, lengths=None, token_type_ids=None, *, mask=None, edges=None) -> np.ndarray:
         """Hidden states [B, T, d_model] (zeros past each sequence's length).
 
         ``ids``: lists of id lists, or a padded [B, T] int array with ``lengths``;
-        ``token_type_ids``: the same shape as ``ids`` (type 0 when omitted).
+        ``token_type_ids``: the same shape as ``ids`` (type 0 when omitted). For a model with
+        ``n_features``, ``ids`` are the vector sets: a list of [T, F] float arrays or a padded
+        [B, T, F] array with ``lengths``; ``edges`` (an [E, 2] node-pair list per example,
+        undirected, self-loops added) or ``mask`` ([B, T, T], nonzero = may attend) restrict
+        self-attention to a graph.
         """
-        batch = self._batch(ids, lengths)
+        batch = self._batch(ids, lengths, mask, edges)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
@@ -268,28 +420,119 @@ class Encoder(ParameterOwner):
 
     __call__ = forward
 
+    def attention(self, ids, lengths=None, token_type_ids=None, *, layer: int = -1, mask=None,
+                  edges=None) -> np.ndarray:
+        """Self-attention weights of one layer (default the last): [B, n_heads, T, T], row i the
+        distribution of position i over the positions of its sequence (zero where masked or
+        past its length). Inputs as ``forward``."""
+        n = self.config.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise ValueError(f"layer must be an index into the {n} layers, got {layer!r}")
+        batch = self._batch(ids, lengths, mask, edges)
+        types = self._token_types(token_type_ids, batch)
+        t = batch.max_length
+        probs = np.zeros((batch.size, self.config.n_heads, t, t), dtype=np.float32)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            self._forward_packed(batch, types, self._workspace(), nt, probs={int(layer) % n: probs})
+        return probs
+
     def embed(self, ids, lengths=None, token_type_ids=None, *, pooling: str = "mean",
-              normalize: bool = False) -> np.ndarray:
-        """One vector per sequence [B, d_model]: the mean or max over its tokens, or its first
-        (CLS) token's state; ``normalize`` scales each to unit L2 norm."""
+              normalize: bool = False, mask=None, edges=None) -> np.ndarray:
+        """One vector per sequence [B, d_model]: the mean or max over its tokens, its first
+        (CLS) token's state, or BERT's ``pooler_output`` (tanh pooler on the CLS state, for
+        models with ``config.pooler``); ``normalize`` scales each to unit L2 norm."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        batch = self._batch(ids, lengths)
+        if pooling == "pooler" and self.pooler is None:
+            raise ValueError("pooling='pooler' needs BERT's tanh pooler, and this model has none "
+                             "(config.pooler is False); use 'cls', 'mean' or 'max'")
+        batch = self._batch(ids, lengths, mask, edges)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
             h = self._forward_packed(batch, types, self._workspace(), nt)
-            if pooling == "cls":
-                out = h[batch.start].copy()
-            elif pooling == "mean":
-                out = np.add.reduceat(h, batch.start, axis=0) / batch.length[:, None].astype(np.float32)
+            if pooling == "pooler":   # BertModel's pooler_output: tanh(dense(CLS state))
+                out = self.pooler.forward(pool(h, batch, "cls"), nt)
             else:
-                out = np.maximum.reduceat(h, batch.start, axis=0)
-        out = out.astype(np.float32, copy=False)
+                out = np.array(pool(h, batch, pooling), dtype=np.float32)
         if normalize:
             norm = np.linalg.norm(out, axis=1, keepdims=True)
             out = out / np.maximum(norm, 1e-12)
         return out
+
+    def _require_head(self) -> None:
+        if self.head is None:
+            arch = self.config.extra.get("hf_architectures") or []
+            source = f" (the checkpoint is a {', '.join(arch)})" if arch else ""
+            raise ValueError(f"this encoder has no classification head{source}: config.head is None. "
+                             f"Use forward() or embed(), or build a model with "
+                             f"EncoderConfig(head='sequence_classification' or 'token_classification', "
+                             f"n_labels=...) and train it (cyformer.Trainer)")
+
+    def classify(self, ids, lengths=None, token_type_ids=None, *, mask=None, edges=None) -> np.ndarray:
+        """Logits of the head: [B, n_labels] (sequence head) or [B, T, n_labels] (token head,
+        zeros past each sequence's length). Class names: ``config.id2label``. Inputs as
+        ``forward``."""
+        self._require_head()
+        batch = self._batch(ids, lengths, mask, edges)
+        types = self._token_types(token_type_ids, batch)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            h = self._forward_packed(batch, types, self._workspace(), nt)
+            logits = self.head.forward(h, batch, nt)
+        if self.config.head == "token_classification":
+            return batch.unpack(logits, copy=False)
+        return logits
+
+    # -- training passes (llm.c style: forward saves, backward accumulates into grads) ----------
+    def forward_train(self, batch: Batch, types: Optional[np.ndarray], tc: TrainContext):
+        """(output, record): the head's logits ([B, n_labels] or [N, n_labels], packed) or,
+        without a head, the hidden states [N, d]; both are workspace buffers of ``tc``.
+        ``types``: packed token-type ids [N] (None: type 0). Dropout sites in this order."""
+        c = self.config
+        n = len(batch.ids)
+        x = tc.buf("enc.embed", n, c.d_model)
+        if isinstance(batch, FeatureBatch):
+            r_embed = self.embeddings.forward_train(batch.features, batch, x, tc)
+        else:
+            r_embed = self.embeddings.forward_train(batch, x, tc)
+        if self._types is not None:
+            x += self._types[0] if types is None else self._types[types]
+        r_norm = None
+        if self.embed_norm is not None:
+            y = tc.buf("enc.embed_norm", n, c.d_model)
+            r_norm = self.embed_norm.forward_train(x, None, y, tc)
+            x = y
+        site = tc.site()
+        tc.drop(x, c.dropout, site)
+        hidden, r_stack = self.encoder.forward_train(x, batch, tc)
+        out, r_head = hidden, None
+        if self.head is not None:
+            out, r_head = self.head.forward_train(hidden, batch, tc)
+        return out, EncoderRecord(batch, types, r_embed, r_norm, site, r_stack, hidden, r_head)
+
+    def backward(self, rec: EncoderRecord, dout: np.ndarray, tc: TrainContext) -> None:
+        """Accumulate every parameter's gradient into ``tc.grads`` from the gradient of
+        ``forward_train``'s output (logits, or hidden states without a head)."""
+        g, nt = tc.grads, tc.nt
+        if self.head is not None:
+            dx = tc.buf("enc.dhidden", *rec.hidden.shape)
+            self.head.backward(rec.head, dout, dx, tc)
+        else:
+            dx = tc.buf("enc.dhidden", *rec.hidden.shape)
+            dx[...] = dout
+        self.encoder.backward(rec.stack, dx, tc)
+        tc.drop(dx, self.config.dropout, rec.site)
+        if rec.embed_norm is not None:
+            self.embed_norm.backward(rec.embed_norm, dx, dx, g, nt)
+        if self._types is not None:
+            dtypes = g["embed_token_types.weight"]
+            if rec.types is None:
+                dtypes[0] += dx.sum(axis=0)
+            else:
+                np.add.at(dtypes, rec.types, dx)
+        self.embeddings.backward(rec.embed, dx, tc)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str) -> None:

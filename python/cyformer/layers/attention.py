@@ -5,8 +5,10 @@ W_V (one GEMM for all three in self-attention; cross-attention projects the quer
 the first d rows and the encoder memory with the other 2d), ``out_proj`` [d, d].
 
 Masks are lengths: sequence b's queries are rows ``start[b]:start[b]+length[b]`` of the
-packed batch, its keys the same rows (self) or its source's rows (cross); causal is the
-kernel's loop bound. The passes, side by side:
+packed batch, its keys the same rows (self) or its source's rows (cross); causal and a local
+window (``|i - j| <= window``, speech frames) are the kernel's loop bounds. Only structure
+that bounds cannot say (a graph's edges) comes as a boolean mask, ``batch.mask`` [B, T, T],
+read by self-attention. The passes, side by side:
 
 * ``forward`` / ``forward_train`` / ``backward``: self-attention over a batch;
 * ``memory_kv`` / ``forward_cross`` / ``forward_cross_train`` / ``backward_cross``:
@@ -40,16 +42,22 @@ class AttentionRecord:
     memory: Optional[np.ndarray] = None   # cross: encoder memory [Ns, d]
     kv: Optional[np.ndarray] = None       # cross: its keys|values [Ns, 2d]
     src: object = None                    # cross: source Batch
+    guide: Optional[tuple] = None         # cross, guided: (dq [Nt, d], dk [Ns, d]) of the penalty
 
 
 class MultiHeadAttention(Layer):
-    def __init__(self, prefix: str, d_model: int, n_heads: int, *, causal: bool = False):
+    def __init__(self, prefix: str, d_model: int, n_heads: int, *, causal: bool = False,
+                 window: Optional[int] = None):
         d = d_model
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+            raise ValueError(f"window must be None or an int >= 0, got {window!r}")
         self.prefix = prefix
         self.d_model = d
         self.n_heads = n_heads
         self.d_k = d // n_heads
         self.causal = causal
+        self.window = -1 if window is None else window   # the kernel's "no window"
+        self.guided = False   # cross-attention: the layer a guided-attention penalty reads
         self.in_proj = Linear(f"{prefix}.in_proj_weight", f"{prefix}.in_proj_bias", 3 * d, d)
         self.q_proj = self.in_proj.rows(0, d)
         self.kv_proj = self.in_proj.rows(d, 3 * d)
@@ -70,14 +78,16 @@ class MultiHeadAttention(Layer):
 
     # -- self-attention ------------------------------------------------------------------------
     def forward(self, y: np.ndarray, batch, out: np.ndarray, ws, nt: int, *, bias: bool = True,
-                accumulate: bool = False) -> None:
-        """Inference: out (+)= MHA(y, y, y) W_O^T (+ b_O); y [N, d]."""
+                accumulate: bool = False, probs: Optional[np.ndarray] = None) -> None:
+        """Inference: out (+)= MHA(y, y, y) W_O^T (+ b_O); y [N, d]. ``probs`` [B, n_heads, T, T]
+        receives the attention weights (zero where masked or past a length)."""
         n, d = y.shape
         qkv = ws.get("qkv", n, 3 * d)
         self.in_proj.forward(y, qkv, nt)
         ctx = ws.get("ctx", n, d)
         attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx, batch.start, batch.length,
-                          batch.start, batch.length, self.n_heads, causal=self.causal, n_threads=nt)
+                          batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
+                          mask=_mask(batch), probs=probs, n_threads=nt)
         self.out_proj.forward(ctx, out, nt, bias=bias, accumulate=accumulate)
 
     def forward_train(self, y: np.ndarray, batch, out: np.ndarray, tc: TrainContext, *,
@@ -88,8 +98,8 @@ class MultiHeadAttention(Layer):
         ctx = tc.buf(self._k_ctx, n, d)
         site = tc.site()
         attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx, batch.start, batch.length,
-                          batch.start, batch.length, self.n_heads, causal=self.causal,
-                          dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
+                          batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
+                          mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
         self.out_proj.forward(ctx, out, tc.nt, bias=bias)
         return AttentionRecord(y, qkv, ctx, batch, site)
 
@@ -103,8 +113,8 @@ class MultiHeadAttention(Layer):
         dqkv = tc.buf("dqkv", n, 3 * d)
         attention_backward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], dctx,
                            dqkv[:, :d], dqkv[:, d:2 * d], dqkv[:, 2 * d:], batch.start, batch.length,
-                           batch.start, batch.length, self.n_heads, causal=self.causal,
-                           dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
+                           batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
+                           mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
         self.in_proj.backward(rec.y, dqkv, dy, g, nt)
 
     def step(self, y: np.ndarray, keys: np.ndarray, values: np.ndarray, t: int, lanes, out: np.ndarray,
@@ -161,7 +171,12 @@ class MultiHeadAttention(Layer):
         attention_forward(q, kv[:, :d], kv[:, d:], ctx, batch.start, batch.length, src.start, src.length,
                           self.n_heads, dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
         self.out_proj.forward(ctx, out, tc.nt, bias=bias)
-        return AttentionRecord(y, q, ctx, batch, site, memory=memory, kv=kv, src=src)
+        guide = None
+        if self.guided and tc.guide is not None and tc.guide[0] > 0:
+            loss, dq, dk = guided_attention(q, kv[:, :d], batch, src, self.n_heads, *tc.guide)
+            tc.extra_loss += loss
+            guide = (dq * tc.loss_scale, dk * tc.loss_scale)
+        return AttentionRecord(y, q, ctx, batch, site, memory=memory, kv=kv, src=src, guide=guide)
 
     def backward_cross(self, rec: AttentionRecord, dout: np.ndarray, dy: np.ndarray, dmemory: np.ndarray,
                        tc: TrainContext) -> None:
@@ -176,6 +191,9 @@ class MultiHeadAttention(Layer):
         attention_backward(rec.proj, kv[:, :d], kv[:, d:], dctx, dq, dkv[:, :d], dkv[:, d:],
                            batch.start, batch.length, src.start, src.length, self.n_heads,
                            dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
+        if rec.guide is not None:
+            dq += rec.guide[0]
+            dkv[:, :d] += rec.guide[1]
         self.q_proj.backward(rec.y, dq, dy, g, nt)
         self.kv_proj.backward(rec.memory, dkv, dmemory, g, nt, accumulate_dx=True)
 
@@ -195,6 +213,44 @@ class MultiHeadAttention(Layer):
         attention_forward(q.reshape(n_seq, d_k), keys, values, ctx.reshape(n_seq, d_k), lanes.seq, lanes.one,
                           lanes.cross_start, lanes.cross_len, 1, probs=probs, n_threads=nt)
         self.out_proj.forward(ctx, out, nt, bias=bias, accumulate=accumulate)
+
+
+def guided_attention(q: np.ndarray, k: np.ndarray, tgt, src, n_heads: int, weight: float, width: float):
+    """Guided attention (Tachibana et al. 2017): a penalty on attention far from the diagonal.
+
+    For target t of T and source n of S the weight of A[h, t, n] = softmax(q_t k_n / sqrt(d_k))
+    is W = 1 - exp(-(n/S - t/T)^2 / (2 width^2)); the penalty is ``weight`` times the sum over
+    target tokens of sum_n A W, averaged over heads (so it adds to a loss summed over tokens).
+    Returns (penalty, dq [Nt, d], dk [Ns, d]), its gradients with respect to the queries and keys.
+    """
+    d = q.shape[1]
+    d_k = d // n_heads
+    scale = 1.0 / np.sqrt(d_k)
+    dq = np.zeros(q.shape, dtype=np.float32)
+    dk = np.zeros(k.shape, dtype=np.float32)
+    total = 0.0
+    for b in range(tgt.size):
+        t0, nt_ = int(tgt.start[b]), int(tgt.length[b])
+        s0, ns = int(src.start[b]), int(src.length[b])
+        qh = q[t0:t0 + nt_].reshape(nt_, n_heads, d_k).transpose(1, 0, 2).astype(np.float64)
+        kh = k[s0:s0 + ns].reshape(ns, n_heads, d_k).transpose(1, 0, 2).astype(np.float64)
+        scores = scale * qh @ kh.transpose(0, 2, 1)                       # [H, T, S]
+        scores -= scores.max(axis=2, keepdims=True)
+        a = np.exp(scores)
+        a /= a.sum(axis=2, keepdims=True)
+        gap = (np.arange(ns) / ns)[None, :] - (np.arange(nt_) / nt_)[:, None]
+        w = 1.0 - np.exp(-gap ** 2 / (2.0 * width ** 2))                  # [T, S]
+        total += weight * float((a * w).sum()) / n_heads
+        da = (weight / n_heads) * w[None]
+        ds = a * (da - (a * da).sum(axis=2, keepdims=True))
+        dq[t0:t0 + nt_] = (scale * ds @ kh).transpose(1, 0, 2).reshape(nt_, d)
+        dk[s0:s0 + ns] = (scale * ds.transpose(0, 2, 1) @ qh).transpose(1, 0, 2).reshape(ns, d)
+    return total, dq, dk
+
+
+def _mask(batch) -> Optional[np.ndarray]:
+    """The self-attention mask a batch carries (a Batch of token ids or of feature vectors)."""
+    return getattr(batch, "mask", None)
 
 
 def _heads_major(part: np.ndarray, src, n_heads: int) -> np.ndarray:
