@@ -185,8 +185,8 @@ def test_a_killed_actor_is_restarted_and_every_line_written_once(local_ray, mode
     import signal
     from cyformer.distributed import translate_dataset
     folder, sentences = model
-    texts = [f"{s} {w}" for w in ("", "the", "of") for s in sentences][:600]
-    ds = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=60)
+    texts = [f"{s} {w}" for w in ("", "the") for s in sentences][:240]
+    ds = ray.data.from_items([{"text": t} for t in texts], override_num_blocks=24)
     results = translate_dataset(ds, folder, actors=2, batch_size=10, **OPTIONS)
     killed, rows, at_kill = [], [], None
     for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -228,6 +228,8 @@ def test_bad_arguments_are_clear_errors(local_ray, model):
         translate_dataset(ds, folder, text_column="src")
     with pytest.raises(ValueError, match="threads_per_actor must be >= 1"):
         translate_dataset(ds, folder, threads_per_actor=0)
+    with pytest.raises(ValueError, match="threads_per_actor=3 is more CPUs than any node has"):
+        translate_dataset(ds, folder, threads_per_actor=3)
     with pytest.raises(ValueError, match="min <= max"):
         translate_dataset(ds, folder, actors=(2, 1))
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -275,6 +277,7 @@ def test_cli_translate_ray_errors_are_one_line(local_ray, model, tmp_path, capsy
         (["--ray", "--threads", "2", str(tmp_path / "in.txt"), str(tmp_path / "o.txt")], "--threads-per-actor"),
         (["--actors", "2", str(tmp_path / "in.txt")], "--actors needs --ray"),
         (["--ray", str(tmp_path / "nope.txt"), str(tmp_path / "o.txt")], "does not exist"),
+        (["--ray", str(tmp_path / "in.txt"), str(tmp_path / "in.txt")], "would overwrite an input"),
     ]
     for extra, message in cases:
         capsys.readouterr()

@@ -155,7 +155,10 @@ def _as_dataset(data, text_column: str, id_column: str, rows_per_block: int):
         if all(parquet):
             # read into the object store before the actors start: a read task waiting for a CPU
             # that an actor holds, while the actor waits for the read, would never finish
-            ds = ray.data.read_parquet(files).materialize()
+            ds = ray.data.read_parquet(files)
+            ds.context.execution_options.preserve_order = True   # the files' order, and each file's
+            # blocks of rows_per_block rows, so that every actor gets work (a file is one block)
+            ds = ds.repartition(max(1, -(-ds.count() // rows_per_block))).materialize()
         elif any(parquet):
             raise ValueError("give text files or Parquet files, not both in one call")
         else:
@@ -228,9 +231,19 @@ def _check_model_on_nodes(model_dir: str, tokenizer_dir: Optional[str]) -> None:
 
     @ray.remote(num_cpus=0, max_retries=0)
     def look(paths):
-        return socket.gethostname(), [p for p in (_model_folder_problem(d) for d in paths) if p]
+        # self-contained (cloudpickle sends it by value): the worker imports neither cyformer
+        # nor its kernels just to look at a folder
+        import os as _os
+        import socket as _socket
+        problems = []
+        for d, what in paths:
+            if not _os.path.isdir(d):
+                problems.append(f"{what} folder {d} does not exist")
+            elif what == "model" and not _os.path.isfile(_os.path.join(d, "config.json")):
+                problems.append(f"{d} has no config.json")
+        return _socket.gethostname(), problems
 
-    paths = [model_dir] + ([tokenizer_dir] if tokenizer_dir else [])
+    paths = [(model_dir, "model")] + ([(tokenizer_dir, "tokenizer")] if tokenizer_dir else [])
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
     refs = [look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(paths)
             for n in nodes]
@@ -246,6 +259,19 @@ def _check_model_on_nodes(model_dir: str, tokenizer_dir: Optional[str]) -> None:
 def _cluster_cpus() -> int:
     ray = _ray()
     return int(ray.cluster_resources().get("CPU", 1))
+
+
+def _check_fit(actors, threads_per_actor: int) -> None:
+    """An actor that no node can hold would wait forever: say so instead."""
+    ray = _ray()
+    largest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+    if threads_per_actor > largest:
+        raise ValueError(f"threads_per_actor={threads_per_actor} is more CPUs than any node has (at most "
+                         f"{largest:g}): an actor would never start")
+    wanted = (actors if isinstance(actors, int) else actors[0] if isinstance(actors, tuple) else 1) * threads_per_actor
+    if wanted > _cluster_cpus():
+        warnings.warn(f"{wanted} CPUs asked for (actors x threads_per_actor) but the cluster has "
+                      f"{_cluster_cpus()}: the pool waits for actors that may never start", stacklevel=3)
 
 
 def _pool(actors, threads_per_actor: int, lazy: bool):
@@ -413,6 +439,7 @@ def _materialized(ds) -> bool:
 def _map(ds, actor, args, actors, threads_per_actor: int, batch_size: int, max_restarts: int,
          max_task_retries: int):
     """``map_batches`` of ``actor`` over a fixed or autoscaling pool, order kept."""
+    _check_fit(actors, threads_per_actor)
     ds.context.execution_options.preserve_order = True
     # Ray Data's actor pools already restart dead actors and retry their batches without limit
     # (-1, -1); other values are passed on
@@ -428,7 +455,7 @@ class _Embedder:
     ``Encoder`` over the folder's tokenizer (ids as ``Tokenizer.encode`` gives them, source
     side, cut to the model's ``max_len`` positions)."""
 
-    def __init__(self, model_dir: str, pooling: str, normalize: bool, max_batch_size: int):
+    def __init__(self, model_dir: str, pooling: Optional[str], normalize: Optional[bool], max_batch_size: int):
         import cyformer
         self.pooling, self.normalize, self.max_batch_size = pooling, normalize, max_batch_size
         text_encoder = getattr(cyformer, "TextEncoder", None)
@@ -453,13 +480,14 @@ class _Embedder:
         out = np.zeros((len(ids), self.encoder.config.d_model), np.float32)
         for s in range(0, len(order), self.max_batch_size):
             chunk = order[s:s + self.max_batch_size]
-            out[chunk] = self.encoder.embed([ids[i] for i in chunk], pooling=self.pooling, normalize=self.normalize)
+            out[chunk] = self.encoder.embed([ids[i] for i in chunk], pooling=self.pooling or "mean",
+                                            normalize=bool(self.normalize))
         return out
 
 
 class _EmbedActor(_Worker):
-    def __init__(self, model_dir: str, threads: int, text_column: str, pooling: str, normalize: bool,
-                 max_batch_size: int):
+    def __init__(self, model_dir: str, threads: int, text_column: str, pooling: Optional[str],
+                 normalize: Optional[bool], max_batch_size: int):
         super().__init__(model_dir, threads)
         self.embedder = _Embedder(model_dir, pooling, normalize, max_batch_size)
         self.text_column = text_column
@@ -484,7 +512,7 @@ class _EmbedActor(_Worker):
 
 
 def embed_dataset(data, model_dir: str, *, text_column: str = "text", id_column: str = "id",
-                  pooling: str = "mean", normalize: bool = False, actors: Union[int, Tuple[int, int], None] = None,
+                  pooling: Optional[str] = None, normalize: Optional[bool] = None, actors: Union[int, Tuple[int, int], None] = None,
                   threads_per_actor: int = 1, batch_size: int = DEFAULT_BATCH_SIZE, max_batch_size: int = 32,
                   max_restarts: int = -1, max_task_retries: int = -1, address: Optional[str] = None,
                   check_nodes: bool = True):
@@ -492,11 +520,10 @@ def embed_dataset(data, model_dir: str, *, text_column: str = "text", id_column:
     ``translate_dataset`` translates: the same input, pool and fault handling, with a column
     ``embedding`` (fixed-size list of float32, ``d_model`` long; null for an error row)
     instead of ``translation``. ``pooling`` ("mean", "max", "cls") and ``normalize`` are
-    ``Encoder.embed``'s; ``max_batch_size`` texts are encoded at a time, sorted by length."""
+    ``TextEncoder.embed``'s (None: the folder's own, else mean without normalisation); a
+    value the model refuses fails the job as its actors start. ``max_batch_size`` texts are
+    encoded at a time."""
     _ray()
-    from .encoder import POOLINGS
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     _positive_int("threads_per_actor", threads_per_actor)
     _positive_int("batch_size", batch_size)
     _positive_int("max_batch_size", max_batch_size)
@@ -505,7 +532,7 @@ def embed_dataset(data, model_dir: str, *, text_column: str = "text", id_column:
     if check_nodes:
         _check_model_on_nodes(model_dir, None)
     ds = _as_dataset(data, text_column, id_column, batch_size)
-    return _map(ds, _EmbedActor, (model_dir, threads_per_actor, text_column, pooling, bool(normalize),
+    return _map(ds, _EmbedActor, (model_dir, threads_per_actor, text_column, pooling, normalize,
                                   max_batch_size), actors, threads_per_actor, batch_size, max_restarts,
                 max_task_retries)
 
