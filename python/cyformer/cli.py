@@ -167,17 +167,18 @@ def cmd_translate_ray(args) -> int:
         raise ValueError("with --ray, give --threads-per-actor instead of --threads")
     inputs = _expand(args.input)
     targets = _ray_outputs(inputs, args.input, output)
-    if os.path.realpath(output) in {os.path.realpath(f) for f in inputs}:
-        raise ValueError(f"the output {output} is one of the inputs")
+    clash = sorted({os.path.realpath(t) for t in targets.values()} & {os.path.realpath(f) for f in inputs})
+    if clash:
+        raise ValueError(f"the output {clash[0]} would overwrite an input")
+    import logging
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        import logging
-        ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING)
+        # the workers' own logs stay in Ray's session folder: what they raise reaches us anyway
+        ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     try:
         from ray.data import DataContext
         DataContext.get_current().enable_progress_bars = False
-        import logging
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         data = read_text_files(inputs, rows_per_block=args.ray_batch_size or 256)
         total = data.count()
