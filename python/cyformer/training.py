@@ -272,9 +272,11 @@ class Trainer:
         c = self.config
         if len(pairs) == 0:
             raise ValueError("empty batch")
+        vectors = bool(getattr(c, "n_src_features", 0))   # sources are [S, F] float arrays
         srcs, tgt_in, labels = [], [], []
         for i, (s, t) in enumerate(pairs):
-            s, t = _as_ids(s, f"src[{i}]"), _as_ids(t, f"tgt[{i}]")
+            s = np.asarray(s) if vectors else _as_ids(s, f"src[{i}]")
+            t = _as_ids(t, f"tgt[{i}]")
             if not t:
                 raise ValueError(f"tgt[{i}] is empty; a target needs at least EOS")
             if t[-1] != c.eos_id:
@@ -282,7 +284,7 @@ class Trainer:
             srcs.append(s)
             tgt_in.append([c.decoder_start_id] + t[:-1])
             labels.append(t)
-        src_b = make_batch(srcs, vocab_size=c.src_vocab_size, max_len=c.max_len, name="src")
+        src_b = self.model._src_batch(srcs, None)
         tgt_b = make_batch(tgt_in, vocab_size=c.tgt_vocab_size, max_len=c.max_len, name="tgt")
         lab = np.concatenate([np.asarray(x, np.int64) for x in labels])
         if lab.min() < 0 or lab.max() >= c.tgt_vocab_size:
