@@ -122,20 +122,35 @@ def _write_output(path: Optional[str], data) -> None:
         atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def _translate_options(args) -> dict:
+    """``Translator.translate`` options from the command line (both paths, local and Ray)."""
+    return dict(beam_size=args.beam_size, max_length=args.max_length, length_penalty=args.length_penalty,
+                max_batch_size=args.batch_size, batch_type=args.batch_type, sampling_topk=args.sampling_topk,
+                sampling_temperature=args.sampling_temperature, seed=args.seed)
+
+
+def _output_path(args) -> Optional[str]:
+    if args.output and args.output_path and args.output != args.output_path:
+        raise ValueError(f"two outputs given ({args.output_path} and -o {args.output}): give one")
+    return args.output or args.output_path
+
+
 def cmd_translate(args) -> int:
+    if args.ray:
+        return cmd_translate_ray(args)
+    for name in ("address", "actors", "threads_per_actor", "ray_batch_size"):
+        if getattr(args, name) is not None:
+            raise ValueError(f"--{name.replace('_', '-')} needs --ray")
     from . import set_num_threads
     from .translate import Translator
 
     if args.threads:
         set_num_threads(args.threads)
+    output = _output_path(args)
     translator = Translator.from_pretrained(args.model_dir, args.tokenizer)
     lines = _read_lines(args.input)
-    out = translator.translate(lines, beam_size=args.beam_size, max_length=args.max_length,
-                               length_penalty=args.length_penalty, max_batch_size=args.batch_size,
-                               batch_type=args.batch_type, sampling_topk=args.sampling_topk,
-                               sampling_temperature=args.sampling_temperature, seed=args.seed,
-                               progress=sys.stderr.isatty() and not args.quiet)
-    _write_output(args.output, "".join(t + "\n" for t in out))
+    out = translator.translate(lines, progress=sys.stderr.isatty() and not args.quiet, **_translate_options(args))
+    _write_output(output, "".join(t + "\n" for t in out))
     return 0
 
 
@@ -181,6 +196,99 @@ def cmd_classify(args) -> int:
     else:
         text = "".join(f"{r.label}\t{r.score:.4f}\n" for r in results)
     _write_output(args.output, text)
+
+
+def _ray_outputs(inputs: List[str], source: str, output: str) -> dict:
+    """Where each input file's translation goes: OUTPUT itself for one file (or OUTPUT/name when
+    OUTPUT is a folder); for a folder, the same relative paths under OUTPUT."""
+    source = os.path.abspath(source)
+    if os.path.isdir(source):
+        if os.path.exists(output) and not os.path.isdir(output):
+            raise ValueError(f"the input {source} is a folder, so the output must be one: {output} is a file")
+        return {f: os.path.join(output, os.path.relpath(f, source)) for f in inputs}
+    if os.path.isdir(output):
+        return {inputs[0]: os.path.join(output, os.path.basename(source))}
+    return {inputs[0]: output}
+
+
+def cmd_translate_ray(args) -> int:
+    """``cyformer translate MODEL_DIR --ray INPUT OUTPUT``: the files' lines through
+    ``cyformer.distributed.translate_dataset`` on a local Ray or the cluster at ``--address``;
+    each output file is written atomically, line for line with its input."""
+    from .distributed import (_ray, _unwrap, iter_rows_in_order, read_text_files, translate_dataset, _expand)
+    from .io import atomic_write_bytes
+
+    output = _output_path(args)
+    if args.input in (None, "-") or output in (None, "-"):
+        raise ValueError("--ray translates files: give INPUT and OUTPUT (files or folders), not stdin/stdout")
+    if args.threads is not None:
+        raise ValueError("with --ray, give --threads-per-actor instead of --threads")
+    inputs = _expand(args.input)
+    targets = _ray_outputs(inputs, args.input, output)
+    clash = sorted({os.path.realpath(t) for t in targets.values()} & {os.path.realpath(f) for f in inputs})
+    if clash:
+        raise ValueError(f"the output {clash[0]} would overwrite an input")
+    import logging
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        # the workers' own logs stay in Ray's session folder: what they raise reaches us anyway
+        ray.init(address=args.address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        from ray.data import DataContext
+        DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        data = read_text_files(inputs, rows_per_block=args.ray_batch_size or 256)
+        total = data.count()
+        results = translate_dataset(data, args.model_dir, tokenizer_dir=args.tokenizer, actors=args.actors,
+                                    threads_per_actor=args.threads_per_actor or 1,
+                                    batch_size=args.ray_batch_size or 256, **_translate_options(args))
+        bar = None
+        if sys.stderr.isatty() and not args.quiet:
+            from tqdm import tqdm
+            bar = tqdm(total=total, unit="sent", file=sys.stderr)
+        errors: List[str] = []
+        done = set()
+        current, lines = None, []
+
+        def finish():
+            if current is not None:
+                os.makedirs(os.path.dirname(os.path.abspath(targets[current])), exist_ok=True)
+                atomic_write_bytes(targets[current], "".join(t + "\n" for t in lines).encode("utf-8"))
+                done.add(current)
+
+        try:
+            for batch in iter_rows_in_order(results, ("path", "translation", "error")):
+                for path, translation, error in zip(batch["path"], batch["translation"], batch["error"]):
+                    if path != current:
+                        finish()
+                        current, lines = path, []
+                    lines.append(translation)
+                    if error is not None:
+                        errors.append(error)
+                if bar is not None:
+                    bar.update(len(batch["path"]))
+        except Exception as e:  # noqa: BLE001 - Ray wraps what the actors raised
+            inner = _unwrap(e)
+            if isinstance(inner, (ValueError, TypeError, OSError, ImportError)):
+                raise inner from None
+            print(f"cyformer translate: error: the Ray job failed: {type(inner).__name__}: "
+                  f"{' '.join(str(inner).split())[:500]}", file=sys.stderr)
+            return 1
+        finally:
+            if bar is not None:
+                bar.close()
+        finish()
+        for f in inputs:  # empty files: empty translations
+            if f not in done:
+                os.makedirs(os.path.dirname(os.path.abspath(targets[f])), exist_ok=True)
+                atomic_write_bytes(targets[f], b"")
+        if errors:
+            warnings.warn(f"{len(errors)} line(s) could not be translated and were written as empty lines; "
+                          f"the first: {errors[0]}")
+    finally:
+        if started:
+            ray.shutdown()
     return 0
 
 
@@ -309,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     t = sub.add_parser("translate", help="translate a file or stdin, one sentence per line, to a file or stdout")
     t.add_argument("model_dir", help="a local model folder (cyformer checkpoint or MarianMT folder)")
-    t.add_argument("input", nargs="?", help="text file to translate (default, or '-': stdin)")
+    t.add_argument("input", nargs="?", help="text file to translate (default, or '-': stdin); with --ray, "
+                                            "a file or a folder of files")
+    t.add_argument("output_path", nargs="?", metavar="output",
+                   help="where to write (as -o); with --ray, a file, or a folder for a folder of inputs")
     t.add_argument("-o", "--output", help="write the translations here, atomically (default, or '-': stdout)")
     t.add_argument("--tokenizer", help="tokenizer folder (default: the model folder)")
     t.add_argument("--beam-size", type=int, default=4)
@@ -323,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = t.add_argument_group("many machines (pip install 'cyformer[ray]')")
+    r.add_argument("--ray", action="store_true", help="translate with a pool of Ray actors (a local Ray, or --address)")
+    r.add_argument("--address", default=None, help="an existing Ray cluster ('auto', or HOST:PORT); default: start "
+                                                   "a local Ray")
+    r.add_argument("--actors", type=int, default=None, help="actors in the pool (default: the cluster's CPUs // "
+                                                            "--threads-per-actor)")
+    r.add_argument("--threads-per-actor", type=int, default=None, help="OpenMP threads (and Ray CPUs) per actor "
+                                                                       "(default 1)")
+    r.add_argument("--ray-batch-size", type=int, default=None, help="lines per Ray task (default 256)")
     for name, what in (("embed", "sentence embeddings of a file or stdin, one text per line, as a .npy "
                                  "array [lines, dim]"),
                        ("classify", "a label and its probability for each line of a file or stdin "
@@ -377,9 +497,23 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Optional[List[str]]):
+    """``parse_args``, except that translate's optional INPUT and OUTPUT may also follow the
+    options (`translate MODEL --ray --actors 2 IN OUT`): argparse gives optional positionals
+    their empty match before the first option and leaves later ones unrecognized."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "translate" and not any(e.startswith("-") for e in extra):
+        for name in ("input", "output_path"):
+            if extra and getattr(args, name) is None:
+                setattr(args, name, extra.pop(0))
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     command = _COMMANDS.get(args.command)
     if command is None:
         parser.print_help()
