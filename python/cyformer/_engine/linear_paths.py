@@ -1,7 +1,8 @@
-"""Forcing ``linear_forward`` onto one of its kernels, for the tests and benchmarks of each path.
+"""Forcing ``linear_forward`` onto one of its kernels, for the tests and benchmarks of each path,
+and the quantized kernels (``quant``) onto one of their bodies.
 
 The one Python module here: it only sets the dispatch thresholds of the compiled ``linear``
-module (``set_panel_rows``, ``set_skinny_rows``) and restores them.
+module (``set_panel_rows``, ``set_skinny_rows``) or the body of ``quant`` and restores them.
 """
 from __future__ import annotations
 
@@ -33,3 +34,28 @@ def available_linear_paths() -> tuple:
     from . import linear
 
     return tuple(p for p in LINEAR_PATHS if p != "panel" or linear.panel_kernel_available())
+
+
+@contextlib.contextmanager
+def forced_int8_path(name: str) -> Iterator[None]:
+    """Run the int8 kernels (``quant.int8_linear_forward``) on body ``name`` of
+    ``quant.INT8_PATHS``; ValueError naming the instruction set when this CPU lacks it."""
+    from . import quant
+
+    old = quant.set_int8_path(name)
+    try:
+        yield
+    finally:
+        quant.set_int8_path(old)
+
+
+@contextlib.contextmanager
+def forced_bf16_path(name: str) -> Iterator[None]:
+    """Run the bf16 kernels on body ``name`` of ``quant.BF16_PATHS``."""
+    from . import quant
+
+    old = quant.set_bf16_path(name)
+    try:
+        yield
+    finally:
+        quant.set_bf16_path(old)
