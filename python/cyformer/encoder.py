@@ -25,16 +25,18 @@ from .config import JsonConfig
 from .convert.registry import loader_for, register_loader
 from .io import (atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
-from .layers.base import WeightSpec, derive_layout, named_views
-from .layers.embedding import Embeddings
-from .layers.norm import LayerNorm
-from .layers.transformer import Encoder as EncoderStack
+from .layers.base import TrainContext, WeightSpec, derive_layout, named_views
+from .layers.embedding import Embeddings, EmbeddingsRecord
+from .layers.heads import (HEADS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
+                           TokenClassificationHead, pool)
+from .layers.norm import LayerNorm, LayerNormRecord
+from .layers.transformer import Encoder as EncoderStack, StackRecord
 from .model import Batch, ParameterOwner, Workspace, make_batch, require_model_folder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "cyformer-encoder"
-POOLINGS = ("mean", "cls", "max")
+POOLINGS = ("mean", "cls", "max", "pooler")
 
 
 @dataclass
@@ -43,7 +45,16 @@ class EncoderConfig(JsonConfig):
 
     ``type_vocab_size`` 0 means no token-type embeddings; ``embedding_norm`` puts a
     LayerNorm after the summed embeddings (BERT); ``norm_first=False`` is post-LN (BERT).
-    Dropout acts only in training (not yet available for this model).
+    Dropout acts only in training (``forward_train``): after the embeddings' LayerNorm, on
+    every sublayer's output, on the attention weights and inside the FFN.
+
+    Heads (Hugging Face's names where they exist): ``head`` is None (hidden states and
+    pooled vectors only), ``"sequence_classification"`` (one label per sequence, on the
+    ``pooling`` vector of each sequence, "cls" for BERT) or ``"token_classification"`` (one
+    label per position); ``n_labels`` classes named by ``id2label`` (``{0: "LABEL_0", ...}``
+    by default; ``label2id`` is its inverse). ``pooler`` adds BERT's tanh pooler
+    (``pooler.dense``) on the pooled vector, before the sequence classifier;
+    ``classifier_dropout`` (None: ``dropout``) is the dropout before the classifier.
     """
 
     MODEL_TYPE = MODEL_TYPE
@@ -63,6 +74,12 @@ class EncoderConfig(JsonConfig):
     attention_dropout: Optional[float] = None
     activation_dropout: Optional[float] = None
     pad_id: int = 0
+    head: Optional[str] = None
+    n_labels: int = 2
+    id2label: Optional[Dict[int, str]] = None
+    pooler: bool = False
+    pooling: str = "cls"
+    classifier_dropout: Optional[float] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,7 +87,19 @@ class EncoderConfig(JsonConfig):
             self.attention_dropout = self.dropout
         if self.activation_dropout is None:
             self.activation_dropout = self.dropout
+        if self.classifier_dropout is None:
+            self.classifier_dropout = self.dropout
+        if self.id2label is None and isinstance(self.n_labels, int) and not isinstance(self.n_labels, bool):
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.n_labels)}
+        elif isinstance(self.id2label, dict):
+            # JSON keys are strings ("0"): back to ints, as transformers' PretrainedConfig does
+            self.id2label = {_label_index(k): v for k, v in self.id2label.items()}
         self.validate()
+
+    @property
+    def label2id(self) -> Dict[str, int]:
+        """Label name -> class index (the inverse of ``id2label``)."""
+        return {v: k for k, v in self.id2label.items()}
 
     # what the layer library's EncoderLayer / Encoder stack read
     @property
@@ -114,6 +143,28 @@ class EncoderConfig(JsonConfig):
         integer("pad_id", 0)
         if self.pad_id >= self.vocab_size:
             raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.head is not None and self.head not in HEADS:
+            raise ValueError(f"head must be None or one of {HEADS}, got {self.head!r}")
+        integer("n_labels", 1)
+        if not isinstance(self.id2label, dict):
+            raise TypeError(f"EncoderConfig.id2label must be a dict {{index: name}}, not "
+                            f"{type(self.id2label).__name__}")
+        if sorted(self.id2label) != list(range(self.n_labels)):
+            raise ValueError(f"id2label must name the classes 0..{self.n_labels - 1} (n_labels={self.n_labels}), "
+                             f"got keys {sorted(self.id2label)[:10]}")
+        names = list(self.id2label.values())
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError("id2label's names must be strings")
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"id2label names a label twice: {', '.join(map(repr, dup))}")
+        if not isinstance(self.pooler, bool):
+            raise TypeError("EncoderConfig.pooler must be a bool")
+        if self.pooling not in HEAD_POOLINGS:
+            raise ValueError(f"pooling must be one of {HEAD_POOLINGS}, got {self.pooling!r}")
+        v = self.classifier_dropout
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+            raise ValueError(f"classifier_dropout must be in [0, 1), got {v!r}")
         if not isinstance(self.extra, dict):
             raise TypeError("EncoderConfig.extra must be a dict")
 
@@ -126,13 +177,46 @@ class EncoderConfig(JsonConfig):
         return super().from_dict(d)
 
 
+def _label_index(key) -> int:
+    if isinstance(key, bool):
+        raise TypeError(f"id2label keys must be class indices, got {key!r}")
+    if isinstance(key, int):
+        return key
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key)
+    raise TypeError(f"id2label keys must be class indices (ints, or digit strings in JSON), got {key!r}")
+
+
 def _compose(c: EncoderConfig):
+    """(embeddings, embedding LayerNorm or None, stack, pooler or None, head or None).
+
+    The embeddings' dropout is applied by ``Encoder`` after the token types and the
+    LayerNorm (BERT's order), so the ``Embeddings`` layer itself has none."""
     embed = Embeddings("embed_tokens.weight", c.vocab_size, c.d_model, max_len=c.max_len,
-                       positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id,
-                       dropout=c.dropout)
+                       positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id)
     norm = LayerNorm("embed_norm", c.d_model, c.layer_norm_eps) if c.embedding_norm else None
     stack = EncoderStack(c)
-    return embed, norm, stack
+    pooler = Pooler(c.d_model) if c.pooler else None
+    head = None
+    if c.head == "sequence_classification":
+        head = SequenceClassificationHead(c.d_model, c.n_labels, pooling=c.pooling, pooler=pooler,
+                                          dropout=c.classifier_dropout)
+    elif c.head == "token_classification":
+        head = TokenClassificationHead(c.d_model, c.n_labels, dropout=c.classifier_dropout)
+    return embed, norm, stack, pooler, head
+
+
+@dataclass
+class EncoderRecord:
+    """What ``Encoder.backward`` needs from ``forward_train``."""
+    batch: Batch
+    types: Optional[np.ndarray]      # packed token-type ids [N] (None: type 0)
+    embed: EmbeddingsRecord
+    embed_norm: Optional[LayerNormRecord]
+    site: int                        # the embeddings' dropout site
+    stack: StackRecord
+    hidden: np.ndarray               # the last layer's states [N, d]
+    head: Any                        # the head's record (None without a head)
 
 
 class Encoder(ParameterOwner):
@@ -140,7 +224,12 @@ class Encoder(ParameterOwner):
 
     Weights, in buffer order: ``embed_tokens.weight`` [vocab, d], ``embed_positions.weight``
     [max_len, d], ``embed_token_types.weight`` [type_vocab, d] (when ``type_vocab_size``),
-    ``embed_norm.{weight,bias}`` (when ``embedding_norm``), then ``encoder.layers.{i}...``.
+    ``embed_norm.{weight,bias}`` (when ``embedding_norm``), then ``encoder.layers.{i}...``,
+    ``pooler.dense.{weight,bias}`` [d, d] (when ``pooler``) and ``classifier.{weight,bias}``
+    [n_labels, d] (with a ``head``).
+
+    ``classify`` runs the head; ``forward_train`` / ``backward`` are the training passes
+    (``cyformer.Trainer`` fits the heads with them).
     """
 
     _config_label = "encoder config"
@@ -158,13 +247,16 @@ class Encoder(ParameterOwner):
             raise TypeError(f"config must be an EncoderConfig, not {type(config).__name__}")
         config.validate()
         self.config = c = config
-        self.embeddings, self.embed_norm, self.encoder = _compose(c)
+        self.embeddings, self.embed_norm, self.encoder, self.pooler, self.head = _compose(c)
         specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
         if c.type_vocab_size:
             specs.append(WeightSpec("embed_token_types.weight", (c.type_vocab_size, c.d_model), "position"))
         if self.embed_norm is not None:
             specs += list(self.embed_norm.weights())
         specs += list(self.encoder.weights())
+        for layer in (self.pooler, self.head):
+            if layer is not None:
+                specs += list(layer.weights())
         self.weight_specs = derive_layout(specs)
         self.layout = [(s.name, s.shape) for s in self.weight_specs]
         self._local = threading.local()
@@ -188,6 +280,9 @@ class Encoder(ParameterOwner):
         if self.embed_norm is not None:
             self.embed_norm.bind(self._views)
         self.encoder.bind(self._views)
+        for layer in (self.pooler, self.head):
+            if layer is not None:
+                layer.bind(self._views)
         self._types = self._views.get("embed_token_types.weight")
 
     @classmethod
@@ -270,26 +365,96 @@ class Encoder(ParameterOwner):
 
     def embed(self, ids, lengths=None, token_type_ids=None, *, pooling: str = "mean",
               normalize: bool = False) -> np.ndarray:
-        """One vector per sequence [B, d_model]: the mean or max over its tokens, or its first
-        (CLS) token's state; ``normalize`` scales each to unit L2 norm."""
+        """One vector per sequence [B, d_model]: the mean or max over its tokens, its first
+        (CLS) token's state, or BERT's ``pooler_output`` (tanh pooler on the CLS state, for
+        models with ``config.pooler``); ``normalize`` scales each to unit L2 norm."""
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if pooling == "pooler" and self.pooler is None:
+            raise ValueError("pooling='pooler' needs BERT's tanh pooler, and this model has none "
+                             "(config.pooler is False); use 'cls', 'mean' or 'max'")
         batch = self._batch(ids, lengths)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
             h = self._forward_packed(batch, types, self._workspace(), nt)
-            if pooling == "cls":
-                out = h[batch.start].copy()
-            elif pooling == "mean":
-                out = np.add.reduceat(h, batch.start, axis=0) / batch.length[:, None].astype(np.float32)
+            if pooling == "pooler":   # BertModel's pooler_output: tanh(dense(CLS state))
+                out = self.pooler.forward(pool(h, batch, "cls"), nt)
             else:
-                out = np.maximum.reduceat(h, batch.start, axis=0)
-        out = out.astype(np.float32, copy=False)
+                out = np.array(pool(h, batch, pooling), dtype=np.float32)
         if normalize:
             norm = np.linalg.norm(out, axis=1, keepdims=True)
             out = out / np.maximum(norm, 1e-12)
         return out
+
+    def _require_head(self) -> None:
+        if self.head is None:
+            arch = self.config.extra.get("hf_architectures") or []
+            source = f" (the checkpoint is a {', '.join(arch)})" if arch else ""
+            raise ValueError(f"this encoder has no classification head{source}: config.head is None. "
+                             f"Use forward() or embed(), or build a model with "
+                             f"EncoderConfig(head='sequence_classification' or 'token_classification', "
+                             f"n_labels=...) and train it (cyformer.Trainer)")
+
+    def classify(self, ids, lengths=None, token_type_ids=None) -> np.ndarray:
+        """Logits of the head: [B, n_labels] (sequence head) or [B, T, n_labels] (token head,
+        zeros past each sequence's length). Class names: ``config.id2label``."""
+        self._require_head()
+        batch = self._batch(ids, lengths)
+        types = self._token_types(token_type_ids, batch)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            h = self._forward_packed(batch, types, self._workspace(), nt)
+            logits = self.head.forward(h, batch, nt)
+        if self.config.head == "token_classification":
+            return batch.unpack(logits, copy=False)
+        return logits
+
+    # -- training passes (llm.c style: forward saves, backward accumulates into grads) ----------
+    def forward_train(self, batch: Batch, types: Optional[np.ndarray], tc: TrainContext):
+        """(output, record): the head's logits ([B, n_labels] or [N, n_labels], packed) or,
+        without a head, the hidden states [N, d]; both are workspace buffers of ``tc``.
+        ``types``: packed token-type ids [N] (None: type 0). Dropout sites in this order."""
+        c = self.config
+        n = len(batch.ids)
+        x = tc.buf("enc.embed", n, c.d_model)
+        r_embed = self.embeddings.forward_train(batch, x, tc)
+        if self._types is not None:
+            x += self._types[0] if types is None else self._types[types]
+        r_norm = None
+        if self.embed_norm is not None:
+            y = tc.buf("enc.embed_norm", n, c.d_model)
+            r_norm = self.embed_norm.forward_train(x, None, y, tc)
+            x = y
+        site = tc.site()
+        tc.drop(x, c.dropout, site)
+        hidden, r_stack = self.encoder.forward_train(x, batch, tc)
+        out, r_head = hidden, None
+        if self.head is not None:
+            out, r_head = self.head.forward_train(hidden, batch, tc)
+        return out, EncoderRecord(batch, types, r_embed, r_norm, site, r_stack, hidden, r_head)
+
+    def backward(self, rec: EncoderRecord, dout: np.ndarray, tc: TrainContext) -> None:
+        """Accumulate every parameter's gradient into ``tc.grads`` from the gradient of
+        ``forward_train``'s output (logits, or hidden states without a head)."""
+        g, nt = tc.grads, tc.nt
+        if self.head is not None:
+            dx = tc.buf("enc.dhidden", *rec.hidden.shape)
+            self.head.backward(rec.head, dout, dx, tc)
+        else:
+            dx = tc.buf("enc.dhidden", *rec.hidden.shape)
+            dx[...] = dout
+        self.encoder.backward(rec.stack, dx, tc)
+        tc.drop(dx, self.config.dropout, rec.site)
+        if rec.embed_norm is not None:
+            self.embed_norm.backward(rec.embed_norm, dx, dx, g, nt)
+        if self._types is not None:
+            dtypes = g["embed_token_types.weight"]
+            if rec.types is None:
+                dtypes[0] += dx.sum(axis=0)
+            else:
+                np.add.at(dtypes, rec.types, dx)
+        self.embeddings.backward(rec.embed, dx, tc)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str) -> None:

@@ -92,13 +92,18 @@ def require_model_folder(directory) -> None:
 
 # -- input validation --------------------------------------------------------------------
 class Batch:
-    """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``."""
+    """Token ids of a batch packed without padding: sequence b is ``ids[start[b]:start[b]+length[b]]``.
 
-    __slots__ = ("ids", "start", "length", "positions")
+    ``mask``: optional uint8 [B, T, T], which positions of sequence b each of its positions may
+    attend to in self-attention (graph structure; ``features.adjacency_mask`` builds it).
+    """
 
-    def __init__(self, ids: np.ndarray, length: np.ndarray):
+    __slots__ = ("ids", "start", "length", "positions", "mask")
+
+    def __init__(self, ids: np.ndarray, length: np.ndarray, mask: Optional[np.ndarray] = None):
         self.ids = ids
         self.length = length
+        self.mask = mask
         self.start = np.zeros(len(length), dtype=np.int32)
         np.cumsum(length[:-1], out=self.start[1:])
         # position of every packed token inside its own sequence
@@ -157,6 +162,20 @@ def _as_token_container(seqs, name: str):
     return seqs
 
 
+def _padded_lengths(lengths, batch: int, width: int, name: str) -> np.ndarray:
+    """The lengths of a padded [batch, width, ...] array: all ``width`` when None, else checked."""
+    if lengths is None:
+        return np.full(batch, width, dtype=np.int64)
+    length = np.asarray(lengths)
+    if length.dtype == np.bool_ or not np.issubdtype(length.dtype, np.integer):
+        raise TypeError(f"{name} lengths must be integers, got dtype {length.dtype}")
+    if length.shape != (batch,):
+        raise ValueError(f"{name} lengths must have shape ({batch},), got {length.shape}")
+    if (length > width).any():
+        raise ValueError(f"a {name} length exceeds the padded width {width}")
+    return length
+
+
 def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
                name: str = "src") -> Batch:
     """Validate a batch: lists of id lists, or a padded [B, T] int array plus lengths.
@@ -177,16 +196,7 @@ def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
             raise ValueError(f"{name} must be [batch, length], got shape {arr.shape}")
         if arr.shape[0] == 0:
             raise ValueError(f"{name} is an empty batch")
-        if lengths is None:
-            length = np.full(arr.shape[0], arr.shape[1], dtype=np.int64)
-        else:
-            length = np.asarray(lengths)
-            if length.dtype == np.bool_ or not np.issubdtype(length.dtype, np.integer):
-                raise TypeError(f"{name} lengths must be integers, got dtype {length.dtype}")
-            if length.shape != (arr.shape[0],):
-                raise ValueError(f"{name} lengths must have shape ({arr.shape[0]},), got {length.shape}")
-            if (length > arr.shape[1]).any():
-                raise ValueError(f"a {name} length exceeds the padded width {arr.shape[1]}")
+        length = _padded_lengths(lengths, arr.shape[0], arr.shape[1], name)
         mask = np.arange(arr.shape[1])[None, :] < length[:, None]
         ids = arr[mask]
     else:
@@ -218,6 +228,78 @@ def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
             bad = lo if lo < 0 else hi
             raise ValueError(f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
     return Batch(ids.astype(np.int32), length.astype(np.int32))
+
+
+class FeatureBatch(Batch):
+    """Float feature vectors packed without padding: ``features`` [N, F] float32, sequence b is
+    rows ``start[b]:start[b]+length[b]`` (``ids`` is None; ``mask`` as ``Batch``)."""
+
+    __slots__ = ("features",)
+
+    def __init__(self, features: np.ndarray, length: np.ndarray, mask: Optional[np.ndarray] = None):
+        super().__init__(np.empty(len(features), dtype=np.int32), length, mask)
+        self.ids = None
+        self.features = features
+
+
+def _as_float_rows(a, name: str) -> np.ndarray:
+    if hasattr(a, "detach"):   # torch tensors
+        a = a.detach().cpu()
+    a = np.asarray(a)
+    if a.dtype == np.bool_ or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+    return a
+
+
+def make_feature_batch(features, lengths=None, *, n_features: int, max_len: int, mask=None,
+                       name: str = "features") -> FeatureBatch:
+    """Validate a batch of vector sets: a list of [T_i, F] arrays, or a padded [B, T, F] array
+    with ``lengths`` (all T when omitted; a single [T, F] matrix is a batch of one).
+    ``mask``: optional [B, >=T, >=T] booleans (nonzero: may attend), e.g. graph adjacency."""
+    if isinstance(features, (list, tuple)):
+        if not features:
+            raise ValueError(f"{name} is an empty batch")
+        if lengths is not None:
+            raise ValueError(f"lengths are read from the arrays of a list of {name}; pass lengths with "
+                             f"a padded [B, T, F] array")
+        rows = [_as_float_rows(f, f"{name}[{b}]") for b, f in enumerate(features)]
+        for b, r in enumerate(rows):
+            if r.ndim != 2:
+                raise ValueError(f"{name}[{b}] must be [length, n_features], got shape {r.shape}")
+        length = np.array([len(r) for r in rows], dtype=np.int64)
+        packed = np.concatenate(rows).astype(np.float32, copy=False) if rows else None
+        widths = {r.shape[1] for r in rows}
+    else:
+        arr = _as_float_rows(features, name)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise ValueError(f"{name} must be [batch, length, n_features] (or a list of [length, "
+                             f"n_features] arrays), got shape {arr.shape}")
+        if arr.shape[0] == 0:
+            raise ValueError(f"{name} is an empty batch")
+        length = _padded_lengths(lengths, arr.shape[0], arr.shape[1], name)
+        keep = np.arange(arr.shape[1])[None, :] < length[:, None]
+        packed = arr[keep].astype(np.float32, copy=False)
+        widths = {arr.shape[2]}
+    if widths != {n_features}:
+        raise ValueError(f"{name} has {sorted(widths)} features per vector, the model takes {n_features}")
+    empty = np.flatnonzero(length <= 0)
+    if empty.size:
+        raise ValueError(f"{name}[{empty[0]}] is empty; every set needs at least one vector")
+    long = np.flatnonzero(length > max_len)
+    if long.size:
+        raise ValueError(f"{name}[{long[0]}] has {length[long[0]]} vectors, more than max_len={max_len}")
+    if not np.isfinite(packed).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.ndim != 3 or m.shape[0] != len(length) or m.shape[1] < length.max() or m.shape[2] < length.max():
+            raise ValueError(f"mask must be [batch={len(length)}, >= {length.max()}, >= {length.max()}], "
+                             f"got shape {m.shape}")
+        # a vector whose row is all zero attends to nothing: its attention output is zero
+        mask = np.ascontiguousarray(m != 0, dtype=np.uint8)
+    return FeatureBatch(np.ascontiguousarray(packed), length.astype(np.int32), mask)
 
 
 # -- workspace -----------------------------------------------------------------------------

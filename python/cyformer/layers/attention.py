@@ -5,8 +5,10 @@ W_V (one GEMM for all three in self-attention; cross-attention projects the quer
 the first d rows and the encoder memory with the other 2d), ``out_proj`` [d, d].
 
 Masks are lengths: sequence b's queries are rows ``start[b]:start[b]+length[b]`` of the
-packed batch, its keys the same rows (self) or its source's rows (cross); causal is the
-kernel's loop bound. The passes, side by side:
+packed batch, its keys the same rows (self) or its source's rows (cross); causal and a local
+window (``|i - j| <= window``, speech frames) are the kernel's loop bounds. Only structure
+that bounds cannot say (a graph's edges) comes as a boolean mask, ``batch.mask`` [B, T, T],
+read by self-attention. The passes, side by side:
 
 * ``forward`` / ``forward_train`` / ``backward``: self-attention over a batch;
 * ``memory_kv`` / ``forward_cross`` / ``forward_cross_train`` / ``backward_cross``:
@@ -43,13 +45,17 @@ class AttentionRecord:
 
 
 class MultiHeadAttention(Layer):
-    def __init__(self, prefix: str, d_model: int, n_heads: int, *, causal: bool = False):
+    def __init__(self, prefix: str, d_model: int, n_heads: int, *, causal: bool = False,
+                 window: Optional[int] = None):
         d = d_model
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+            raise ValueError(f"window must be None or an int >= 0, got {window!r}")
         self.prefix = prefix
         self.d_model = d
         self.n_heads = n_heads
         self.d_k = d // n_heads
         self.causal = causal
+        self.window = -1 if window is None else window   # the kernel's "no window"
         self.in_proj = Linear(f"{prefix}.in_proj_weight", f"{prefix}.in_proj_bias", 3 * d, d)
         self.q_proj = self.in_proj.rows(0, d)
         self.kv_proj = self.in_proj.rows(d, 3 * d)
@@ -77,7 +83,8 @@ class MultiHeadAttention(Layer):
         self.in_proj.forward(y, qkv, nt)
         ctx = ws.get("ctx", n, d)
         attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx, batch.start, batch.length,
-                          batch.start, batch.length, self.n_heads, causal=self.causal, n_threads=nt)
+                          batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
+                          mask=_mask(batch), n_threads=nt)
         self.out_proj.forward(ctx, out, nt, bias=bias, accumulate=accumulate)
 
     def forward_train(self, y: np.ndarray, batch, out: np.ndarray, tc: TrainContext, *,
@@ -88,8 +95,8 @@ class MultiHeadAttention(Layer):
         ctx = tc.buf(self._k_ctx, n, d)
         site = tc.site()
         attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx, batch.start, batch.length,
-                          batch.start, batch.length, self.n_heads, causal=self.causal,
-                          dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
+                          batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
+                          mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
         self.out_proj.forward(ctx, out, tc.nt, bias=bias)
         return AttentionRecord(y, qkv, ctx, batch, site)
 
@@ -103,8 +110,8 @@ class MultiHeadAttention(Layer):
         dqkv = tc.buf("dqkv", n, 3 * d)
         attention_backward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], dctx,
                            dqkv[:, :d], dqkv[:, d:2 * d], dqkv[:, 2 * d:], batch.start, batch.length,
-                           batch.start, batch.length, self.n_heads, causal=self.causal,
-                           dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
+                           batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
+                           mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
         self.in_proj.backward(rec.y, dqkv, dy, g, nt)
 
     def step(self, y: np.ndarray, keys: np.ndarray, values: np.ndarray, t: int, lanes, out: np.ndarray,
@@ -195,6 +202,11 @@ class MultiHeadAttention(Layer):
         attention_forward(q.reshape(n_seq, d_k), keys, values, ctx.reshape(n_seq, d_k), lanes.seq, lanes.one,
                           lanes.cross_start, lanes.cross_len, 1, probs=probs, n_threads=nt)
         self.out_proj.forward(ctx, out, nt, bias=bias, accumulate=accumulate)
+
+
+def _mask(batch) -> Optional[np.ndarray]:
+    """The self-attention mask a batch carries (a Batch of token ids or of feature vectors)."""
+    return getattr(batch, "mask", None)
 
 
 def _heads_major(part: np.ndarray, src, n_heads: int) -> np.ndarray:

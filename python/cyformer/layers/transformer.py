@@ -119,7 +119,9 @@ class EncoderLayer(Layer):
 
     def __init__(self, prefix: str, c: TransformerConfig):
         d = c.d_model
-        self.self_attn = MultiHeadAttention(f"{prefix}.self_attn", d, c.n_heads)
+        # a local window (speech frames) where the config has one: only encoders' do
+        self.self_attn = MultiHeadAttention(f"{prefix}.self_attn", d, c.n_heads,
+                                            window=getattr(c, "attention_window", None))
         self.norm1 = LayerNorm(f"{prefix}.norm1", d, c.layer_norm_eps)
         self.ffn = FeedForward(prefix, d, c.d_ff, c.activation, c.activation_dropout)
         self.norm2 = LayerNorm(f"{prefix}.norm2", d, c.layer_norm_eps)
