@@ -37,25 +37,32 @@ def available_linear_paths() -> tuple:
 
 
 @contextlib.contextmanager
-def forced_int8_path(name: str) -> Iterator[None]:
+def _forcing(setter, name: str) -> Iterator[None]:
+    # setter(name) returns the previous name, and takes it back afterwards
+    old = setter(name)
+    try:
+        yield
+    finally:
+        setter(old)
+
+
+def forced_int8_path(name: str):
     """Run the int8 kernels (``quant.int8_linear_forward``) on body ``name`` of
     ``quant.INT8_PATHS``; ValueError naming the instruction set when this CPU lacks it."""
     from . import quant
 
-    old = quant.set_int8_path(name)
-    try:
-        yield
-    finally:
-        quant.set_int8_path(old)
+    return _forcing(quant.set_int8_path, name)
 
 
-@contextlib.contextmanager
-def forced_bf16_path(name: str) -> Iterator[None]:
+def forced_bf16_path(name: str):
     """Run the bf16 kernels on body ``name`` of ``quant.BF16_PATHS``."""
     from . import quant
 
-    old = quant.set_bf16_path(name)
-    try:
-        yield
-    finally:
-        quant.set_bf16_path(old)
+    return _forcing(quant.set_bf16_path, name)
+
+
+def forced_panel_body(name: str):
+    """Run the panel kernel on body ``name`` ("avx512", "avx2") of ``linear.PANEL_BODIES``."""
+    from . import linear
+
+    return _forcing(linear.set_panel_body, name)
