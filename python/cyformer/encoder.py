@@ -29,6 +29,7 @@ from .layers.base import TrainContext, WeightSpec, derive_layout, named_views
 from .layers.embedding import Embeddings, EmbeddingsRecord
 from .layers.heads import (HEADS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
                            TokenClassificationHead, pool)
+from .layers.linear import resolve_compute_type
 from .layers.norm import LayerNorm, LayerNormRecord
 from .layers.transformer import Encoder as EncoderStack, StackRecord
 from .model import Batch, ParameterOwner, Workspace, make_batch, require_model_folder
@@ -283,6 +284,7 @@ class Encoder(ParameterOwner):
         for layer in (self.pooler, self.head):
             if layer is not None:
                 layer.bind(self._views)
+        self._weights_changed()
         self._types = self._views.get("embed_token_types.weight")
 
     @classmethod
@@ -469,10 +471,13 @@ class Encoder(ParameterOwner):
         self.config.save(os.path.join(directory, CONFIG_NAME))
 
     @classmethod
-    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Encoder":
+    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False,
+                        compute_type: str = "default") -> "Encoder":
         """Load an encoder folder: our own (``model_type`` "cyformer-encoder", memory-mapped) or a
-        registered foreign format (Hugging Face ``bert``)."""
+        registered foreign format (Hugging Face ``bert``). ``compute_type``: as
+        ``Transformer.from_pretrained`` (the linear layers, the heads included)."""
         from .io import read_json
+        resolve_compute_type(compute_type)   # a bad or unsupported type fails before any reading
         directory = os.fspath(directory)
         require_model_folder(directory)
         cfg_path = os.path.join(directory, CONFIG_NAME)
@@ -480,7 +485,9 @@ class Encoder(ParameterOwner):
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
         raw = read_json(cfg_path, expect=dict)
         model_type = raw.get("model_type") or "cyformer"
-        return loader_for(model_type, cfg_path, kind="encoder")(directory, raw, mmap=mmap, verify=verify)
+        model = loader_for(model_type, cfg_path, kind="encoder")(directory, raw, mmap=mmap, verify=verify)
+        model.set_compute_type(compute_type)
+        return model
 
 
 @register_loader(MODEL_TYPE, kind="encoder")
