@@ -267,6 +267,7 @@ class Encoder(ParameterOwner):
 
     @property
     def params(self) -> np.ndarray:
+        self._materialize_float()   # matrices held only in int8 / bf16 (set_compute_type)
         return self._params
 
     @params.setter

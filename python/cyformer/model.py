@@ -12,6 +12,7 @@ import numbers
 import re
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -36,6 +37,30 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 TokenBatch = Union[Sequence[Sequence[int]], np.ndarray]
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Hand the whole memory pages inside ``a`` back to the system (madvise MADV_DONTNEED):
+    an anonymous page reads as zeros afterwards, a private file mapping's as the file. The
+    caller no longer needs the values. Nothing happens where madvise is not available."""
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not a.flags.c_contiguous or a.nbytes == 0:
+        return
+    page = mmap.PAGESIZE
+    start = a.ctypes.data
+    lo = -(-start // page) * page
+    hi = (start + a.nbytes) // page * page
+    if hi <= lo:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice)
+    except (OSError, AttributeError):
+        pass
 
 
 # -- composition and parameter layout ------------------------------------------------------
@@ -372,6 +397,8 @@ class ParameterOwner:
     # names whose float32 values are only in ``_stored`` (a checkpoint saved in int8 / bf16:
     # the float32 views stay untouched zero pages until something asks for them)
     _float_pending: frozenset = frozenset()
+    _released: frozenset = frozenset()   # of those, the ones this process had in float32 (released)
+    _keep_float32 = False
 
     # -- compute type ------------------------------------------------------------------------
     @property
@@ -384,20 +411,27 @@ class ParameterOwner:
         roots = [v for v in vars(self).values() if isinstance(v, Layer)]
         return [layer for root in roots for layer in root.walk() if isinstance(layer, Linear)]
 
-    def set_compute_type(self, compute_type: str) -> None:
+    def set_compute_type(self, compute_type: str, *, keep_float32: bool = False) -> None:
         """Compute every linear layer in ``compute_type`` (CTranslate2's names): "float32";
         "int8" (weights int8 with a float32 scale per output row, activations quantized per row
         at run time, int32 accumulation); "bfloat16" (bf16 weights, float32 accumulation);
         "auto" (int8 where this CPU has an int8 dot-product instruction set, else float32);
-        "default" (leave it). The float32 parameters stay, so float32 can be set back (and
-        training needs it); each matrix is converted once, a tied output projection included
+        "default" (leave it). Each matrix is converted once, a tied output projection included
         (the embedding lookup keeps the float32 table). A type this CPU cannot run natively
-        is a ValueError naming the missing instruction set."""
+        is a ValueError naming the missing instruction set.
+
+        The float32 copies of the converted matrices are then released (the memory is given
+        back to the system), unless ``keep_float32``: asked for later (``parameters()``,
+        ``set_compute_type("float32")``, training) they are re-derived from the int8 / bf16
+        form, with a warning, since that is not the original float32 (keep_float32=True
+        keeps them, so that float32 can be set back exactly)."""
         ct = resolve_compute_type(compute_type, default=self._compute_type)
-        if ct == self._compute_type and self._float_pending:
-            return   # loaded in this type: the stored forms are the weights
-        self._materialize_float()
-        self._apply_compute_type(ct, {})
+        if ct != self._compute_type or (ct != "float32" and not self._stored):
+            self._materialize_float()
+            self._apply_compute_type(ct, {})
+        self._keep_float32 = keep_float32
+        if ct != "float32" and not keep_float32:
+            self._release_float()
 
     def _apply_compute_type(self, ct: str, store: Dict[str, StoredWeight]) -> None:
         # every Linear in `ct`, reading (or adding) the forms of `store`
@@ -406,17 +440,38 @@ class ParameterOwner:
         self._stored = store
         self._compute_type = ct
 
-    def _materialize_float(self) -> None:
-        # the float32 values of matrices loaded in int8 / bf16, from those forms
-        for name in self._float_pending:
+    def _materialize_float(self, names=None) -> None:
+        # the float32 values of matrices loaded in (or released to) int8 / bf16, from those
+        # forms: all of them, or those of `names`
+        todo = self._float_pending if names is None else self._float_pending & frozenset(names)
+        if not todo:
+            return
+        if todo & self._released:   # (a checkpoint saved in int8 / bf16 never had other values)
+            warnings.warn(f"{len(todo & self._released)} weight matrices are only held in {self._compute_type}: "
+                          f"their float32 values are re-derived from that form, not the original float32 "
+                          f"(load with compute_type='float32', or set_compute_type(..., keep_float32=True), "
+                          f"to keep those)", stacklevel=3)
+        for name in todo:
             self._views[name][...] = self._stored[name].dequantize()
-        self._float_pending = frozenset()
+        self._float_pending = self._float_pending - todo
+        self._released = self._released - todo
+
+    def _release_float(self) -> None:
+        # give the pages of the converted matrices' float32 copies back to the system; their
+        # values come back from the stored forms if asked for (_materialize_float)
+        names = [n for n in self.storable_matrices() if n in self._stored and n not in self._float_pending]
+        for name in names:
+            release_pages(self._views[name])
+        self._float_pending = self._float_pending | frozenset(names)
+        self._released = self._released | frozenset(names)
 
     def _weights_changed(self) -> None:
         # the float32 parameters changed (a new buffer, loaded tensors): derive the stored forms again
-        self._float_pending = frozenset()
+        self._float_pending = self._released = frozenset()
         if self._compute_type != "float32":
             self._apply_compute_type(self._compute_type, {})
+            if not self._keep_float32:
+                self._release_float()
 
     def storable_matrices(self) -> List[str]:
         """The matrices a quantized checkpoint stores in int8 / bf16: those of the linear layers,
@@ -465,6 +520,8 @@ class ParameterOwner:
                 problems.append(f"mis-shaped: {name}: expected {list(shape)}, got {list(dims)}")
             elif got == "F32":
                 self._views[name][...] = tensors[name]
+                if mmap:   # the copy is the model's; the file's pages need not stay resident
+                    release_pages(tensors[name])
             elif got == code and name in storable:
                 scale = None
                 if code == "I8":
@@ -494,6 +551,10 @@ class ParameterOwner:
         if problems:
             raise CheckpointError(f"{path}: weights do not match the {self._config_label} — " + " | ".join(problems))
         self._float_pending = frozenset(store)
+        for name in store:
+            # zeros never read: writing the small tensors between them may have faulted in
+            # whole (huge) pages of the buffer here
+            release_pages(self._views[name])
         self._apply_compute_type(compute_type, store)
 
     def parameters(self) -> Dict[str, np.ndarray]:
@@ -502,12 +563,12 @@ class ParameterOwner:
         return dict(self._views)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        self._materialize_float()
+        self._materialize_float([name])
         return self._views[name]
 
     @property
     def num_parameters(self) -> int:
-        return int(self.params.size)
+        return int(self._total())
 
     def init_parameters(self, seed: Optional[int] = 0) -> None:
         """Each tensor from its declared initialiser, drawn in buffer order."""
@@ -597,7 +658,9 @@ class Transformer(ParameterOwner):
 
     @property
     def params(self) -> np.ndarray:
-        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views."""
+        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views.
+        (Matrices held only in int8 / bf16 are re-derived into it first, see set_compute_type.)"""
+        self._materialize_float()
         return self._params
 
     @params.setter
