@@ -94,3 +94,27 @@ def test_cli_errors_are_one_line(argv, message, capsys):
     code, out, err = run(argv, capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("task,steps", [("tagging", 150), ("classify", 150)])
+def test_label_demo_reaches_its_accuracy_and_saves_an_encoder(tmp_path, capsys, task, steps):
+    from cyformer import Encoder, Tokenizer
+    out_dir = str(tmp_path / task)
+    code, out, err = run(["demo", "--task", task, "--steps", str(steps), "--output", out_dir, "--quiet",
+                          "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "confusion on" in out and "rows: reference, columns: predicted" in out
+    accuracy = float(out.split("test accuracy ")[1].split("%")[0])
+    assert accuracy >= 95.0, out
+    for name in ("config.json", "model.safetensors", "vocab.json", "tokenizer_config.json", "history.json"):
+        assert os.path.exists(os.path.join(out_dir, name)), name
+    # the folder is an Encoder with its labels, and its tokenizer reads the task's text
+    model, tok = Encoder.from_pretrained(out_dir), Tokenizer.from_pretrained(out_dir)
+    text = {"tagging": "the old duck saw a fish near the boat .", "classify": "cat rain dog snow horse"}[task]
+    ids = tok.encode([text], add_eos=False)
+    logits = model.classify(ids)
+    names = [model.config.id2label[int(k)] for k in np.atleast_1d(logits[0].argmax(-1))]
+    if task == "tagging":
+        assert names == "DET ADJ NOUN VERB DET NOUN ADP DET NOUN PUNCT".split()
+    else:
+        assert names == ["animals"]

@@ -3,10 +3,12 @@ parsers and hand-written cases, tokenizer coverage, argument errors, and read_pa
 import datetime
 import re
 
+import numpy as np
+
 import pytest
 
-from cyformer.data import (TASKS, DatesTask, SymbolTask, Task, TaskData, load_task, number_to_words,
-                           read_parallel)
+from cyformer.data import (LABEL_TASKS, TASKS, DatesTask, MajorityTask, SymbolTask, Task, TaskData, load_task,
+                           number_to_words, read_parallel)
 
 SMALL = dict(n_train=2000, n_valid=200, n_test=200)
 
@@ -254,7 +256,7 @@ def test_detokenize_and_tokenize_are_inverse(small):
 
 # -- argument errors --------------------------------------------------------------------------------
 @pytest.mark.parametrize("args,kwargs,exc,match", [
-    (("french",), {}, ValueError, "unknown task 'french'; known tasks: copy, reverse, sort, numbers, dates"),
+    (("french",), {}, ValueError, "unknown task 'french'; known tasks: copy, reverse, sort, numbers, dates, tagging, classify"),
     ((3,), {}, TypeError, "task must be a task name or a Task"),
     (("copy",), dict(n_train=0), ValueError, "n_train must be >= 1"),
     (("copy",), dict(n_test=-1), ValueError, "n_test must be >= 0"),
@@ -340,3 +342,77 @@ def test_read_parallel_blank_lines(tmp_path):
     assert read_parallel(src, tgt, skip_empty=True) == [("a", "x")]
     with pytest.raises(ValueError, match="every line pair"):
         read_parallel(write(tmp_path / "b1.txt", "\n"), write(tmp_path / "b2.txt", "z\n"), skip_empty=True)
+
+
+# -- labelling tasks (an encoder with a head) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def labelled():
+    return {name: load_task(name, seed=1, **SMALL) for name in LABEL_TASKS}
+
+
+def test_label_tasks_are_seeded_disjoint_and_pinned(labelled):
+    for name, data in labelled.items():
+        task = LABEL_TASKS[name]
+        assert task.objective in ("token_classification", "sequence_classification")
+        assert (len(data.train), len(data.valid), len(data.test)) == (2000, 200, 200)
+        splits = [[s for s, _ in split] for split in (data.train, data.valid, data.test)]
+        assert sum(len(set(s)) for s in splits) == len(set().union(*splits)) == 2400, name
+        again = load_task(name, seed=1, **SMALL)
+        assert (again.train, again.test) == (data.train, data.test)
+        assert load_task(name, seed=2, **SMALL).test != data.test
+        assert max(len(s.split()) for s, _ in pairs(data)) <= task.max_source_len
+        for text in (x for pair in pairs(data) for x in pair):
+            assert text == " ".join(text.split()) and text
+    expected = {"tagging": ("they light some red quiet park today .", "PRON VERB DET ADJ ADJ NOUN ADV PUNCT"),
+                "classify": ("cat the horse dog drum and", "animals")}
+    for name, first in expected.items():
+        assert load_task(name, n_train=1, n_valid=0, n_test=1, seed=0).test[0] == first
+
+
+def test_tagging_labels(labelled):
+    """One tag per word, each one the word can take, and the ambiguous words really vary."""
+    from cyformer import data as d
+    allowed = {}
+    for words, tag in ((d._DETS, "DET"), (d._ADJS, "ADJ"), (d._NOUNS, "NOUN"), (d._NAMES, "PROPN"),
+                       (d._PRONOUNS, "PRON"), (d._VERBS, "VERB"), (d._PREPS, "ADP"), (d._ADVS, "ADV"),
+                       (d._CONJS, "CONJ"), (["."], "PUNCT")):
+        for w in words:
+            allowed.setdefault(w, set()).add(tag)
+    seen = {}
+    task = LABEL_TASKS["tagging"]
+    for source, tags in pairs(labelled["tagging"]):
+        words, tags = source.split(), tags.split()
+        assert len(words) == len(tags) and words[-1] == "." and tags[-1] == "PUNCT"
+        assert set(tags) <= set(task.labels)
+        for w, t in zip(words, tags):
+            assert t in allowed[w], (w, t, source)
+            seen.setdefault(w, set()).add(t)
+        # a verb follows every subject: the first VERB comes after the first NOUN / PRON / PROPN
+        first_verb = tags.index("VERB")
+        assert any(t in ("NOUN", "PRON", "PROPN") for t in tags[:first_verb])
+    assert seen["duck"] == {"NOUN", "VERB"} and seen["light"] == {"ADJ", "NOUN", "VERB"}
+
+
+def test_majority_labels(labelled):
+    from cyformer.data import _TOPICS
+    topic_of = {w: t for t, ws in _TOPICS.items() for w in ws}
+    margins = []
+    for source, label in pairs(labelled["classify"]):
+        counts = {t: 0 for t in _TOPICS}
+        for w in source.split():
+            if w in topic_of:
+                counts[topic_of[w]] += 1
+        ranked = sorted(counts.values(), reverse=True)
+        assert counts[label] == ranked[0] > ranked[1]
+        margins.append(ranked[0] - ranked[1])
+    assert np.mean(np.array(margins) == 1) > 0.4   # many close calls: the model must count
+    assert MajorityTask.label("cat rain".split()) is None and MajorityTask.label(["the"]) is None
+
+
+def test_label_task_tokenizer_holds_the_source_side_only(labelled):
+    for name, data in labelled.items():
+        tok = data.build_tokenizer()
+        assert tok.vocab_size == 4 + len(LABEL_TASKS[name].vocabulary)
+        assert not set(LABEL_TASKS[name].labels) & set(tok.vocab)
+        ids = tok.encode([s for s, _ in pairs(data)], add_eos=False)
+        assert all(tok.unk_id not in i for i in ids)

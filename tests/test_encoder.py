@@ -226,8 +226,8 @@ def _hf_folder(tmp_path, cls_name, config_name="tiny", seed=0, family="bert", **
     else:   # RoBERTa-family: positions start at pad_token_id + 1, one token type
         cfg.update(max_position_embeddings=cfg["max_position_embeddings"] + 2, type_vocab_size=1,
                    pad_token_id=1)
-        config = {"roberta": transformers.RobertaConfig,
-                  "xlm-roberta": transformers.XLMRobertaConfig}[family](**cfg, **kw)
+        config = {"roberta": transformers.RobertaConfig, "xlm-roberta": transformers.XLMRobertaConfig,
+                  "camembert": transformers.CamembertConfig}[family](**cfg, **kw)
     model = _perturbed(getattr(transformers, cls_name)(config))
     folder = tmp_path / cls_name
     model.save_pretrained(str(folder))
@@ -308,10 +308,10 @@ def test_bert_model_pooler_output(tmp_path):
     assert not Encoder.from_pretrained(str(tmp_path / "nopool")).config.pooler
 
 
-@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "camembert"])
 @pytest.mark.parametrize("kind", ["Model", "ForSequenceClassification", "ForTokenClassification"])
 def test_roberta_family_loads(tmp_path, family, kind):
-    prefix = {"roberta": "Roberta", "xlm-roberta": "XLMRoberta"}[family]
+    prefix = {"roberta": "Roberta", "xlm-roberta": "XLMRoberta", "camembert": "Camembert"}[family]
     ref, folder = _hf_folder(tmp_path, prefix + kind, family=family, num_labels=3)
     enc = Encoder.from_pretrained(str(folder))
     cfg = BERT_CONFIGS["tiny"]

@@ -146,19 +146,68 @@ def test_generate_with_random_options(src, opts):
 def test_training_step_on_random_batches(src, tgt, same_size):
     if same_size and len(src) > 0 and len(tgt) > 0:
         tgt = (tgt * len(src))[:len(src)]
-    m = model()
+    loss_value = _one_step(model(), src, tgt)
+    if loss_value is not None:
+        assert np.isfinite(loss_value)
+        assert len(src) == len(tgt) and _valid(src)
+
+
+def _one_step(m, src, tgt):
+    """The loss of one Trainer step on (src, tgt), the parameters put back after it; None when
+    the batch is refused with a documented error (and then nothing changed)."""
     before = m.params.copy()
     trainer = Trainer(m, schedule="constant", lr=1e-3)
     try:
-        loss_value = trainer.step(src, tgt)
+        return trainer.step(src, tgt)
     except DOCUMENTED:
         event("refused")
         np.testing.assert_array_equal(m.params, before)   # a refused batch changes nothing
-        return
+        return None
     finally:
         m.params[...] = before
-    assert np.isfinite(loss_value)
-    assert len(src) == len(tgt) and _valid(src)
+
+
+_heads = {}
+
+
+def head_model(head):
+    if head not in _heads:
+        _heads[head] = cyformer.Encoder(cyformer.EncoderConfig(
+            vocab_size=VOCAB, d_model=16, n_heads=2, d_ff=32, n_layers=1, max_len=MAX_LEN, type_vocab_size=2,
+            head=head, n_labels=3, pooler=head == "sequence_classification", dropout=0.0), seed=3)
+    return _heads[head]
+
+
+labels_ = st.one_of(st.integers(-101, 4), st.sampled_from(["LABEL_0", "LABEL_2", "nope"]), st.floats(0, 2))
+
+
+@FUZZ
+@given(src=sequences, types=st.one_of(st.none(), sequences), head=st.sampled_from(["sequence_classification",
+                                                                                     "token_classification"]))
+def test_classify_on_random_token_lists(src, types, head):
+    m = head_model(head)
+    try:
+        logits = m.classify(src, token_type_ids=types)
+    except DOCUMENTED:
+        event("refused")
+        return
+    assert _valid(src)
+    # a batch gives what its sequences give one by one
+    for b, s in enumerate(src):
+        one = m.classify([s], token_type_ids=None if types is None else [types[b][:len(s)]])[0]
+        got = logits[b] if head == "sequence_classification" else logits[b, :len(s)]
+        np.testing.assert_allclose(got, one, atol=1e-5, rtol=1e-5)
+        if head == "token_classification":
+            assert not logits[b, len(s):].any()
+
+
+@FUZZ
+@given(src=sequences, labels=st.lists(st.one_of(labels_, st.lists(labels_, max_size=MAX_LEN + 1)), max_size=5),
+       head=st.sampled_from(["sequence_classification", "token_classification"]))
+def test_label_training_step_on_random_batches(src, labels, head):
+    loss_value = _one_step(head_model(head), src, labels)
+    if loss_value is not None:
+        assert np.isfinite(loss_value) and _valid(src) and len(src) == len(labels)
 
 
 @FUZZ

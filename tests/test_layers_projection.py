@@ -63,7 +63,7 @@ def test_feature_batch_layouts_agree():
     padded = rng.standard_normal((2, 5, F)).astype(np.float32)
     a = make_feature_batch(padded, [5, 3], n_features=F, max_len=MAX_LEN)
     b = make_feature_batch([padded[0], padded[1, :3]], n_features=F, max_len=MAX_LEN)
-    assert isinstance(a, FeatureBatch) and a.ids is None
+    assert isinstance(a, FeatureBatch) and a.ids.shape == (8,)
     np.testing.assert_array_equal(a.features, b.features)
     np.testing.assert_array_equal(a.length, [5, 3])
     np.testing.assert_array_equal(a.positions, [0, 1, 2, 3, 4, 0, 1, 2])

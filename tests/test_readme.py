@@ -39,3 +39,6 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "run" / "model" / "model.safetensors")
     assert os.path.exists(tmp_path / "run" / "marian" / "config.json")
     assert namespace["history"].valid[-1]["step"] == 40
+    # the encoder-head example trained, and wrote a folder Encoder.from_pretrained reads
+    assert namespace["head_history"].valid[-1]["step"] == 60
+    assert os.path.exists(tmp_path / "run-classify" / "model" / "model.safetensors")

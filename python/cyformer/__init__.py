@@ -5,11 +5,12 @@ from .io import CheckpointError
 from .decoding import GenerationResult, GenerationStepResult
 from .model import Transformer
 from .encoder import Encoder, EncoderConfig
+from .nat import NATConfig, NATransformer
 from .tokenizer import SentencePieceTokenizer, Tokenizer, VocabTokenizer
 from .translate import Translator
 from .training import Trainer
 from .threads import get_num_threads, set_num_threads
 
-__all__ = ["__version__", "TransformerConfig", "Transformer", "Encoder", "EncoderConfig", "CheckpointError", "GenerationResult",
+__all__ = ["__version__", "TransformerConfig", "Transformer", "Encoder", "EncoderConfig", "NATConfig", "NATransformer", "CheckpointError", "GenerationResult",
            "GenerationStepResult", "Tokenizer", "SentencePieceTokenizer", "VocabTokenizer", "Translator", "Trainer",
            "set_num_threads", "get_num_threads"]

@@ -1,4 +1,4 @@
-"""Training passes over a ``Transformer``: loss, then gradients (no autograd, no tape).
+"""Training passes over a ``Transformer`` or an ``Encoder``: loss, then gradients (no autograd, no tape).
 
 The layers hold the passes (``cyformer.layers``: each layer's ``forward_train`` saves what
 its ``backward`` needs in a typed record, and ``backward`` **accumulates** into the gradient
@@ -19,27 +19,31 @@ import numpy as np
 from . import threads
 from ._engine.loss import cross_entropy
 from .layers import TrainContext, mix_seed, named_views
-from .model import Batch, Transformer, Workspace
+from .model import Batch, Workspace
 
 __all__ = ["ForwardBackward", "mix_seed"]
 
 
 class ForwardBackward:
-    """Training passes over one ``Transformer``: ``forward`` (loss) then ``backward`` (gradients).
+    """Training passes over one model: ``forward`` (loss) then ``backward`` (gradients).
 
-    ``grads`` is allocated once; activations live in a workspace that grows to the largest
-    batch seen and is reused. ``forward(src, tgt_in, labels, ...)`` returns
-    ``(loss_sum, nll_sum, n_tokens)`` over the label tokens; ``backward()`` adds the
-    gradient of ``loss_sum * grad_scale`` to ``grads`` (``grad_scale`` given to forward).
+    The model is a ``Transformer`` (``forward(src, tgt_in, labels)``: teacher-forced
+    translation) or an ``Encoder`` with a head (``forward_labels(batch, labels)``: one label
+    per sequence or per token). ``grads`` is allocated once; activations live in a
+    workspace that grows to the largest batch seen and is reused. Both forwards return
+    ``(loss_sum, nll_sum, n_labels)`` over the labels that are not ``ignore_index``;
+    ``backward()`` adds the gradient of ``loss_sum * grad_scale`` to ``grads``.
     """
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model):
         self.model = model
         self.config = model.config
         self.grads = np.zeros_like(model.params, dtype=np.float32)
         self._g = named_views(self.grads, model.layout)
         self._ws = Workspace()
         self._saved: Optional[tuple] = None
+        # after a forward with grad_scale=0: its logits (a workspace buffer, valid until the next call)
+        self.last_logits: Optional[np.ndarray] = None
 
     def grad(self, name: str) -> np.ndarray:
         """Gradient view of parameter ``name``."""
@@ -61,26 +65,44 @@ class ForwardBackward:
         gradient of the mean loss) scales the logits' gradient computed here in place.
         Returns (sum of smoothed losses, sum of NLLs, number of label tokens).
         """
-        c = self.config
         if src.size != tgt_in.size:
             raise ValueError(f"src has {src.size} sequences but tgt_in has {tgt_in.size}")
+        return self._run(lambda tc: self.model.forward_train(src, tgt_in, tc), labels, len(tgt_in.ids),
+                         "one entry per target token", label_smoothing, training, seed, grad_scale,
+                         ignore_index)
+
+    def forward_labels(self, batch: Batch, labels: np.ndarray, token_types: Optional[np.ndarray] = None, *,
+                       label_smoothing: float = 0.0, training: bool = True, seed: int = 0,
+                       grad_scale: Optional[float] = None, ignore_index: int = -100) -> Tuple[float, float, int]:
+        """``forward`` for an ``Encoder`` with a head: ``labels`` [B] (sequence head) or [N],
+        aligned with the batch's packed tokens (token head); ``token_types`` packed [N] or None."""
+        head = getattr(self.config, "head", None)
+        if head is None:
+            raise ValueError("forward_labels needs an Encoder with a head (config.head)")
+        n = batch.size if head == "sequence_classification" else len(batch.ids)
+        what = "one label per sequence" if head == "sequence_classification" else "one label per token"
+        return self._run(lambda tc: self.model.forward_train(batch, token_types, tc), labels, n, what,
+                         label_smoothing, training, seed, grad_scale, ignore_index)
+
+    def _run(self, forward_train, labels, n_rows: int, what: str, label_smoothing: float, training: bool,
+             seed: int, grad_scale: Optional[float], ignore_index: int) -> Tuple[float, float, int]:
         labels = np.ascontiguousarray(labels, dtype=np.int32)
-        if labels.shape != tgt_in.ids.shape:
-            raise ValueError(f"labels must have one entry per target token ({len(tgt_in.ids)}), "
-                             f"got shape {labels.shape}")
+        if labels.shape != (n_rows,):
+            raise ValueError(f"labels must have {what} ({n_rows}), got shape {labels.shape}")
         nt = threads.get_num_threads()
-        tc = TrainContext(self._ws, self._g, nt, seed, training, c.attention_dropout)
-        n_tokens = int((labels != ignore_index).sum())
+        tc = TrainContext(self._ws, self._g, nt, seed, training, self.config.attention_dropout)
+        n_labels = int((labels != ignore_index).sum())
         want_grad = grad_scale != 0.0
         if grad_scale is None:
-            grad_scale = 1.0 / max(n_tokens, 1)
+            grad_scale = 1.0 / max(n_labels, 1)
         with threads.blas_single_threaded():
-            logits, record = self.model.forward_train(src, tgt_in, tc)
+            logits, record = forward_train(tc)
             # logits become the gradient of grad_scale * loss, in place
             losses, nlls = cross_entropy(logits, labels, label_smoothing, ignore_index, want_grad,
                                          float(grad_scale), nt)
         self._saved = (tc, record, logits) if want_grad else None
-        return float(losses.sum(dtype=np.float64)), float(nlls.sum(dtype=np.float64)), n_tokens
+        self.last_logits = None if want_grad else logits
+        return float(losses.sum(dtype=np.float64)), float(nlls.sum(dtype=np.float64)), n_labels
 
     def backward(self) -> None:
         """Accumulate the gradient of the last ``forward``'s scaled loss into ``grads``."""

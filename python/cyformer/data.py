@@ -16,6 +16,17 @@ dates      ``the twenty first of march two thousand and four``   ``2 0 0 4 - 0 3
            ``march 21st , 2004`` / ``21 mar 2004`` / ...
 =========  ====================================================  =======================
 
+Two more tasks label the source instead of translating it (``LABEL_TASKS``, for an
+``Encoder`` with a head; the target is the labels, space-separated):
+
+=========  ====================================================  =======================
+task       source                                                target
+=========  ====================================================  =======================
+tagging    ``the old duck saw a fish near the boat .``           ``DET ADJ NOUN VERB DET
+                                                                 NOUN ADP DET NOUN PUNCT``
+classify   ``apple rain and pear with cake snow``                ``food``
+=========  ====================================================  =======================
+
 ``Task.detokenize`` turns a token form into the text a person writes (``"2 0 0 4 - 0 3 - 2 1"``
 -> ``"2004-03-21"``, ``"march 21st , 2004"`` -> ``"march 21st, 2004"``); ``Task.tokenize`` is its
 inverse and also normalizes what a user types (case, hyphens, commas). Training and BLEU use the
@@ -40,8 +51,8 @@ from .tokenizer import TextNormalizer, VocabTokenizer
 
 Pair = Tuple[str, str]
 
-__all__ = ["Task", "SymbolTask", "NumbersTask", "DatesTask", "TaskData", "TASKS", "load_task",
-           "read_parallel", "number_to_words"]
+__all__ = ["Task", "SymbolTask", "NumbersTask", "DatesTask", "TaggingTask", "MajorityTask", "TaskData", "TASKS",
+           "LABEL_TASKS", "load_task", "read_parallel", "number_to_words"]
 
 
 class _Rng:
@@ -80,6 +91,11 @@ class Task:
     max_target_len: int = 0
     #: sides whose token form spells characters ("2 0 0 4 - 0 3") and detokenizes by concatenation
     char_sides: Tuple[str, ...] = ()
+    #: what the target is: "translation" (a token sequence), or the labels of an encoder's head,
+    #: "token_classification" (one label per source token) or "sequence_classification" (one)
+    objective: str = "translation"
+    #: the label names of a labelling task, in class-index order (``id2label``)
+    labels: Tuple[str, ...] = ()
 
     def draw(self, rng: _Rng) -> Hashable:
         raise NotImplementedError
@@ -306,13 +322,156 @@ class DatesTask(Task):
         return super().normalizer(side)
 
 
-#: The built-in tasks by name (read-only).
+# -- labelling tasks (an encoder with a head) -------------------------------------------------------
+# word -> the tags it can take; the ambiguous ones (duck: NOUN or VERB, light: ADJ, NOUN or VERB)
+# are what makes the task need context: the tag depends on the word's place in the sentence.
+_NOUNS = ("dog cat bird fish duck boat river house book watch light park tree child teacher farmer "
+          "city garden letter song").split()
+_VERBS = ("saw watch duck fish book light see find like paint follow visit open carry").split()
+_ADJS = ("old small red happy quiet light big green").split()
+_NAMES = ("anna ben carla david emma").split()
+_PRONOUNS = ("she he they we it").split()
+_DETS = ("the a this every some").split()
+_PREPS = ("near under with behind over").split()
+_ADVS = ("slowly today often again").split()
+_CONJS = ("and but").split()
+
+
+class TaggingTask(Task):
+    """Part-of-speech tags of sentences from a small generated grammar, one tag per word::
+
+        S  -> NP VP ( CONJ NP VP )? "."      NP -> DET ADJ* NOUN PP? | PRON | PROPN
+        VP -> VERB NP? PP? ADV?              PP -> ADP DET ADJ? NOUN
+
+    Several words are both nouns and verbs (``duck``, ``fish``, ``watch``, ``saw``, ``book``,
+    ``light``; ``light`` is an adjective too), so a word's tag is decided by its context.
+    Key: the (word, tag) sequence."""
+
+    name = "tagging"
+    description = "part-of-speech tags of generated sentences (one label per word)"
+    objective = "token_classification"
+    labels = ("DET", "ADJ", "NOUN", "PROPN", "PRON", "VERB", "ADP", "ADV", "CONJ", "PUNCT")
+    space = 10 ** 12
+    # a clause is at most NP (DET ADJ ADJ NOUN + PP of 4) + VERB + NP + PP + ADV = 22 words;
+    # two clauses, CONJ and "."
+    max_source_len = max_target_len = 2 * 22 + 2
+
+    def __init__(self):
+        self.vocabulary = tuple(dict.fromkeys(_DETS + _ADJS + _NOUNS + _NAMES + _PRONOUNS + _VERBS + _PREPS
+                                              + _ADVS + _CONJS + ["."]))
+
+    @staticmethod
+    def _noun_phrase(rng: _Rng, out: list, object_: bool) -> None:
+        kind = rng.below(10)
+        if kind < 6 or object_ and kind < 8:
+            out.append((rng.choice(_DETS), "DET"))
+            for _ in range(rng.below(3) if rng.below(2) else 0):
+                out.append((rng.choice(_ADJS), "ADJ"))
+            out.append((rng.choice(_NOUNS), "NOUN"))
+            if rng.below(4) == 0:
+                TaggingTask._prep_phrase(rng, out)
+        elif kind < 8:
+            out.append((rng.choice(_PRONOUNS), "PRON"))
+        else:
+            out.append((rng.choice(_NAMES), "PROPN"))
+
+    @staticmethod
+    def _prep_phrase(rng: _Rng, out: list) -> None:
+        out.append((rng.choice(_PREPS), "ADP"))
+        out.append((rng.choice(_DETS), "DET"))
+        if rng.below(3) == 0:
+            out.append((rng.choice(_ADJS), "ADJ"))
+        out.append((rng.choice(_NOUNS), "NOUN"))
+
+    def _clause(self, rng: _Rng, out: list) -> None:
+        self._noun_phrase(rng, out, object_=False)
+        out.append((rng.choice(_VERBS), "VERB"))
+        if rng.below(4):
+            self._noun_phrase(rng, out, object_=True)
+        if rng.below(3) == 0:
+            self._prep_phrase(rng, out)
+        if rng.below(4) == 0:
+            out.append((rng.choice(_ADVS), "ADV"))
+
+    def draw(self, rng: _Rng) -> Tuple[Tuple[str, str], ...]:
+        out: list = []
+        self._clause(rng, out)
+        if rng.below(4) == 0:
+            out.append((rng.choice(_CONJS), "CONJ"))
+            self._clause(rng, out)
+        out.append((".", "PUNCT"))
+        return tuple(out)
+
+    def render(self, key, rng: _Rng) -> Pair:
+        return " ".join(w for w, _ in key), " ".join(t for _, t in key)
+
+
+_TOPICS = {
+    "animals": "dog cat horse cow sheep goat mouse fox".split(),
+    "food": "apple bread cake pear rice soup cheese plum".split(),
+    "weather": "rain snow wind fog storm sun frost hail".split(),
+    "music": "song drum piano guitar violin choir flute tune".split(),
+}
+_FILLERS = "the and with some of a".split()
+
+
+class MajorityTask(Task):
+    """Which topic most of a sequence's content words belong to (a label per sequence).
+
+    4-14 words; each is a content word of one of four topics (8 words each) or, with
+    probability 1/4, a filler word (``the``, ``and``, ...) that counts for no topic. Only
+    sequences with a strict majority are drawn, and about half of them win by one word, so
+    the model must count, not spot one word. Key: the word sequence."""
+
+    name = "classify"
+    description = "the majority topic of a word sequence (one label per sequence)"
+    objective = "sequence_classification"
+    labels = tuple(_TOPICS)
+    space = 10 ** 12
+    max_source_len = 14
+    max_target_len = 1
+    min_len = 4
+
+    def __init__(self):
+        self.vocabulary = tuple(w for words in _TOPICS.values() for w in words) + tuple(_FILLERS)
+
+    def draw(self, rng: _Rng) -> Tuple[str, ...]:
+        while True:
+            n = self.min_len + rng.below(self.max_source_len - self.min_len + 1)
+            words = []
+            for _ in range(n):
+                if rng.below(4) == 0:
+                    words.append(rng.choice(_FILLERS))
+                else:
+                    words.append(rng.choice(_TOPICS[self.labels[rng.below(len(self.labels))]]))
+            if self.label(words) is not None:
+                return tuple(words)
+
+    @staticmethod
+    def label(words: Sequence[str]) -> Optional[str]:
+        """The topic with the most words, or None on a tie (or no content word)."""
+        counts = {t: sum(w in ws for w in words) for t, ws in _TOPICS.items()}
+        best = max(counts.values())
+        winners = [t for t, c in counts.items() if c == best]
+        return winners[0] if best and len(winners) == 1 else None
+
+    def render(self, key, rng: _Rng) -> Pair:
+        return " ".join(key), self.label(key)
+
+
+#: The built-in translation tasks by name (read-only).
 TASKS: Mapping[str, Task] = MappingProxyType({
     "copy": SymbolTask("copy"),
     "reverse": SymbolTask("reverse"),
     "sort": SymbolTask("sort"),
     "numbers": NumbersTask(),
     "dates": DatesTask(),
+})
+
+#: The built-in labelling tasks (for an ``Encoder`` with a head) by name (read-only).
+LABEL_TASKS: Mapping[str, Task] = MappingProxyType({
+    "tagging": TaggingTask(),
+    "classify": MajorityTask(),
 })
 
 
@@ -334,12 +493,14 @@ class TaskData:
     def build_tokenizer(self) -> VocabTokenizer:
         """One word-level vocabulary for both sides: the task's full ``vocabulary`` in its fixed
         order (so ids do not depend on seed or sizes, and anything a user types in the task's
-        grammar is known), then any other token of any split, most frequent first."""
+        grammar is known), then any other token of any split, most frequent first. For a
+        labelling task only the source side: its targets are labels (``task.labels``), not tokens."""
         known = dict.fromkeys(self.task.vocabulary if self.task is not None else ())
+        labelling = self.task is not None and self.task.objective != "translation"
         counts = {}
         for split in (self.train, self.valid, self.test):
             for pair in split:
-                for text in pair:
+                for text in (pair[:1] if labelling else pair):
                     for t in text.split():
                         if t not in known:
                             counts[t] = counts.get(t, 0) + 1
@@ -364,7 +525,8 @@ def _size(name: str, value, minimum: int) -> int:
 
 def load_task(task: Union[str, Task], n_train: int = 20000, n_valid: int = 500, n_test: int = 500,
               seed: int = 0) -> TaskData:
-    """Generate the splits of a built-in task (a name in ``TASKS``) or of a ``Task`` instance.
+    """Generate the splits of a built-in task (a name in ``TASKS`` or ``LABEL_TASKS``) or of a
+    ``Task`` instance.
 
     Keys are drawn from one stream seeded by ``(task name, seed)``: first ``n_test`` distinct
     ones, then ``n_valid`` more, then ``n_train`` more. Splits are therefore disjoint and free of
@@ -372,9 +534,10 @@ def load_task(task: Union[str, Task], n_train: int = 20000, n_valid: int = 500, 
     Raises ValueError when the task has fewer than ``n_train + n_valid + n_test`` distinct keys.
     """
     if isinstance(task, str):
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
-        task = TASKS[task]
+        known = {**TASKS, **LABEL_TASKS}
+        if task not in known:
+            raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(known)}")
+        task = known[task]
     elif not isinstance(task, Task):
         raise TypeError(f"task must be a task name or a Task, not {type(task).__name__}")
     sizes = (_size("n_test", n_test, 0), _size("n_valid", n_valid, 0), _size("n_train", n_train, 1))

@@ -2,6 +2,10 @@
 
 Token embeddings + learned positions (+ optional token-type embeddings), an optional
 LayerNorm after the embeddings, then ``EncoderLayer``s (post-LN with GELU (erf) for BERT).
+With ``n_features`` the inputs are sets of float vectors instead (speech frames, image
+patches, graph nodes): a learned projection ``F -> d_model`` plus positions
+(``FeatureProjection``) replaces the token embeddings; ``attention_window`` bounds
+self-attention to ``|i - j| <= w`` and a per-example mask or edge list restricts it to a graph.
 The same layers and kernels as ``Transformer``'s encoder; only the composition is new.
 
 ``EncoderConfig`` is its own small dataclass rather than ``TransformerConfig``: the
@@ -31,8 +35,10 @@ from .layers.heads import (HEADS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceCla
                            TokenClassificationHead, pool)
 from .layers.linear import resolve_compute_type
 from .layers.norm import LayerNorm, LayerNormRecord
+from .layers.projection import POSITIONALS, FeatureProjection
 from .layers.transformer import Encoder as EncoderStack, StackRecord
-from .model import Batch, ParameterOwner, Workspace, make_batch, require_model_folder
+from .model import (Batch, FeatureBatch, ParameterOwner, Workspace, make_batch, make_feature_batch,
+                    require_model_folder)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,6 +62,12 @@ class EncoderConfig(JsonConfig):
     by default; ``label2id`` is its inverse). ``pooler`` adds BERT's tanh pooler
     (``pooler.dense``) on the pooled vector, before the sequence classifier;
     ``classifier_dropout`` (None: ``dropout``) is the dropout before the classifier.
+
+    Vector-set inputs: ``n_features`` > 0 makes the model take float vectors [T, n_features]
+    per example through a learned projection (``vocab_size`` and token types are then unused:
+    set ``type_vocab_size=0``); ``positional`` is "learned", "sinusoidal" or "none" (a
+    graph's nodes have no order); ``attention_window`` (None: full attention) keeps each
+    position's attention within ``|i - j| <= attention_window`` (speech frames).
     """
 
     MODEL_TYPE = MODEL_TYPE
@@ -81,6 +93,9 @@ class EncoderConfig(JsonConfig):
     pooler: bool = False
     pooling: str = "cls"
     classifier_dropout: Optional[float] = None
+    n_features: int = 0
+    positional: str = "learned"
+    attention_window: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -166,6 +181,17 @@ class EncoderConfig(JsonConfig):
         v = self.classifier_dropout
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {v!r}")
+        integer("n_features", 0)
+        if self.positional not in POSITIONALS:
+            raise ValueError(f"positional must be one of {POSITIONALS}, got {self.positional!r}")
+        if self.positional != "learned" and not self.n_features:
+            raise ValueError("positional other than 'learned' needs n_features (token inputs use learned positions)")
+        if self.n_features and self.type_vocab_size:
+            raise ValueError("an encoder of feature vectors (n_features > 0) has no token types: "
+                             "set type_vocab_size=0")
+        w = self.attention_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 0):
+            raise ValueError(f"attention_window must be None or an int >= 0, got {w!r}")
         if not isinstance(self.extra, dict):
             raise TypeError("EncoderConfig.extra must be a dict")
 
@@ -193,8 +219,12 @@ def _compose(c: EncoderConfig):
 
     The embeddings' dropout is applied by ``Encoder`` after the token types and the
     LayerNorm (BERT's order), so the ``Embeddings`` layer itself has none."""
-    embed = Embeddings("embed_tokens.weight", c.vocab_size, c.d_model, max_len=c.max_len,
-                       positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id)
+    if c.n_features:
+        embed = FeatureProjection("input_proj", c.n_features, c.d_model, max_len=c.max_len,
+                                  positional=c.positional)
+    else:
+        embed = Embeddings("embed_tokens.weight", c.vocab_size, c.d_model, max_len=c.max_len,
+                           positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id)
     norm = LayerNorm("embed_norm", c.d_model, c.layer_norm_eps) if c.embedding_norm else None
     stack = EncoderStack(c)
     pooler = Pooler(c.d_model) if c.pooler else None
@@ -249,7 +279,10 @@ class Encoder(ParameterOwner):
         config.validate()
         self.config = c = config
         self.embeddings, self.embed_norm, self.encoder, self.pooler, self.head = _compose(c)
-        specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
+        if c.n_features:
+            specs = list(self.embeddings.weights())
+        else:
+            specs = list(self.embeddings.token_weights()) + list(self.embeddings.position_weights())
         if c.type_vocab_size:
             specs.append(WeightSpec("embed_token_types.weight", (c.type_vocab_size, c.d_model), "position"))
         if self.embed_norm is not None:
@@ -302,9 +335,25 @@ class Encoder(ParameterOwner):
         return model
 
     # -- inference ---------------------------------------------------------------------------------
-    def _batch(self, ids, lengths) -> Batch:
-        return make_batch(ids, lengths, vocab_size=self.config.vocab_size, max_len=self.config.max_len,
-                          name="ids")
+    def _batch(self, ids, lengths, mask=None, edges=None) -> Batch:
+        """A Batch of token ids, or for a feature encoder a FeatureBatch of the vector sets
+        ``ids`` (lists of [T, F] arrays or [B, T, F] with lengths), with the graph ``mask``
+        [B, T, T] or ``edges`` (one [E, 2] edge list per example) when given."""
+        c = self.config
+        if mask is not None and edges is not None:
+            raise ValueError("give a mask or edges, not both")
+        if not c.n_features:
+            if mask is not None or edges is not None:
+                raise ValueError("mask / edges are for encoders of feature vectors (n_features > 0)")
+            return make_batch(ids, lengths, vocab_size=c.vocab_size, max_len=c.max_len, name="ids")
+        if edges is not None:
+            from .features import adjacency_mask
+            probe = make_feature_batch(ids, lengths, n_features=c.n_features, max_len=c.max_len, name="features")
+            mask = adjacency_mask(edges, probe.length.tolist())
+            probe.mask = mask
+            return probe
+        return make_feature_batch(ids, lengths, n_features=c.n_features, max_len=c.max_len, mask=mask,
+                                  name="features")
 
     def _token_types(self, token_type_ids, batch: Batch) -> Optional[np.ndarray]:
         """Packed token-type ids [N] (None: type 0 everywhere, or no type table)."""
@@ -339,9 +388,13 @@ class Encoder(ParameterOwner):
             raise ValueError(f"token_type_ids holds {bad}, outside [0, {n_types})")
         return tt.astype(np.int64)
 
-    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int) -> np.ndarray:
+    def _forward_packed(self, batch: Batch, types: Optional[np.ndarray], ws: Workspace, nt: int,
+                        probs: Optional[dict] = None) -> np.ndarray:
         x = ws.get("memory", len(batch.ids), self.config.d_model)
-        self.embeddings.forward(batch.ids, batch.positions, x, nt)
+        if isinstance(batch, FeatureBatch):
+            self.embeddings.forward(batch.features, batch.positions, x, nt)
+        else:
+            self.embeddings.forward(batch.ids, batch.positions, x, nt)
         if self._types is not None:
             if types is None:
                 x += self._types[0]
@@ -349,15 +402,19 @@ class Encoder(ParameterOwner):
                 x += self._types[types]
         if self.embed_norm is not None:
             self.embed_norm.forward(x, None, x, nt)
-        return self.encoder.forward(x, batch, ws, nt)
+        return self.encoder.forward(x, batch, ws, nt, probs)
 
-    def forward(self, ids, lengths=None, token_type_ids=None) -> np.ndarray:
+    def forward(self, ids, lengths=None, token_type_ids=None, *, mask=None, edges=None) -> np.ndarray:
         """Hidden states [B, T, d_model] (zeros past each sequence's length).
 
         ``ids``: lists of id lists, or a padded [B, T] int array with ``lengths``;
-        ``token_type_ids``: the same shape as ``ids`` (type 0 when omitted).
+        ``token_type_ids``: the same shape as ``ids`` (type 0 when omitted). For a model with
+        ``n_features``, ``ids`` are the vector sets: a list of [T, F] float arrays or a padded
+        [B, T, F] array with ``lengths``; ``edges`` (an [E, 2] node-pair list per example,
+        undirected, self-loops added) or ``mask`` ([B, T, T], nonzero = may attend) restrict
+        self-attention to a graph.
         """
-        batch = self._batch(ids, lengths)
+        batch = self._batch(ids, lengths, mask, edges)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
@@ -366,8 +423,25 @@ class Encoder(ParameterOwner):
 
     __call__ = forward
 
+    def attention(self, ids, lengths=None, token_type_ids=None, *, layer: int = -1, mask=None,
+                  edges=None) -> np.ndarray:
+        """Self-attention weights of one layer (default the last): [B, n_heads, T, T], row i the
+        distribution of position i over the positions of its sequence (zero where masked or
+        past its length). Inputs as ``forward``."""
+        n = self.config.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+            raise ValueError(f"layer must be an index into the {n} layers, got {layer!r}")
+        batch = self._batch(ids, lengths, mask, edges)
+        types = self._token_types(token_type_ids, batch)
+        t = batch.max_length
+        probs = np.zeros((batch.size, self.config.n_heads, t, t), dtype=np.float32)
+        nt = threads.get_num_threads()
+        with threads.blas_single_threaded():
+            self._forward_packed(batch, types, self._workspace(), nt, probs={int(layer) % n: probs})
+        return probs
+
     def embed(self, ids, lengths=None, token_type_ids=None, *, pooling: str = "mean",
-              normalize: bool = False) -> np.ndarray:
+              normalize: bool = False, mask=None, edges=None) -> np.ndarray:
         """One vector per sequence [B, d_model]: the mean or max over its tokens, its first
         (CLS) token's state, or BERT's ``pooler_output`` (tanh pooler on the CLS state, for
         models with ``config.pooler``); ``normalize`` scales each to unit L2 norm."""
@@ -376,7 +450,7 @@ class Encoder(ParameterOwner):
         if pooling == "pooler" and self.pooler is None:
             raise ValueError("pooling='pooler' needs BERT's tanh pooler, and this model has none "
                              "(config.pooler is False); use 'cls', 'mean' or 'max'")
-        batch = self._batch(ids, lengths)
+        batch = self._batch(ids, lengths, mask, edges)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
@@ -399,11 +473,12 @@ class Encoder(ParameterOwner):
                              f"EncoderConfig(head='sequence_classification' or 'token_classification', "
                              f"n_labels=...) and train it (cyformer.Trainer)")
 
-    def classify(self, ids, lengths=None, token_type_ids=None) -> np.ndarray:
+    def classify(self, ids, lengths=None, token_type_ids=None, *, mask=None, edges=None) -> np.ndarray:
         """Logits of the head: [B, n_labels] (sequence head) or [B, T, n_labels] (token head,
-        zeros past each sequence's length). Class names: ``config.id2label``."""
+        zeros past each sequence's length). Class names: ``config.id2label``. Inputs as
+        ``forward``."""
         self._require_head()
-        batch = self._batch(ids, lengths)
+        batch = self._batch(ids, lengths, mask, edges)
         types = self._token_types(token_type_ids, batch)
         nt = threads.get_num_threads()
         with threads.blas_single_threaded():
@@ -421,7 +496,10 @@ class Encoder(ParameterOwner):
         c = self.config
         n = len(batch.ids)
         x = tc.buf("enc.embed", n, c.d_model)
-        r_embed = self.embeddings.forward_train(batch, x, tc)
+        if isinstance(batch, FeatureBatch):
+            r_embed = self.embeddings.forward_train(batch.features, batch, x, tc)
+        else:
+            r_embed = self.embeddings.forward_train(batch, x, tc)
         if self._types is not None:
             x += self._types[0] if types is None else self._types[types]
         r_norm = None

@@ -264,13 +264,13 @@ def make_batch(seqs: TokenBatch, lengths=None, *, vocab_size: int, max_len: int,
 
 class FeatureBatch(Batch):
     """Float feature vectors packed without padding: ``features`` [N, F] float32, sequence b is
-    rows ``start[b]:start[b]+length[b]`` (``ids`` is None; ``mask`` as ``Batch``)."""
+    rows ``start[b]:start[b]+length[b]``; ``mask`` as ``Batch``. ``ids`` is a zero placeholder
+    [N] so code that counts rows (``len(batch.ids)``) works; nothing looks tokens up in it."""
 
     __slots__ = ("features",)
 
     def __init__(self, features: np.ndarray, length: np.ndarray, mask: Optional[np.ndarray] = None):
-        super().__init__(np.empty(len(features), dtype=np.int32), length, mask)
-        self.ids = None
+        super().__init__(np.zeros(len(features), dtype=np.int32), length, mask)
         self.features = features
 
 
@@ -910,10 +910,15 @@ def _load_cyformer(directory: str, raw, mmap: bool = True, verify: bool = False)
     """Our own folder: when the file holds exactly our layout, the mapped data section is the
     parameter buffer (no copy); otherwise tensors are copied in by name."""
     config = TransformerConfig.from_dict(raw)
+    return load_own_weights(directory, Transformer, config, parameter_layout(config), mmap=mmap, verify=verify)
+
+
+def load_own_weights(directory: str, model_cls, config, layout, *, mmap: bool, verify: bool):
+    """``model_cls(config)`` over the folder's model.safetensors: the mapped data section itself
+    when it holds exactly ``layout`` (no copy), else a model whose tensors are copied in by name."""
     path = os.path.join(directory, WEIGHTS_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-    layout = parameter_layout(config)
     if verify:
         verify_checkpoint(path)
     stored = safetensors_metadata(path).get("compute_type", "float32")
@@ -926,7 +931,7 @@ def _load_cyformer(directory: str, raw, mmap: bool = True, verify: bool = False)
         return model
     flat = load_flat_float32(path, layout, mmap=mmap)
     if flat is not None:  # our own layout: the mapped file is the parameter buffer
-        return Transformer(config, params=flat)
-    model = Transformer.empty(config)
+        return model_cls(config, params=flat)
+    model = model_cls.empty(config)
     model.load_state_dict(load_safetensors(path, mmap=mmap))
     return model

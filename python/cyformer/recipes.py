@@ -2,7 +2,11 @@
 
 ``demo`` trains a small Transformer on a built-in task (``cyformer.data``; dates written in
 words to ISO dates by default), then translates a handful of test sentences and reports test
-BLEU. ``train_files`` does the same for a user's parallel text files, with a SentencePiece
+BLEU. On a labelling task (``tagging``: a part-of-speech tag per word; ``classify``: the
+majority topic of a word sequence) it trains an ``Encoder`` with a token or sequence head
+instead, and reports test accuracy (and F1 for tags) with a confusion table; that folder
+loads with ``cyformer.Encoder.from_pretrained`` and its ``vocab.json`` tokenizer with
+``cyformer.Tokenizer.from_pretrained``. ``train_files`` does the same for a user's parallel text files, with a SentencePiece
 tokenizer trained on them (or one given). Both write a folder that ``cyformer translate``
 reads: ``config.json`` + ``model.safetensors`` + the tokenizer files, checkpoints under
 ``checkpoints/``, the training curves as ``training.png`` when matplotlib is installed.
@@ -28,6 +32,12 @@ from .training import Trainer, TrainingHistory
 DEMO_MODEL = dict(d_model=128, n_heads=4, d_ff=512, n_encoder_layers=2, n_decoder_layers=2, dropout=0.1,
                   max_len=64, share_embeddings=True)
 DEMO_TRAINING = dict(optimizer="adam", schedule="noam", lr=1.0, warmup_steps=300, label_smoothing=0.1)
+# The labelling demos' encoder (BERT's layout, post-LN, GELU, learned positions, no token types).
+DEMO_ENCODER = dict(d_model=64, n_heads=4, d_ff=256, n_layers=2, max_len=64, type_vocab_size=0, dropout=0.1,
+                    activation="gelu")
+DEMO_ENCODER_TRAINING = dict(optimizer="adamw", schedule="linear", lr=2e-3, warmup_steps=100, weight_decay=0.01,
+                             label_smoothing=0.0)
+DEMO_LABEL_STEPS = {"tagging": 400, "classify": 300}
 
 
 @dataclass
@@ -73,15 +83,21 @@ def _finish(trainer: Trainer, tokenizer: Tokenizer, output_dir: Optional[str], t
         log("(install matplotlib, `pip install 'cyformer[plot]'`, for the training-curve PNG)")
 
 
-def demo(task: str = "dates", *, steps: int = 800, batch_tokens: int = 2500, n_train: int = 40000,
-         output_dir: Optional[str] = "cyformer-demo", seed: int = 0, examples: int = 8,
+def demo(task: str = "dates", *, steps: Optional[int] = None, batch_tokens: Optional[int] = None,
+         n_train: int = 40000, output_dir: Optional[str] = "cyformer-demo", seed: int = 0, examples: int = 8,
          beam_size: int = 4, progress: Optional[bool] = None, log=None, attention_plot: bool = True) -> JobResult:
-    """Train the demo model on a built-in task and report test BLEU (see the module docstring)."""
-    from .data import TASKS, load_task
+    """Train the demo model on a built-in task and report test BLEU, or accuracy on a
+    labelling task (see the module docstring)."""
+    from .data import LABEL_TASKS, TASKS, load_task
 
     log = log or (lambda msg: print(msg, flush=True))
+    if task in LABEL_TASKS:
+        return demo_labels(task, steps=steps, batch_tokens=batch_tokens, output_dir=output_dir, seed=seed,
+                           examples=examples, progress=progress, log=log)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join([*TASKS, *LABEL_TASKS])}")
+    steps = 800 if steps is None else steps
+    batch_tokens = 2500 if batch_tokens is None else batch_tokens
     t0 = time.perf_counter()
     data = load_task(task, n_train=n_train, n_valid=300, n_test=500, seed=seed)
     tokenizer = data.build_tokenizer()
@@ -119,6 +135,101 @@ def demo(task: str = "dates", *, steps: int = 800, batch_tokens: int = 2500, n_t
     if output_dir:
         example = data.task.detokenize(data.test[0][0], "source")
         log(f"model and tokenizer saved in {output_dir}/ (try: echo '{example}' | cyformer translate {output_dir})")
+    return JobResult(model, tokenizer, trainer.history, scores, seconds, output_dir)
+
+
+def _label_examples(tokenizer: Tokenizer, task, pairs: Sequence[Tuple[str, str]]) -> List[Tuple[List[int], object]]:
+    """(ids, label index) or (ids, [label index per token]) from a labelling task's text pairs."""
+    index = {name: i for i, name in enumerate(task.labels)}
+    ids = tokenizer.encode([s for s, _ in pairs], side="source", add_eos=False)
+    if task.objective == "token_classification":
+        return [(i, [index[t] for t in tags.split()]) for i, (_, tags) in zip(ids, pairs)]
+    return [(i, index[label]) for i, (_, label) in zip(ids, pairs)]
+
+
+def format_confusion(matrix: np.ndarray, labels: Sequence[str]) -> str:
+    """A confusion table: one row per reference label, one column per predicted label, and
+    each row's recall."""
+    width = max(5, max(len(n) for n in labels), len(str(int(matrix.max(initial=0)))))
+    head = " " * (width + 2) + " ".join(f"{n:>{width}}" for n in labels) + "  recall"
+    rows = [head]
+    for i, name in enumerate(labels):
+        total = int(matrix[i].sum())
+        recall = f"{100 * matrix[i, i] / total:6.1f}%" if total else "     -"
+        rows.append(f"{name:>{width}}  " + " ".join(f"{int(v):>{width}}" for v in matrix[i]) + "  " + recall)
+    return "\n".join(rows)
+
+
+def demo_labels(task: str, *, steps: Optional[int] = None, batch_tokens: Optional[int] = None,
+                n_train: int = 20000, output_dir: Optional[str] = "cyformer-demo", seed: int = 0,
+                examples: int = 6, progress: Optional[bool] = None, log=None) -> JobResult:
+    """Train an encoder with a head on a labelling task (``tagging`` or ``classify``), report
+    test accuracy (and macro F1 for tags) and print the confusion table."""
+    from .data import LABEL_TASKS, load_task
+    from .encoder import Encoder, EncoderConfig
+    from .training import confusion_matrix, macro_f1
+
+    log = log or (lambda msg: print(msg, flush=True))
+    if task not in LABEL_TASKS:
+        raise ValueError(f"unknown labelling task {task!r}; known: {', '.join(LABEL_TASKS)}")
+    steps = DEMO_LABEL_STEPS[task] if steps is None else steps
+    batch_tokens = 1500 if batch_tokens is None else batch_tokens
+    t0 = time.perf_counter()
+    data = load_task(task, n_train=n_train, n_valid=300, n_test=1000, seed=seed)
+    spec = data.task
+    tokenizer = data.build_tokenizer()
+    train, valid, test = (_label_examples(tokenizer, spec, split) for split in (data.train, data.valid, data.test))
+    token_head = spec.objective == "token_classification"
+    config = EncoderConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, head=spec.objective,
+                           n_labels=len(spec.labels), id2label=dict(enumerate(spec.labels)),
+                           pooling="cls" if token_head else "mean", **DEMO_ENCODER)
+    model = Encoder(config, seed=seed)
+    log(f"cyformer demo: task '{task}' ({spec.description}); {len(train)} training examples, "
+        f"vocabulary {tokenizer.vocab_size}, {len(spec.labels)} labels")
+    log(f"model: encoder d_model={config.d_model}, heads={config.n_heads}, d_ff={config.d_ff}, "
+        f"{config.n_layers} layers, {config.head} head, {model.num_parameters:,} parameters; "
+        f"{threads.get_num_threads()} thread(s); {steps} steps of ~{batch_tokens} tokens")
+    options = dict(DEMO_ENCODER_TRAINING, total_steps=steps, warmup_steps=min(DEMO_ENCODER_TRAINING["warmup_steps"],
+                                                                              max(1, steps // 5)))
+    trainer = Trainer(model, seed=seed, **options)
+    checkpoints = os.path.join(output_dir, "checkpoints") if output_dir else None
+
+    def report(t, m):
+        f1 = f", F1 {100 * m['f1']:.1f}" if "f1" in m else ""
+        log(f"  step {int(m['step']):>5}: valid loss {m['loss']:.3f}, accuracy {100 * m['accuracy']:.1f}%{f1}")
+
+    trainer.fit(train, valid, max_steps=steps, batch_tokens=batch_tokens, valid_every=max(1, steps // 4),
+                output_dir=checkpoints, checkpoint_every=max(1, steps // 4), resume=False, progress=progress,
+                callback=report)
+    train_seconds = time.perf_counter() - t0
+    gold, pred = trainer.predict_labels(test)
+    scores = {"accuracy": float(np.mean(gold == pred))}
+    if token_head:
+        scores["f1"] = macro_f1(gold, pred)
+    log(f"\ntest examples:")
+    for (text, target), (ids, _) in list(zip(data.test, test))[:examples]:
+        logits = model.classify([ids])[0]
+        if token_head:
+            got = [spec.labels[k] for k in logits[:len(ids)].argmax(axis=1)]
+            want = target.split()
+            shown = " ".join(w if g == r else f"{w}/{g}(!{r})" for w, g, r in
+                             zip(text.split(), got, want))
+            mark = "ok" if got == want else "  "
+            log(f"  {mark} {' '.join(f'{w}/{g}' for w, g in zip(text.split(), got)) if got == want else shown}")
+        else:
+            got = spec.labels[int(logits.argmax())]
+            log(f"  {'ok' if got == target else '  '} {text:<60} -> {got:<8} (reference {target})")
+    unit = "words" if token_head else "sequences"
+    log(f"\nconfusion on {gold.size} test {unit} (rows: reference, columns: predicted):")
+    log(format_confusion(confusion_matrix(gold, pred, len(spec.labels)), spec.labels))
+    seconds = time.perf_counter() - t0
+    f1 = f", macro F1 {100 * scores['f1']:.1f}" if token_head else ""
+    log(f"\ntest accuracy {100 * scores['accuracy']:.1f}%{f1} on {len(test)} test examples; "
+        f"training {train_seconds:.0f} s, total {seconds:.0f} s")
+    _finish(trainer, tokenizer, output_dir, f"cyformer demo: {task}", log)
+    if output_dir:
+        log(f"model and tokenizer saved in {output_dir}/ (cyformer.Encoder.from_pretrained('{output_dir}'), "
+            f"tokenizer: vocab.json)")
     return JobResult(model, tokenizer, trainer.history, scores, seconds, output_dir)
 
 

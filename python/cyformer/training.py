@@ -1,10 +1,20 @@
-"""Training: teacher forcing, label-smoothed cross-entropy, Adam with warm-up, checkpoints, exact resume.
+"""Training: teacher forcing or labels, label-smoothed cross-entropy, Adam with warm-up,
+checkpoints, exact resume.
 
 ``Trainer(model, ...)`` owns the gradient buffer (``cyformer.backprop``), the optimizer
 state and the schedule. ``step(src, tgt)`` runs one update on a batch of token-id
 sequences; ``fit(train, valid, ...)`` loops over batches formed by token count, validates
 (loss, and BLEU of greedy decodes when a tokenizer is given), writes checkpoints and resumes
 from them.
+
+The model is a ``Transformer`` (examples are ``(source ids, target ids)`` pairs) or an
+``Encoder`` with a head (examples are ``(ids, label)`` for a sequence head, ``(ids, labels)``
+with one label per token for a token head, optionally ``(ids, labels, token_type_ids)``; for
+an encoder of vector sets (``n_features``) ``(features [T, F], label(s))``, optionally with
+the graph's ``edges`` [E, 2] as the third element;
+labels are class indices or ``config.id2label`` names, and ``-100`` ignores a position, as
+in Hugging Face). For an encoder, validation reports accuracy (and macro F1 over the
+classes for token labels) instead of BLEU.
 
 Teacher forcing: for a target ``y_1 .. y_n`` (ending in EOS; EOS is appended when
 missing) the decoder reads ``decoder_start_id, y_1 .. y_{n-1}`` and is trained to predict
@@ -37,6 +47,7 @@ import numpy as np
 
 from .backprop import ForwardBackward, mix_seed
 from .io import atomic_write_bytes, dir_mode, fsync_dir, load_safetensors, read_json, save_safetensors
+from .encoder import Encoder
 from .model import Batch, TokenBatch, Transformer, make_batch
 from .optim import Optimizer, Schedule, clip_grad_norm, make_optimizer, make_schedule, schedule_from_dict
 
@@ -44,6 +55,7 @@ Pair = Tuple[Sequence[int], Sequence[int]]
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+IGNORE_INDEX = -100
 
 
 @dataclass
@@ -53,7 +65,8 @@ class TrainingHistory:
     steps: List[int] = field(default_factory=list)
     loss: List[float] = field(default_factory=list)
     lr: List[float] = field(default_factory=list)
-    valid: List[Dict[str, float]] = field(default_factory=list)   # {"step", "loss", "ppl", "bleu"?}
+    # {"step", "loss", "ppl", "bleu"?} (translation) or {"step", "loss", "accuracy", "f1"?} (labels)
+    valid: List[Dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> Dict:
         return {"steps": self.steps, "loss": self.loss, "lr": self.lr, "valid": self.valid}
@@ -126,7 +139,7 @@ def make_batches(lengths: Sequence[int], batch_tokens: int, seed: int, epoch: in
 
 
 class Trainer:
-    """Trains a ``Transformer`` in place.
+    """Trains a ``Transformer``, or an ``Encoder`` with a classification head, in place.
 
     Options (the paper's defaults): ``optimizer`` 'adam' (betas 0.9/0.98, eps 1e-9),
     'adamw' or 'sgd' (``momentum``); ``schedule`` 'noam' (``lr`` scales the paper's formula,
@@ -136,15 +149,21 @@ class Trainer:
     off by default); ``seed`` for data order and dropout. Dropout rates come from the
     model's config. ``frozen`` names parameters that are not trained (default: Marian's
     ``final_logits_bias``, a fixed buffer in Hugging Face, for models imported from Marian).
+    For an encoder (see the module docstring) the same options hold; fine-tuning a loaded
+    checkpoint usually wants ``optimizer="adamw", schedule="linear", lr=2e-5..5e-5``.
     """
 
-    def __init__(self, model: Transformer, *, optimizer: str = "adam", lr: Optional[float] = None,
+    def __init__(self, model, *, optimizer: str = "adam", lr: Optional[float] = None,
                  schedule: str = "noam", warmup_steps: Optional[int] = None, total_steps: Optional[int] = None,
                  betas: Tuple[float, float] = (0.9, 0.98), eps: float = 1e-9, weight_decay: float = 0.0,
                  momentum: float = 0.9, label_smoothing: float = 0.1, clip_norm: Optional[float] = None,
                  seed: int = 0, frozen: Optional[Sequence[str]] = None):
-        if not isinstance(model, Transformer):
-            raise TypeError(f"model must be a cyformer.Transformer, not {type(model).__name__}")
+        if isinstance(model, Encoder):
+            _check_trainable_head(model.config)
+        elif not isinstance(model, Transformer):
+            raise TypeError(f"model must be a cyformer.Transformer or a cyformer.Encoder with a head, "
+                            f"not {type(model).__name__}")
+        self.labels = isinstance(model, Encoder)   # label objective (vs teacher-forced translation)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if clip_norm is not None and not clip_norm > 0:
@@ -173,7 +192,7 @@ class Trainer:
         self.last_grad_norm: Optional[float] = None
         if frozen is None:
             frozen = ["output_projection.bias"] if (model.config.extra.get("source_format") == "marian"
-                                                    and model.config.output_bias) else []
+                                                    and getattr(model.config, "output_bias", False)) else []
         unknown = [n for n in frozen if n not in model.parameters()]
         if unknown:
             raise ValueError(f"frozen names unknown parameters: {', '.join(unknown)}")
@@ -202,6 +221,92 @@ class Trainer:
             raise ValueError(f"tgt holds a token id outside the vocabulary [0, {c.tgt_vocab_size})")
         return src_b, tgt_b, lab.astype(np.int32)
 
+    def _label_batch(self, examples: Sequence) -> Tuple[Batch, np.ndarray, Optional[np.ndarray]]:
+        """(batch, labels [B] or packed [N], packed token types or None) for label examples."""
+        c = self.config
+        if len(examples) == 0:
+            raise ValueError("empty batch")
+        token_head = c.head == "token_classification"
+        vectors = bool(getattr(c, "n_features", 0))   # examples are vector sets [T, F], not ids
+        what, third = ("features", "edges") if vectors else ("ids", "token_type_ids")
+        ids, labels, types = [], [], []
+        for i, ex in enumerate(examples):
+            if not isinstance(ex, (tuple, list)) or len(ex) not in (2, 3):
+                raise ValueError(f"example {i} must be ({what}, label{'s' if token_head else ''}) or "
+                                 f"({what}, label{'s' if token_head else ''}, {third})")
+            seq = np.asarray(ex[0]) if vectors else _as_ids(ex[0], f"ids[{i}]")
+            ids.append(seq)
+            if token_head:
+                lab = self._label_list(ex[1], f"labels[{i}]")
+                if len(lab) != len(seq):
+                    raise ValueError(f"labels[{i}] has {len(lab)} labels for {len(seq)} tokens; a token head "
+                                     f"needs one label per token ({IGNORE_INDEX} to ignore one)")
+                labels += lab
+            else:
+                labels.append(self._label_value(ex[1], f"labels[{i}]"))
+            if vectors:
+                types.append(None if len(ex) < 3 else ex[2])
+                continue
+            types.append(None if len(ex) < 3 or ex[2] is None else _as_ids(ex[2], f"token_type_ids[{i}]"))
+        if vectors:   # the graph's edges (when given) become the batch's attention mask
+            edges = types if any(t is not None for t in types) else None
+            if edges is not None:
+                edges = [np.zeros((0, 2), np.int64) if e is None else e for e in edges]
+            return self.model._batch(ids, None, None, edges), np.asarray(labels, dtype=np.int32), None
+        batch = make_batch(ids, vocab_size=c.vocab_size, max_len=c.max_len, name="ids")
+        tt = None
+        if any(t is not None for t in types):
+            tt = self.model._token_types([t if t is not None else [0] * len(s) for t, s in zip(types, ids)], batch)
+        return batch, np.asarray(labels, dtype=np.int32), tt
+
+    def _label_value(self, label, name: str) -> int:
+        c = self.config
+        if isinstance(label, str):
+            if label not in c.label2id:
+                known = ", ".join(list(c.label2id)[:10])
+                raise ValueError(f"{name}: unknown label {label!r} (id2label names {known}"
+                                 f"{', ...' if len(c.label2id) > 10 else ''})")
+            return c.label2id[label]
+        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+            raise TypeError(f"{name} must be a class index or a label name, not {type(label).__name__}")
+        label = int(label)
+        if label != IGNORE_INDEX and not 0 <= label < c.n_labels:
+            raise ValueError(f"{name} holds {label}, outside [0, n_labels={c.n_labels}) "
+                             f"(and not {IGNORE_INDEX}, which ignores it)")
+        return label
+
+    def _label_list(self, labels, name: str) -> List[int]:
+        if isinstance(labels, (str, bytes)) or not hasattr(labels, "__len__"):
+            raise TypeError(f"{name} must be a list of labels, one per token")
+        return [self._label_value(v.item() if isinstance(v, np.generic) else v, f"{name}[{j}]")
+                for j, v in enumerate(labels)]
+
+    def _cost(self, example) -> int:
+        """An example's cost in tokens, for batching by token count."""
+        if self.labels:
+            return len(example[0])
+        s, t = example
+        return max(len(s), len(t) + 1)
+
+    def _fits(self, example) -> bool:
+        c = self.config
+        if self.labels:
+            return 0 < len(example[0]) <= c.max_len
+        s, t = example
+        return 0 < len(s) <= c.max_len and 0 < len(t) + (0 if len(t) and t[-1] == c.eos_id else 1) <= c.max_len
+
+    def _forward(self, examples: Sequence, *, training: bool, seed: int = 0,
+                 grad_scale: Optional[float] = None) -> Tuple[float, float, int]:
+        """The loss of one batch of examples (saving for backward unless ``grad_scale=0``)."""
+        if self.labels:
+            batch, labels, types = self._label_batch(examples)
+            return self.passes.forward_labels(batch, labels, types, label_smoothing=self.label_smoothing,
+                                              training=training, seed=seed, grad_scale=grad_scale,
+                                              ignore_index=IGNORE_INDEX)
+        src_b, tgt_b, labels = self._teacher_forcing(examples)
+        return self.passes.forward(src_b, tgt_b, labels, label_smoothing=self.label_smoothing,
+                                   training=training, seed=seed, grad_scale=grad_scale)
+
     @staticmethod
     def _pairs(src: TokenBatch, tgt: TokenBatch, src_lengths=None, tgt_lengths=None) -> List[Pair]:
         def rows(x, lengths, name):
@@ -215,18 +320,17 @@ class Trainer:
             if not isinstance(x, (list, tuple)):
                 raise TypeError(f"{name} must be a list of token-id lists or an int array")
             return list(x)
-        s, t = rows(src, src_lengths, "src"), rows(tgt, tgt_lengths, "tgt")
+        s = rows(src, src_lengths, "src")
+        t = list(tgt) if isinstance(tgt, np.ndarray) and tgt.ndim == 1 else rows(tgt, tgt_lengths, "tgt")
         if len(s) != len(t):
             raise ValueError(f"src has {len(s)} sequences but tgt has {len(t)}")
         return list(zip(s, t))
 
     # -- one update --------------------------------------------------------------------------
     def loss_and_gradients(self, pairs: Sequence[Pair], training: bool = True) -> Tuple[float, int]:
-        """Zero the gradients, run forward and backward; returns (mean loss, label tokens)."""
-        src_b, tgt_b, labels = self._teacher_forcing(pairs)
+        """Zero the gradients, run forward and backward; returns (mean loss, labels counted)."""
         self.passes.zero_grad()
-        total, _, n = self.passes.forward(src_b, tgt_b, labels, label_smoothing=self.label_smoothing,
-                                          training=training, seed=mix_seed(self.seed, self.step_count))
+        total, _, n = self._forward(pairs, training=training, seed=mix_seed(self.seed, self.step_count))
         self.passes.backward()
         return total / max(n, 1), n
 
@@ -245,10 +349,17 @@ class Trainer:
         self.step_count = step
         return lr
 
-    def step(self, src: TokenBatch, tgt: TokenBatch, src_lengths=None, tgt_lengths=None) -> float:
+    def step(self, src: TokenBatch, tgt, src_lengths=None, tgt_lengths=None, token_type_ids=None) -> float:
         """One training step (forward, backward, optimizer) on a batch; returns the mean loss
-        per target token (label-smoothed) before the update."""
-        loss, _ = self.loss_and_gradients(self._pairs(src, tgt, src_lengths, tgt_lengths))
+        per target token (label-smoothed) before the update. For an encoder, ``src`` holds the
+        ids and ``tgt`` the labels (one per sequence, or a list per sequence for a token head)."""
+        examples = self._pairs(src, tgt, src_lengths, tgt_lengths)
+        if token_type_ids is not None:
+            if not self.labels:
+                raise TypeError("token_type_ids are for an Encoder's training, not a Transformer's")
+            types = self._pairs(token_type_ids, tgt, src_lengths, tgt_lengths)
+            examples = [(s, t, tt) for (s, t), (tt, _) in zip(examples, types)]
+        loss, _ = self.loss_and_gradients(examples)
         with _no_interrupt():
             lr = self._update()
             self.history.steps.append(self.step_count)
@@ -257,19 +368,52 @@ class Trainer:
         return loss
 
     # -- evaluation --------------------------------------------------------------------------
-    def evaluate(self, pairs: Sequence[Pair], batch_tokens: int = 4096) -> Dict[str, float]:
-        """Mean label-smoothed loss, NLL and perplexity per target token (no dropout)."""
+    def evaluate(self, pairs: Sequence, batch_tokens: int = 4096) -> Dict[str, float]:
+        """Mean label-smoothed loss, NLL and perplexity per target token (no dropout); for an
+        encoder, the loss and NLL per label, ``accuracy``, and for a token head ``f1`` (macro
+        F1 over the classes that occur in the references or the predictions)."""
         if len(pairs) == 0:
             raise ValueError("evaluate needs at least one example")
         total = nll = 0.0
         count = 0
-        lengths = [max(len(s), len(t) + 1) for s, t in pairs]
-        for idx in make_batches(lengths, batch_tokens, 0, 0):
-            src_b, tgt_b, labels = self._teacher_forcing([pairs[i] for i in idx])
-            t, n_l, n = self.passes.forward(src_b, tgt_b, labels, label_smoothing=self.label_smoothing,
-                                            training=False, grad_scale=0.0)
+        gold, pred = [], []
+        for idx in make_batches([self._cost(p) for p in pairs], batch_tokens, 0, 0):
+            t, n_l, n = self._forward([pairs[i] for i in idx], training=False, grad_scale=0.0)
             total, nll, count = total + t, nll + n_l, count + n
-        return {"loss": total / count, "nll": nll / count, "ppl": math.exp(min(nll / count, 50.0))}
+            if self.labels:
+                g, p = self._last_predictions([pairs[i] for i in idx])
+                gold.append(g)
+                pred.append(p)
+        count = max(count, 1)
+        if not self.labels:
+            return {"loss": total / count, "nll": nll / count, "ppl": math.exp(min(nll / count, 50.0))}
+        gold, pred = np.concatenate(gold), np.concatenate(pred)
+        metrics = {"loss": total / count, "nll": nll / count,
+                   "accuracy": float(np.mean(gold == pred)) if gold.size else float("nan")}
+        if self.config.head == "token_classification":
+            metrics["f1"] = macro_f1(gold, pred)
+        return metrics
+
+    def _last_predictions(self, examples) -> Tuple[np.ndarray, np.ndarray]:
+        """(references, argmax predictions) of the last evaluation forward, ignored labels dropped."""
+        _, labels, _ = self._label_batch(examples)
+        pred = self.passes.last_logits.argmax(axis=1)
+        keep = labels != IGNORE_INDEX
+        return labels[keep].astype(np.int64), pred[keep].astype(np.int64)
+
+    def predict_labels(self, examples: Sequence, batch_tokens: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+        """(references, predictions) as class indices over every labelled sequence or token of
+        ``examples`` (an encoder's; ignored labels left out), e.g. for ``confusion_matrix``."""
+        if not self.labels:
+            raise TypeError("predict_labels is for an Encoder with a head")
+        gold, pred = [], []
+        for idx in make_batches([self._cost(p) for p in examples], batch_tokens, 0, 0):
+            chunk = [examples[i] for i in idx]
+            self._forward(chunk, training=False, grad_scale=0.0)
+            g, p = self._last_predictions(chunk)
+            gold.append(g)
+            pred.append(p)
+        return np.concatenate(gold), np.concatenate(pred)
 
     def bleu(self, pairs: Sequence[Pair], tokenizer, *, beam_size: int = 1, batch_size: int = 64,
              max_sentences: Optional[int] = None) -> Dict[str, float]:
@@ -318,15 +462,14 @@ class Trainer:
             if latest is not None:
                 self.load_checkpoint(latest)
         c = self.config
-        keep = [i for i, (s, t) in enumerate(train)
-                if 0 < len(s) <= c.max_len and 0 < len(t) + (0 if len(t) and t[-1] == c.eos_id else 1) <= c.max_len]
+        keep = [i for i, ex in enumerate(train) if self._fits(ex)]
         if len(keep) < len(train):
             warnings.warn(f"skipping {len(train) - len(keep)} training examples that are empty or longer "
                           f"than max_len={c.max_len}")
             train = [train[i] for i in keep]
             if not train:
                 raise ValueError("no training example fits max_len")
-        lengths = [max(len(s), len(t) + 1) for s, t in train]
+        lengths = [self._cost(ex) for ex in train]
         if progress is None:
             progress = sys.stderr.isatty()
         total = max_steps
@@ -351,8 +494,9 @@ class Trainer:
                         h.lr.append(lr)
                     bar.update(1)
                     if bar.enabled:
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}",
-                                        **({"bleu": f"{last_valid['bleu']:.1f}"} if last_valid and "bleu" in last_valid else {}))
+                        shown = {k: f"{last_valid[k] * (1 if k == 'bleu' else 100):.1f}"
+                                 for k in ("bleu", "accuracy") if last_valid and k in last_valid}
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", **shown)
                     if valid is not None and valid_every and self.step_count % valid_every == 0:
                         last_valid = self.validate(valid, tokenizer, batch_tokens, bleu_sentences)
                         if callback:
@@ -378,7 +522,7 @@ class Trainer:
                  bleu_sentences: Optional[int] = 200) -> Dict[str, float]:
         metrics: Dict[str, float] = {"step": self.step_count}
         metrics.update(self.evaluate(valid, batch_tokens))
-        if tokenizer is not None:
+        if tokenizer is not None and not self.labels:
             metrics.update(self.bleu(valid, tokenizer, max_sentences=bleu_sentences))
         self.history.valid.append(metrics)
         return metrics
@@ -430,7 +574,7 @@ class Trainer:
         state = read_json(os.path.join(path, STATE_NAME), expect=dict)   # bounded size and nesting
         if state.get("format") != "cyformer-trainer":
             raise ValueError(f"{path}/{STATE_NAME} is not a cyformer trainer state")
-        loaded = Transformer.from_pretrained(path, mmap=False)
+        loaded = type(self.model).from_pretrained(path, mmap=False)
         if loaded.config.to_dict() != self.config.to_dict():
             raise ValueError(f"{path} holds a model with a different config than this trainer's")
         self.model.params[...] = loaded.params
@@ -452,7 +596,10 @@ class Trainer:
     def from_checkpoint(cls, path: str, **options) -> "Trainer":
         """A trainer (and its model) restored from a checkpoint folder."""
         state = read_json(os.path.join(path, STATE_NAME), expect=dict)   # bounded size and nesting
-        model = Transformer.from_pretrained(path, mmap=False)
+        from .encoder import MODEL_TYPE as ENCODER_TYPE
+        raw = read_json(os.path.join(path, "config.json"), expect=dict)
+        kind = Encoder if raw.get("model_type") == ENCODER_TYPE else Transformer
+        model = kind.from_pretrained(path, mmap=False)
         opt = state["optimizer"]
         hyper = dict(opt.get("hyper", {}))
         kwargs = {"optimizer": opt["name"]}
@@ -500,6 +647,38 @@ def latest_checkpoint(output_dir: str) -> Optional[str]:
         _recover(output_dir)
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def _check_trainable_head(config) -> None:
+    if config.head is None:
+        raise ValueError("the Trainer fits an Encoder with a head, and this one has none (config.head is None): "
+                         "build it with EncoderConfig(head='sequence_classification' or "
+                         "'token_classification', n_labels=...)")
+    problem = config.extra.get("problem_type")
+    if problem in ("regression", "multi_label_classification") or config.n_labels < 2:
+        raise ValueError(f"the Trainer fits single-label classification with cross-entropy; this model is "
+                         f"set up for {problem or 'regression (n_labels=1)'}, which it does not train")
+
+
+def macro_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over classes (those in ``gold`` or ``pred``) of each class's F1 = 2PR / (P + R)."""
+    gold, pred = np.asarray(gold), np.asarray(pred)
+    classes = np.union1d(gold, pred)
+    if classes.size == 0:
+        return float("nan")
+    scores = []
+    for k in classes:
+        tp = float(np.sum((gold == k) & (pred == k)))
+        denominator = float(np.sum(gold == k) + np.sum(pred == k))
+        scores.append(2.0 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
+
+
+def confusion_matrix(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> np.ndarray:
+    """[n_labels, n_labels] counts: row = reference class, column = predicted class."""
+    out = np.zeros((n_labels, n_labels), dtype=np.int64)
+    np.add.at(out, (np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)), 1)
+    return out
 
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:

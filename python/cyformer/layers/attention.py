@@ -74,15 +74,16 @@ class MultiHeadAttention(Layer):
 
     # -- self-attention ------------------------------------------------------------------------
     def forward(self, y: np.ndarray, batch, out: np.ndarray, ws, nt: int, *, bias: bool = True,
-                accumulate: bool = False) -> None:
-        """Inference: out (+)= MHA(y, y, y) W_O^T (+ b_O); y [N, d]."""
+                accumulate: bool = False, probs: Optional[np.ndarray] = None) -> None:
+        """Inference: out (+)= MHA(y, y, y) W_O^T (+ b_O); y [N, d]. ``probs`` [B, n_heads, T, T]
+        receives the attention weights (zero where masked or past a length)."""
         n, d = y.shape
         qkv = ws.get("qkv", n, 3 * d)
         self.in_proj.forward(y, qkv, nt)
         ctx = ws.get("ctx", n, d)
         attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx, batch.start, batch.length,
                           batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
-                          mask=_mask(batch), n_threads=nt)
+                          mask=_mask(batch), probs=probs, n_threads=nt)
         self.out_proj.forward(ctx, out, nt, bias=bias, accumulate=accumulate)
 
     def forward_train(self, y: np.ndarray, batch, out: np.ndarray, tc: TrainContext, *,

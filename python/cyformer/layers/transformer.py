@@ -132,11 +132,11 @@ class EncoderLayer(Layer):
     def children(self) -> Iterable[Layer]:
         return (self.self_attn, self.norm1, self.ffn, self.norm2)
 
-    def forward(self, x: np.ndarray, batch, ws, nt: int) -> None:
-        """x [N, d] in place."""
+    def forward(self, x: np.ndarray, batch, ws, nt: int, probs: Optional[np.ndarray] = None) -> None:
+        """x [N, d] in place; ``probs`` [B, n_heads, T, T] receives the self-attention weights."""
         nf = self.norm_first
         o = self.sub1.target(x, ws)
-        self.self_attn.forward(self.sub1.input(x, ws, nt), batch, o, ws, nt, bias=nf, accumulate=nf)
+        self.self_attn.forward(self.sub1.input(x, ws, nt), batch, o, ws, nt, bias=nf, accumulate=nf, probs=probs)
         self.sub1.close(x, o, self.self_attn.out_bias, nt)
         o = self.sub2.target(x, ws)
         self.ffn.forward(self.sub2.input(x, ws, nt), o, ws, nt, bias=nf, accumulate=nf)
@@ -203,10 +203,11 @@ class Encoder(_Stack):
                          LayerNorm("encoder.norm", c.d_model, c.layer_norm_eps) if c.final_norm else None,
                          "encoder")
 
-    def forward(self, x: np.ndarray, src, ws, nt: int) -> np.ndarray:
-        """x [Ns, d] (embedded source) -> memory, in place."""
-        for layer in self.layers:
-            layer.forward(x, src, ws, nt)
+    def forward(self, x: np.ndarray, src, ws, nt: int, probs: Optional[dict] = None) -> np.ndarray:
+        """x [Ns, d] (embedded source) -> memory, in place. ``probs`` {layer index: array
+        [B, n_heads, T, T]} receives those layers' self-attention weights."""
+        for i, layer in enumerate(self.layers):
+            layer.forward(x, src, ws, nt, None if probs is None else probs.get(i))
         self._final(x, nt)
         return x
 
@@ -241,7 +242,9 @@ class DecoderLayer(Layer):
 
     def __init__(self, prefix: str, c: TransformerConfig):
         d, eps = c.d_model, c.layer_norm_eps
-        self.self_attn = MultiHeadAttention(f"{prefix}.self_attn", d, c.n_heads, causal=True)
+        # causal unless the config says otherwise (the non-autoregressive decoder sees every position)
+        self.self_attn = MultiHeadAttention(f"{prefix}.self_attn", d, c.n_heads,
+                                            causal=getattr(c, "decoder_causal", True))
         self.norm1 = LayerNorm(f"{prefix}.norm1", d, eps)
         self.cross_attn = MultiHeadAttention(f"{prefix}.multihead_attn", d, c.n_heads)
         self.norm2 = LayerNorm(f"{prefix}.norm2", d, eps)
