@@ -565,7 +565,8 @@ class Encoder(ParameterOwner):
         raw = read_json(cfg_path, expect=dict)
         model_type = raw.get("model_type") or "cyformer"
         model = loader_for(model_type, cfg_path, kind="encoder")(directory, raw, mmap=mmap, verify=verify)
-        model.set_compute_type(compute_type)
+        if compute_type != "default":   # "default": as the loader made it
+            model.set_compute_type(compute_type)
         return model
 
 

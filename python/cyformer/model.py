@@ -901,7 +901,8 @@ class Transformer(ParameterOwner):
         raw = read_json(cfg_path, expect=dict)   # bounded size and nesting; CheckpointError names the file
         model_type = raw.get("model_type") if isinstance(raw, dict) else None
         model = loader_for(model_type or "cyformer", cfg_path)(directory, raw, mmap=mmap, verify=verify)
-        model.set_compute_type(compute_type)
+        if compute_type != "default":   # "default": as the loader made it
+            model.set_compute_type(compute_type)
         return model
 
 
