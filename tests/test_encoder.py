@@ -332,6 +332,59 @@ def test_roberta_family_loads(tmp_path, family, kind):
                                    atol=LOGITS_ATOL, rtol=0)
 
 
+def _distilbert_folder(tmp_path, cls_name, seed=0, **kw):
+    import transformers
+    torch.manual_seed(seed)
+    cfg = BERT_CONFIGS["tiny"]
+    config = transformers.DistilBertConfig(vocab_size=cfg["vocab_size"], dim=cfg["hidden_size"],
+                                           n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
+                                           hidden_dim=cfg["intermediate_size"],
+                                           max_position_embeddings=cfg["max_position_embeddings"], **kw)
+    model = _perturbed(getattr(transformers, cls_name)(config))
+    model.save_pretrained(str(tmp_path / cls_name))
+    return model, tmp_path / cls_name
+
+
+@pytest.mark.parametrize("family", ["electra", "distilbert"])
+@pytest.mark.parametrize("kind", ["Model", "ForSequenceClassification", "ForTokenClassification"])
+def test_electra_and_distilbert_load(tmp_path, family, kind):
+    if family == "electra":
+        import transformers
+        torch.manual_seed(0)
+        ref = _perturbed(getattr(transformers, "Electra" + kind)(transformers.ElectraConfig(
+            embedding_size=BERT_CONFIGS["tiny"]["hidden_size"], num_labels=3, **BERT_CONFIGS["tiny"])))
+        folder = tmp_path / kind
+        ref.save_pretrained(str(folder))
+    else:
+        ref, folder = _distilbert_folder(tmp_path, "DistilBert" + kind, num_labels=3)
+    enc = Encoder.from_pretrained(str(folder))
+    if kind == "ForSequenceClassification":
+        assert enc.config.pooler and enc.config.pooler_activation == {"electra": "gelu", "distilbert": "relu"}[family]
+    cfg = BERT_CONFIGS["tiny"]
+    n_types = 2 if family == "electra" else 1
+    ids, types, lengths, mask = _masked_batch(cfg, np.random.default_rng(6), [7, 4, 1], n_types=n_types)
+    with torch.no_grad():
+        out = ref(**_torch_inputs(ids, types, mask, with_types=family == "electra"))
+    tt = types if family == "electra" else None
+    if kind == "Model":
+        np.testing.assert_allclose(enc.forward(ids, lengths, token_type_ids=tt)[mask],
+                                   out.last_hidden_state.numpy()[mask], atol=LOGITS_ATOL, rtol=0)
+    elif kind == "ForSequenceClassification":
+        np.testing.assert_allclose(enc.classify(ids, lengths, token_type_ids=tt), out.logits.numpy(),
+                                   atol=LOGITS_ATOL, rtol=0)
+    else:
+        np.testing.assert_allclose(enc.classify(ids, lengths, token_type_ids=tt)[mask], out.logits.numpy()[mask],
+                                   atol=LOGITS_ATOL, rtol=0)
+
+
+def test_electra_with_an_embedding_projection_is_refused(tmp_path):
+    import transformers
+    transformers.ElectraModel(transformers.ElectraConfig(embedding_size=16, **BERT_CONFIGS["tiny"])).save_pretrained(
+        str(tmp_path / "e"))
+    with pytest.raises(CheckpointError, match="embedding_size.*embeddings_project"):
+        Encoder.from_pretrained(str(tmp_path / "e"))
+
+
 def test_head_config_fields_and_validation():
     c = _small(head="sequence_classification", n_labels=3, pooler=True)
     assert c.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
@@ -354,6 +407,8 @@ def test_head_config_fields_and_validation():
         _small(head="sequence_classification", pooling="sum")
     with pytest.raises(ValueError, match="classifier_dropout"):
         _small(classifier_dropout=1.5)
+    with pytest.raises(ValueError, match="pooler_activation"):
+        _small(pooler=True, pooler_activation="softmax")
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
@@ -397,8 +452,8 @@ def test_head_bad_input(tmp_path):
     with pytest.raises(CheckpointError, match="missing: classifier.weight"):
         Encoder.from_pretrained(str(folder))
     # unsupported families are named
-    (tmp_path / "distil").mkdir()
-    (tmp_path / "distil" / "config.json").write_text(json.dumps({"model_type": "distilbert",
-                                                                  "architectures": ["DistilBertModel"]}))
-    with pytest.raises(ValueError, match="model_type 'distilbert' is not supported"):
-        Encoder.from_pretrained(str(tmp_path / "distil"))
+    (tmp_path / "albert").mkdir()
+    (tmp_path / "albert" / "config.json").write_text(json.dumps({"model_type": "albert",
+                                                                  "architectures": ["AlbertModel"]}))
+    with pytest.raises(ValueError, match="model_type 'albert' is not supported"):
+        Encoder.from_pretrained(str(tmp_path / "albert"))

@@ -49,19 +49,20 @@ def _batch(rng, lengths):
     return ids, types, lengths, mask
 
 
-def _compare(fb: ForwardBackward, enc: Encoder, ref, skip=()):
+def _compare(fb: ForwardBackward, enc: Encoder, ref, skip=(), names=None, prefix="bert."):
     named = {k: (v.grad.numpy() if v.grad is not None else np.zeros(tuple(v.shape), np.float32))
              for k, v in ref.named_parameters()}
-    names = dict(bert_to_cyformer_names(enc.config))
-    names.update(_head_names(enc.config, "bert"))
+    if names is None:
+        names = dict(bert_to_cyformer_names(enc.config))
+        names.update(_head_names(enc.config, "bert"))
     worst = {}
     for ours, theirs in names.items():
         if ours in skip:
             continue
         if isinstance(theirs, tuple):
-            want = np.concatenate([named["bert." + t] for t in theirs], axis=0)
+            want = np.concatenate([named[prefix + t] for t in theirs], axis=0)
         else:
-            want = named.get("bert." + theirs, named.get(theirs))
+            want = named.get(prefix + theirs, named.get(theirs))
         got = fb.grad(ours)
         assert got.shape == want.shape, ours
         scale = float(np.abs(want).max()) or 1.0
@@ -94,6 +95,45 @@ def test_sequence_classification_gradients_match_transformers(tmp_path, smoothin
     _compare(fb, enc, ref)
 
 
+@pytest.mark.parametrize("family", ["distilbert", "electra"])
+def test_other_families_sequence_gradients_match_transformers(tmp_path, family):
+    """DistilBERT (ReLU pre-classifier, its own names) and ELECTRA (GELU head) fine-tune too."""
+    from cyformer.convert.distilbert import distilbert_to_cyformer_names
+    torch.manual_seed(2)
+    common = dict(vocab_size=50, max_position_embeddings=20, num_labels=3)
+    if family == "distilbert":
+        ref = transformers.DistilBertForSequenceClassification(transformers.DistilBertConfig(
+            dim=32, n_layers=2, n_heads=4, hidden_dim=64, dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0,
+            **common))
+    else:
+        ref = transformers.ElectraForSequenceClassification(transformers.ElectraConfig(
+            embedding_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **common))
+    ref.save_pretrained(str(tmp_path / family))
+    enc = Encoder.from_pretrained(str(tmp_path / family), mmap=False)
+    ref.train()
+    ids, types, lengths, mask = _batch(np.random.default_rng(3), [6, 3, 5])
+    labels = np.array([2, 0, 1])
+    kw = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64)))
+    if family == "electra":
+        kw["token_type_ids"] = torch.tensor(types)
+    out = ref(**kw, labels=torch.tensor(labels))
+    out.loss.backward()
+    fb = ForwardBackward(enc)
+    batch = make_batch(ids, lengths, vocab_size=50, max_len=20)
+    total, _, n = fb.forward_labels(batch, labels, _packed(types, mask) if family == "electra" else None)
+    assert abs(total / n - out.loss.item()) <= LOSS_ATOL
+    fb.backward()
+    if family == "distilbert":
+        names = distilbert_to_cyformer_names(enc.config)
+        names.update({"pooler.dense.weight": "pre_classifier.weight", "pooler.dense.bias": "pre_classifier.bias",
+                      "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias"})
+    else:
+        names = dict(bert_to_cyformer_names(enc.config))
+        names.update(_head_names(enc.config, "electra"))
+    _compare(fb, enc, ref, names=names, prefix=family + ".")
+
+
 def test_token_classification_gradients_match_transformers(tmp_path):
     ref, enc = _reference(tmp_path, "BertForTokenClassification", seed=1, num_labels=4)
     rng = np.random.default_rng(1)
@@ -113,15 +153,15 @@ def test_token_classification_gradients_match_transformers(tmp_path):
     _compare(fb, enc, ref)
 
 
-@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
-@pytest.mark.parametrize("pooler", [False, True])
+@pytest.mark.parametrize("pooling,pooler", [("mean", None), ("max", None), ("cls", None), ("mean", "tanh"),
+                                            ("cls", "tanh"), ("cls", "relu"), ("cls", "gelu")])
 def test_pooled_head_gradients_match_torch(pooling, pooler):
     """Heads BERT does not have (mean / max pooling, no pooler): against torch autograd over
     the same computation, on an encoder of no layers (hidden states = token + position
     vectors), so the pooling's backward reaches the tables and every tensor is compared."""
     cfg = EncoderConfig(vocab_size=30, d_model=16, n_heads=2, d_ff=32, n_layers=0, max_len=10, type_vocab_size=0,
                         embedding_norm=False, head="sequence_classification", n_labels=3, pooling=pooling,
-                        pooler=pooler, dropout=0.0)
+                        pooler=pooler is not None, pooler_activation=pooler or "tanh", dropout=0.0)
     enc = Encoder(cfg, seed=3)
     enc["classifier.bias"][...] = [0.1, -0.2, 0.3]
     seqs = [[3, 4, 5, 6], [7, 8], [9, 10, 11]]
@@ -139,8 +179,9 @@ def test_pooled_head_gradients_match_torch(pooling, pooler):
         p = h.masked_fill(~mask[..., None], -1e30).max(1).values
     else:
         p = h[:, 0]
-    if pooler:
-        p = torch.tanh(p @ leaves["pooler.dense.weight"].T + leaves["pooler.dense.bias"])
+    if pooler:   # BERT's tanh, DistilBERT's ReLU, ELECTRA's GELU (erf)
+        act = {"tanh": torch.tanh, "relu": torch.relu, "gelu": torch.nn.functional.gelu}[pooler]
+        p = act(p @ leaves["pooler.dense.weight"].T + leaves["pooler.dense.bias"])
     logits = p @ leaves["classifier.weight"].T + leaves["classifier.bias"]
     torch.nn.functional.cross_entropy(logits, torch.tensor(labels)).backward()
     for name, leaf in leaves.items():

@@ -42,3 +42,16 @@ def test_vector_demo_bad_task():
         vector_demo("music", output_dir=None)
     with pytest.raises(ValueError, match="steps"):
         vector_demo("graph", steps=1, output_dir=None)
+
+
+def test_cli_demo_and_plot_of_a_vector_task(tmp_path, capsys):
+    from cyformer.cli import main
+    out = tmp_path / "g"
+    assert main(["demo", "--task", "graph", "--steps", "4", "--output", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "test accuracy" in text and "no-edge baseline" in text
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(out), "--attention", "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").exists()
+    assert main(["plot", str(tmp_path), "--attention"]) != 0     # no example.npz: a one-line error
+    assert "example.npz" in capsys.readouterr().err

@@ -44,6 +44,10 @@ class ForwardBackward:
         self._saved: Optional[tuple] = None
         # after a forward with grad_scale=0: its logits (a workspace buffer, valid until the next call)
         self.last_logits: Optional[np.ndarray] = None
+        # guided attention (weight, width) on the last decoder layer's cross-attention, or None;
+        # its penalty is added to the loss sum and reported alone in last_guided_loss
+        self.guide: Optional[Tuple[float, float]] = None
+        self.last_guided_loss = 0.0
 
     def grad(self, name: str) -> np.ndarray:
         """Gradient view of parameter ``name``."""
@@ -95,6 +99,7 @@ class ForwardBackward:
         want_grad = grad_scale != 0.0
         if grad_scale is None:
             grad_scale = 1.0 / max(n_labels, 1)
+        tc.guide, tc.loss_scale = self.guide, float(grad_scale)
         with threads.blas_single_threaded():
             logits, record = forward_train(tc)
             # logits become the gradient of grad_scale * loss, in place
@@ -102,7 +107,8 @@ class ForwardBackward:
                                          float(grad_scale), nt)
         self._saved = (tc, record, logits) if want_grad else None
         self.last_logits = None if want_grad else logits
-        return float(losses.sum(dtype=np.float64)), float(nlls.sum(dtype=np.float64)), n_labels
+        self.last_guided_loss = tc.extra_loss
+        return float(losses.sum(dtype=np.float64)) + tc.extra_loss, float(nlls.sum(dtype=np.float64)), n_labels
 
     def backward(self) -> None:
         """Accumulate the gradient of the last ``forward``'s scaled loss into ``grads``."""

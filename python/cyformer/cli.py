@@ -186,6 +186,13 @@ def cmd_plot(args) -> int:
     from .training import TrainingHistory
 
     history_path = os.path.join(args.model_dir, "history.json")
+    if args.attention:   # a vector demo's folder: its saved example's self-attention
+        from .vector_demo import plot_example_attention
+        if not os.path.exists(os.path.join(args.model_dir, "example.npz")):
+            raise FileNotFoundError(f"{args.model_dir} has no example.npz (written by cyformer demo --task "
+                                    f"digits / speech / graph)")
+        print(plot_example_attention(args.model_dir, args.out))
+        return 0
     if args.sentence is None:
         if not os.path.exists(history_path):
             raise FileNotFoundError(f"{args.model_dir} has no history.json (written by cyformer demo / train)")
@@ -217,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a small model on a built-in task, show translations and test BLEU "
                                     "(or labels and test accuracy)")
     d.add_argument("--task", default="dates", help="built-in task: dates (default), numbers, copy, reverse, sort "
-                                                   "(translation); tagging, classify (an encoder with a head)")
+                                                   "(translation); tagging, classify (an encoder with a head); "
+                                                   "digits, speech, graph (an encoder over image patches, speech "
+                                                   "frames or graph nodes)")
     d.add_argument("--steps", type=int, default=None,
                    help="training steps (default 800; tagging 400, classify 300)")
     d.add_argument("--batch-tokens", type=int, default=None,
@@ -282,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="training curves of a model folder, or a cross-attention heat map")
     pl.add_argument("model_dir")
     pl.add_argument("--sentence", help="draw the cross-attention of this sentence's greedy translation instead")
+    pl.add_argument("--attention", action="store_true",
+                    help="draw the self-attention over the saved example of a digits / speech / graph demo folder "
+                         "(patches, frames or a graph's edges)")
     pl.add_argument("--out", help="PNG path (default: training.png or attention.png in the folder)")
     sub.add_parser("info", help="version, OpenMP, BLAS core type and threads, CPU features")
     return p

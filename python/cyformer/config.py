@@ -71,7 +71,9 @@ class TransformerConfig(JsonConfig):
     ``forced_eos_token_id``, which Marian checkpoints set). ``dropout`` applies to the
     embeddings and every sublayer's output, ``attention_dropout`` to the attention weights
     and ``activation_dropout`` inside the FFN (``None``: the same as ``dropout``, as in
-    ``nn.Transformer``); dropout acts only in training.
+    ``nn.Transformer``); dropout acts only in training. ``n_src_features`` > 0 makes the
+    sources sets of float vectors (speech frames, say) through a learned projection plus
+    the source positions, instead of token ids (``src_vocab_size`` is then unused).
     """
 
     src_vocab_size: int = 32000
@@ -101,6 +103,7 @@ class TransformerConfig(JsonConfig):
     decoder_start_id: Optional[int] = None
     forced_eos: bool = False
     unk_id: Optional[int] = None   # the target <unk> id, for generate(disable_unk=True)
+    n_src_features: int = 0        # > 0: sources are float vectors [S, n_src_features], not ids
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -155,6 +158,12 @@ class TransformerConfig(JsonConfig):
                 raise ValueError(f"{name} must be in [0, 1), got {v!r}")
         if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        v = self.n_src_features
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"n_src_features must be an int >= 0, got {v!r}")
+        if v and self.share_embeddings:
+            raise ValueError("share_embeddings needs token sources; a model of source feature vectors "
+                             "(n_src_features > 0) has no source token table to share")
         if self.unk_id is not None:
             if isinstance(self.unk_id, bool) or not isinstance(self.unk_id, int):
                 raise TypeError("TransformerConfig.unk_id must be an int or None")

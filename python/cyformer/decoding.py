@@ -442,7 +442,7 @@ def _truncate_sources(model, src, src_lengths, limit: Optional[int]):
     Inputs with no source over the limit are returned as they are (the common case costs a
     length check); others come back as a padded [B, T] int32 array plus lengths.
     """
-    if not limit:
+    if not limit or getattr(model.config, "n_src_features", 0):   # the limit counts tokens
         return src, src_lengths
     if src_lengths is None:
         if isinstance(src, np.ndarray) and src.ndim in (1, 2) and src.shape[-1] <= limit:

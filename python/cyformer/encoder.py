@@ -7,6 +7,9 @@ patches, graph nodes): a learned projection ``F -> d_model`` plus positions
 (``FeatureProjection``) replaces the token embeddings; ``attention_window`` bounds
 self-attention to ``|i - j| <= w`` and a per-example mask or edge list restricts it to a graph.
 The same layers and kernels as ``Transformer``'s encoder; only the composition is new.
+An optional head (``layers.heads``) turns the last states into labels: one per sequence
+(pooled, through BERT's tanh pooler when the checkpoint has one) or one per position
+(``classify``); ``forward_train`` / ``backward`` train it and the encoder (``Trainer``).
 
 ``EncoderConfig`` is its own small dataclass rather than ``TransformerConfig``: the
 encoder-decoder config carries target-side fields (target vocabulary, BOS/EOS, decoder
@@ -31,7 +34,7 @@ from .io import (atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
 from .layers.base import TrainContext, WeightSpec, derive_layout, named_views
 from .layers.embedding import Embeddings, EmbeddingsRecord
-from .layers.heads import (HEADS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
+from .layers.heads import (HEADS, POOLER_ACTIVATIONS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
                            TokenClassificationHead, pool)
 from .layers.linear import resolve_compute_type
 from .layers.norm import LayerNorm, LayerNormRecord
@@ -60,7 +63,8 @@ class EncoderConfig(JsonConfig):
     ``pooling`` vector of each sequence, "cls" for BERT) or ``"token_classification"`` (one
     label per position); ``n_labels`` classes named by ``id2label`` (``{0: "LABEL_0", ...}``
     by default; ``label2id`` is its inverse). ``pooler`` adds BERT's tanh pooler
-    (``pooler.dense``) on the pooled vector, before the sequence classifier;
+    (``pooler.dense``) on the pooled vector, before the sequence classifier
+    (``pooler_activation`` "relu" is DistilBERT's pre-classifier, "gelu" ELECTRA's head);
     ``classifier_dropout`` (None: ``dropout``) is the dropout before the classifier.
 
     Vector-set inputs: ``n_features`` > 0 makes the model take float vectors [T, n_features]
@@ -91,6 +95,7 @@ class EncoderConfig(JsonConfig):
     n_labels: int = 2
     id2label: Optional[Dict[int, str]] = None
     pooler: bool = False
+    pooler_activation: str = "tanh"
     pooling: str = "cls"
     classifier_dropout: Optional[float] = None
     n_features: int = 0
@@ -176,6 +181,8 @@ class EncoderConfig(JsonConfig):
             raise ValueError(f"id2label names a label twice: {', '.join(map(repr, dup))}")
         if not isinstance(self.pooler, bool):
             raise TypeError("EncoderConfig.pooler must be a bool")
+        if self.pooler_activation not in POOLER_ACTIVATIONS:
+            raise ValueError(f"pooler_activation must be one of {POOLER_ACTIVATIONS}, got {self.pooler_activation!r}")
         if self.pooling not in HEAD_POOLINGS:
             raise ValueError(f"pooling must be one of {HEAD_POOLINGS}, got {self.pooling!r}")
         v = self.classifier_dropout
@@ -227,7 +234,7 @@ def _compose(c: EncoderConfig):
                            positional="learned", position_name="embed_positions.weight", pad_id=c.pad_id)
     norm = LayerNorm("embed_norm", c.d_model, c.layer_norm_eps) if c.embedding_norm else None
     stack = EncoderStack(c)
-    pooler = Pooler(c.d_model) if c.pooler else None
+    pooler = Pooler(c.d_model, activation=c.pooler_activation) if c.pooler else None
     head = None
     if c.head == "sequence_classification":
         head = SequenceClassificationHead(c.d_model, c.n_labels, pooling=c.pooling, pooler=pooler,

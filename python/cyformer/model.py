@@ -24,6 +24,7 @@ from .config import TransformerConfig
 from .convert.registry import loader_for, register_loader
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
                  read_safetensors_header, safetensors_header, safetensors_metadata, verify_checkpoint)
+from .layers.projection import FeatureProjection
 from .layers import (Decoder, DecoderState, Embeddings, EmbeddingsRecord, Encoder, Layer, Linear, StackRecord,
                      TrainContext, WeightSpec, derive_layout, named_views)
 from .layers.linear import StoredWeight, resolve_compute_type
@@ -71,8 +72,13 @@ def _compose(config: TransformerConfig):
     scale = math.sqrt(d) if c.scale_embedding else 1.0
     common = dict(max_len=c.max_len, positional=c.positional, sinusoidal_layout=c.sinusoidal_layout,
                   scale=scale, dropout=c.dropout, pad_id=c.pad_id)
-    src_embed = Embeddings("encoder.embed_tokens.weight", c.src_vocab_size, d,
-                           position_name="encoder.embed_positions.weight", **common)
+    if c.n_src_features:   # vector sets (speech frames, ...): a learned projection plus positions
+        src_embed = FeatureProjection("encoder.input_proj", c.n_src_features, d, max_len=c.max_len,
+                                      positional=c.positional, sinusoidal_layout=c.sinusoidal_layout,
+                                      dropout=c.dropout)
+    else:
+        src_embed = Embeddings("encoder.embed_tokens.weight", c.src_vocab_size, d,
+                               position_name="encoder.embed_positions.weight", **common)
     tgt_tokens = "encoder.embed_tokens.weight" if c.share_embeddings else "decoder.embed_tokens.weight"
     tgt_embed = Embeddings(tgt_tokens, c.tgt_vocab_size, d, position_name="decoder.embed_positions.weight",
                            declare_tokens=not c.share_embeddings, **common)
@@ -85,6 +91,9 @@ def _compose(config: TransformerConfig):
 def _weight_specs(src_embed, tgt_embed, encoder, decoder, generator) -> List[WeightSpec]:
     # Buffer order (checkpoints written before the layer library load by the flat path):
     # token tables, position tables, encoder layers, decoder layers, output projection.
+    if isinstance(src_embed, FeatureProjection):
+        return derive_layout([*src_embed.weights(), *tgt_embed.token_weights(), *tgt_embed.position_weights(),
+                              *encoder.weights(), *decoder.weights(), *generator.weights()])
     return derive_layout([*src_embed.token_weights(), *tgt_embed.token_weights(),
                           *src_embed.position_weights(), *tgt_embed.position_weights(),
                           *encoder.weights(), *decoder.weights(), *generator.weights()])
@@ -685,7 +694,10 @@ class Transformer(ParameterOwner):
     def _encode_packed(self, src: Batch, ws: Workspace, nt: int) -> np.ndarray:
         """Encoder stack over packed tokens -> memory [N_src, d] (a workspace buffer)."""
         x = ws.get("memory", len(src.ids), self.config.d_model)
-        self.src_embed.forward(src.ids, src.positions, x, nt)
+        if isinstance(src, FeatureBatch):
+            self.src_embed.forward(src.features, src.positions, x, nt)
+        else:
+            self.src_embed.forward(src.ids, src.positions, x, nt)
         return self.encoder.forward(x, src, ws, nt)
 
     def _decode_packed(self, tgt: Batch, memory: np.ndarray, src: Batch, ws: Workspace,
@@ -706,7 +718,10 @@ class Transformer(ParameterOwner):
         ``backward`` needs. Dropout sites are numbered in this order."""
         d = self.config.d_model
         x = tc.buf("enc.embed", len(src.ids), d)
-        r_src = self.src_embed.forward_train(src, x, tc)
+        if isinstance(src, FeatureBatch):
+            r_src = self.src_embed.forward_train(src.features, src, x, tc)
+        else:
+            r_src = self.src_embed.forward_train(src, x, tc)
         memory, r_enc = self.encoder.forward_train(x, src, tc)
         y = tc.buf("dec.embed", len(tgt.ids), d)
         r_tgt = self.tgt_embed.forward_train(tgt, y, tc)
@@ -777,8 +792,10 @@ class Transformer(ParameterOwner):
 
     # -- public API --------------------------------------------------------------------------------
     def _src_batch(self, src, lengths) -> Batch:
-        return make_batch(src, lengths, vocab_size=self.config.src_vocab_size,
-                          max_len=self.config.max_len, name="src")
+        c = self.config
+        if c.n_src_features:   # a list of [S, F] float arrays, or a padded [B, S, F] array with lengths
+            return make_feature_batch(src, lengths, n_features=c.n_src_features, max_len=c.max_len, name="src")
+        return make_batch(src, lengths, vocab_size=c.src_vocab_size, max_len=c.max_len, name="src")
 
     def _tgt_batch(self, tgt, lengths) -> Batch:
         return make_batch(tgt, lengths, vocab_size=self.config.tgt_vocab_size,

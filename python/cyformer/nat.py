@@ -57,6 +57,8 @@ class NATConfig(TransformerConfig):
         v = self.max_target_len
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= self.max_len:
             raise ValueError(f"max_target_len must be an int in [1, max_len={self.max_len}], got {v!r}")
+        if self.n_src_features:
+            raise ValueError("a NAT decoder copies source token embeddings: n_src_features must be 0")
         w = self.length_loss_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not w >= 0:
             raise ValueError(f"length_loss_weight must be >= 0, got {w!r}")

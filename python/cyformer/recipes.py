@@ -90,12 +90,17 @@ def demo(task: str = "dates", *, steps: Optional[int] = None, batch_tokens: Opti
     labelling task (see the module docstring)."""
     from .data import LABEL_TASKS, TASKS, load_task
 
+    from .vector_tasks import VECTOR_TASKS
+
     log = log or (lambda msg: print(msg, flush=True))
+    if task in VECTOR_TASKS:   # image patches, speech frames, graph nodes: cyformer.vector_demo
+        from .vector_demo import vector_demo
+        return vector_demo(task, steps=steps, output_dir=output_dir, seed=seed, progress=progress, log=log)
     if task in LABEL_TASKS:
         return demo_labels(task, steps=steps, batch_tokens=batch_tokens, output_dir=output_dir, seed=seed,
                            examples=examples, progress=progress, log=log)
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join([*TASKS, *LABEL_TASKS])}")
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join([*TASKS, *LABEL_TASKS, *VECTOR_TASKS])}")
     steps = 800 if steps is None else steps
     batch_tokens = 2500 if batch_tokens is None else batch_tokens
     t0 = time.perf_counter()

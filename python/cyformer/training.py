@@ -56,6 +56,7 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
 IGNORE_INDEX = -100
+SAMPLING_SOURCES = ("model", "random")
 
 
 @dataclass
@@ -151,13 +152,23 @@ class Trainer:
     ``final_logits_bias``, a fixed buffer in Hugging Face, for models imported from Marian).
     For an encoder (see the module docstring) the same options hold; fine-tuning a loaded
     checkpoint usually wants ``optimizer="adamw", schedule="linear", lr=2e-5..5e-5``.
+
+    Training tips for translation (the lecture notes'): ``scheduled_sampling`` is the share of
+    decoder inputs replaced by the model's own predictions (``scheduled_sampling_source=
+    "model"``) or by random tokens (``"random"``, noisy teacher forcing), reached linearly over
+    ``scheduled_sampling_steps`` updates (0: from the start), so that the decoder learns to
+    recover from its own mistakes; ``guided_attention`` weighs a penalty on the last decoder
+    layer's cross-attention far from the diagonal (``guided_attention_width`` the tolerated
+    spread, as a share of the lengths), for monotonic alignments such as speech or copying.
     """
 
     def __init__(self, model, *, optimizer: str = "adam", lr: Optional[float] = None,
                  schedule: str = "noam", warmup_steps: Optional[int] = None, total_steps: Optional[int] = None,
                  betas: Tuple[float, float] = (0.9, 0.98), eps: float = 1e-9, weight_decay: float = 0.0,
                  momentum: float = 0.9, label_smoothing: float = 0.1, clip_norm: Optional[float] = None,
-                 seed: int = 0, frozen: Optional[Sequence[str]] = None):
+                 seed: int = 0, frozen: Optional[Sequence[str]] = None, scheduled_sampling: float = 0.0,
+                 scheduled_sampling_steps: int = 0, scheduled_sampling_source: str = "model",
+                 guided_attention: float = 0.0, guided_attention_width: float = 0.2):
         if isinstance(model, Encoder):
             _check_trainable_head(model.config)
         elif not isinstance(model, Transformer):
@@ -185,6 +196,9 @@ class Trainer:
         self.label_smoothing = float(label_smoothing)
         self.clip_norm = clip_norm
         self.seed = int(seed)
+        self._set_tips(scheduled_sampling=scheduled_sampling, scheduled_sampling_steps=scheduled_sampling_steps,
+                       scheduled_sampling_source=scheduled_sampling_source, guided_attention=guided_attention,
+                       guided_attention_width=guided_attention_width)
         self.step_count = 0          # optimizer updates done
         self.epoch = 0               # data position for fit / resume
         self.batch_in_epoch = 0
@@ -198,15 +212,75 @@ class Trainer:
             raise ValueError(f"frozen names unknown parameters: {', '.join(unknown)}")
         self.frozen = list(frozen)
 
+    # -- the notes' training tips: scheduled sampling and guided attention ----------------------
+    def _set_tips(self, *, scheduled_sampling, scheduled_sampling_steps, scheduled_sampling_source,
+                  guided_attention, guided_attention_width) -> None:
+        def number(name, v, lo, hi=None):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v or (hi is not None and v > hi):
+                raise ValueError(f"{name} must be a number in [{lo}, {hi if hi is not None else 'inf'}], got {v!r}")
+            return float(v)
+
+        rate = number("scheduled_sampling", scheduled_sampling, 0.0, 1.0)
+        if isinstance(scheduled_sampling_steps, bool) or not isinstance(scheduled_sampling_steps, int) \
+                or scheduled_sampling_steps < 0:
+            raise ValueError(f"scheduled_sampling_steps must be an int >= 0, got {scheduled_sampling_steps!r}")
+        if scheduled_sampling_source not in SAMPLING_SOURCES:
+            raise ValueError(f"scheduled_sampling_source must be one of {SAMPLING_SOURCES}, "
+                             f"got {scheduled_sampling_source!r}")
+        weight = number("guided_attention", guided_attention, 0.0)
+        width = number("guided_attention_width", guided_attention_width, 1e-6)
+        if (rate or weight) and self.labels:
+            raise ValueError("scheduled_sampling and guided_attention are for translation models "
+                             "(a decoder's inputs and its cross-attention), not an Encoder")
+        if rate and getattr(self.config, "decoder_causal", True) is False:
+            raise ValueError("scheduled_sampling needs a decoder that reads its own previous tokens; "
+                             "a non-autoregressive model has none")
+        if weight and not getattr(self.config, "n_decoder_layers", 0):
+            raise ValueError("guided_attention needs a decoder layer's cross-attention")
+        self.tips = {"scheduled_sampling": rate, "scheduled_sampling_steps": scheduled_sampling_steps,
+                     "scheduled_sampling_source": scheduled_sampling_source, "guided_attention": weight,
+                     "guided_attention_width": width}
+        self.passes.guide = (weight, width) if weight else None
+
+    def sampling_rate(self, step: Optional[int] = None) -> float:
+        """The share of decoder inputs replaced at ``step`` (default: the next update):
+        ``scheduled_sampling`` reached linearly over ``scheduled_sampling_steps`` updates."""
+        step = self.step_count if step is None else step
+        rate, ramp = self.tips["scheduled_sampling"], self.tips["scheduled_sampling_steps"]
+        return rate if ramp == 0 else rate * min(1.0, step / ramp)
+
+    def _sample_inputs(self, src_b: Batch, tgt_b: Batch, labels: np.ndarray, seed: int) -> Batch:
+        """Scheduled sampling (Bengio et al. 2015): each decoder input but the start token is
+        replaced, with probability ``sampling_rate()``, by the model's own prediction of it
+        (a teacher-forced pass without dropout) or, with source "random", by a random token
+        (noisy teacher forcing). Seeded by the step's seed, so a resumed run draws the same."""
+        rate = self.sampling_rate()
+        rng = np.random.default_rng(mix_seed(seed, 0x5C4ED))
+        pick = rng.random(len(tgt_b.ids)) < rate
+        pick[tgt_b.start] = False
+        if not pick.any():
+            return tgt_b
+        if self.tips["scheduled_sampling_source"] == "model":
+            self.passes.forward(src_b, tgt_b, labels, training=False, grad_scale=0.0)
+            # the prediction at packed position i is of label i, which is the input at i + 1
+            replacement = np.roll(self.passes.last_logits.argmax(axis=1), 1)
+        else:
+            replacement = rng.integers(0, self.config.tgt_vocab_size, size=len(tgt_b.ids))
+        ids = tgt_b.ids.copy()
+        ids[pick] = replacement[pick]
+        return Batch(ids.astype(np.int32), tgt_b.length)
+
     # -- batches -----------------------------------------------------------------------------
     def _teacher_forcing(self, pairs: Sequence[Pair]) -> Tuple[Batch, Batch, np.ndarray]:
         """(source batch, decoder-input batch, labels) for (src, tgt) id sequences."""
         c = self.config
         if len(pairs) == 0:
             raise ValueError("empty batch")
+        vectors = bool(getattr(c, "n_src_features", 0))   # sources are [S, F] float arrays
         srcs, tgt_in, labels = [], [], []
         for i, (s, t) in enumerate(pairs):
-            s, t = _as_ids(s, f"src[{i}]"), _as_ids(t, f"tgt[{i}]")
+            s = np.asarray(s) if vectors else _as_ids(s, f"src[{i}]")
+            t = _as_ids(t, f"tgt[{i}]")
             if not t:
                 raise ValueError(f"tgt[{i}] is empty; a target needs at least EOS")
             if t[-1] != c.eos_id:
@@ -214,7 +288,7 @@ class Trainer:
             srcs.append(s)
             tgt_in.append([c.decoder_start_id] + t[:-1])
             labels.append(t)
-        src_b = make_batch(srcs, vocab_size=c.src_vocab_size, max_len=c.max_len, name="src")
+        src_b = self.model._src_batch(srcs, None)
         tgt_b = make_batch(tgt_in, vocab_size=c.tgt_vocab_size, max_len=c.max_len, name="tgt")
         lab = np.concatenate([np.asarray(x, np.int64) for x in labels])
         if lab.min() < 0 or lab.max() >= c.tgt_vocab_size:
@@ -304,6 +378,8 @@ class Trainer:
                                               training=training, seed=seed, grad_scale=grad_scale,
                                               ignore_index=IGNORE_INDEX)
         src_b, tgt_b, labels = self._teacher_forcing(examples)
+        if training and grad_scale != 0.0 and self.tips["scheduled_sampling"] > 0.0:
+            tgt_b = self._sample_inputs(src_b, tgt_b, labels, seed)
         return self.passes.forward(src_b, tgt_b, labels, label_smoothing=self.label_smoothing,
                                    training=training, seed=seed, grad_scale=grad_scale)
 
@@ -534,7 +610,7 @@ class Trainer:
                 "optimizer": {"name": self.optimizer.name, "steps": self.optimizer.steps,
                               "hyper": self.optimizer.hyper()},
                 "schedule": self.schedule.to_dict(), "label_smoothing": self.label_smoothing,
-                "clip_norm": self.clip_norm, "history": self.history.to_dict()}
+                "clip_norm": self.clip_norm, "tips": self.tips, "history": self.history.to_dict()}
 
     def save_checkpoint(self, output_dir: str, keep: Optional[int] = 2) -> str:
         """Write ``output_dir/checkpoint-STEP`` atomically; keep the newest ``keep``."""
@@ -590,6 +666,8 @@ class Trainer:
         self.seed = int(state["seed"])
         self.label_smoothing = float(state["label_smoothing"])
         self.clip_norm = state["clip_norm"]
+        if "tips" in state:
+            self._set_tips(**state["tips"])
         self.history = TrainingHistory.from_dict(state.get("history", {}))
 
     @classmethod

@@ -13,6 +13,7 @@ from .registry import ENCODER_LOADERS, EXPORTERS, LOADERS, register_exporter, re
 from .marian import load_marian, marian_config, save_marian
 from .torch import from_torch
 from .bert import bert_config, load_bert
+from .distilbert import distilbert_config, load_distilbert
 
 
 def export_checkpoint(model, directory, format):
@@ -21,5 +22,5 @@ def export_checkpoint(model, directory, format):
     return exporter_for(format)(model, directory)
 
 
-__all__ = ["from_torch", "load_bert", "bert_config", "load_marian", "marian_config", "save_marian", "export_checkpoint",
+__all__ = ["from_torch", "load_bert", "bert_config", "load_distilbert", "distilbert_config", "load_marian", "marian_config", "save_marian", "export_checkpoint",
            "register_loader", "register_exporter", "LOADERS", "ENCODER_LOADERS", "EXPORTERS"]

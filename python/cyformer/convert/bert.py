@@ -12,6 +12,8 @@ answering, ...) load their encoder (and pooler) without a head.
 loaded from that row on (``max_len`` = ``max_position_embeddings - pad_token_id - 1``) and
 no new layer is needed; ``*ForSequenceClassification``'s head (``classifier.dense`` + tanh on
 the first token, then ``classifier.out_proj``) is BERT's pooler + classifier under other names.
+``model_type: "electra"`` (discriminators whose ``embedding_size`` is ``hidden_size``): the
+layout under ``electra.``, its sequence head the same as RoBERTa's with GELU for tanh.
 """
 from __future__ import annotations
 
@@ -26,11 +28,15 @@ _SUPPORTED_ACTS = {"gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch_tanh": 
                    "relu": "relu", "silu": "silu", "swish": "swish"}
 
 
-SEQUENCE_HEADS = {"BertForSequenceClassification", "RobertaForSequenceClassification",
-                  "XLMRobertaForSequenceClassification", "CamembertForSequenceClassification"}
-TOKEN_HEADS = {"BertForTokenClassification", "RobertaForTokenClassification",
-               "XLMRobertaForTokenClassification", "CamembertForTokenClassification"}
+_ARCH_PREFIXES = ("Bert", "Roberta", "XLMRoberta", "Camembert", "Electra", "DistilBert")
+SEQUENCE_HEADS = {f"{p}ForSequenceClassification" for p in _ARCH_PREFIXES}
+TOKEN_HEADS = {f"{p}ForTokenClassification" for p in _ARCH_PREFIXES}
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+# model_type -> (the encoder's name prefix in *For* models, the sequence head's pooler
+# activation, whether that head is classifier.dense + classifier.out_proj instead of
+# BERT's pooler.dense + classifier)
+FAMILIES = {"bert": ("bert", "tanh", False), "electra": ("electra", "gelu", True),
+            **{t: ("roberta", "tanh", True) for t in ROBERTA_TYPES}}
 
 
 def _head_fields(raw: dict, where: str) -> dict:
@@ -85,6 +91,9 @@ def bert_config(raw: dict, where: str = "config.json", *, pooler: bool = False):
             raise CheckpointError(f"{where}: max_position_embeddings leaves no position after the "
                                   f"offset pad_token_id + 1 = {pad + 1}")
     heads = _head_fields(raw, where)
+    if raw.get("model_type") == "electra" and raw.get("embedding_size", raw.get("hidden_size")) != raw.get("hidden_size"):
+        raise CheckpointError(f"{where}: an ELECTRA model whose embedding_size ({raw.get('embedding_size')}) is not "
+                              f"hidden_size needs its embeddings_project layer, which is not supported")
     extra = {"hf_architectures": raw.get("architectures") or []}
     if raw.get("problem_type"):
         extra["problem_type"] = raw["problem_type"]
@@ -97,7 +106,8 @@ def bert_config(raw: dict, where: str = "config.json", *, pooler: bool = False):
             layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
             dropout=float(raw.get("hidden_dropout_prob", 0.1)),
             attention_dropout=float(raw.get("attention_probs_dropout_prob", 0.1)),
-            pad_id=pad, pooler=pooler, pooling="cls", extra=extra, **heads)
+            pad_id=pad, pooler=pooler, pooler_activation=FAMILIES.get(raw.get("model_type"), FAMILIES["bert"])[1],
+            pooling="cls", extra=extra, **heads)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: {e}") from None
 
@@ -108,6 +118,27 @@ def _position_offset(raw: dict) -> int:
     return (pad if isinstance(pad, int) and not isinstance(pad, bool) else 1) + 1
 
 
+# our per-layer tensor -> its name inside a BERT layer ("attention.self.{query,key,value}" stacked)
+BERT_LAYER_NAMES = {"self_attn.in_proj": ("attention.self.query", "attention.self.key", "attention.self.value"),
+                    "self_attn.out_proj": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+                    "linear1": "intermediate.dense", "linear2": "output.dense", "norm2": "output.LayerNorm"}
+
+
+def layer_names(n_layers: int, layer_prefix: str, table: dict) -> dict:
+    """cyformer name -> checkpoint name of every layer's weights and biases: ``table`` maps our
+    module (``self_attn.in_proj``, ``norm1``, ...) to the checkpoint's, under ``layer_prefix.{i}``;
+    a tuple is stacked (the in-projection's Q, K, V)."""
+    m = {}
+    for i in range(n_layers):
+        for ours, theirs in table.items():
+            for kind in ("weight", "bias"):
+                # nn.MultiheadAttention's fused projection is in_proj_weight, not in_proj.weight
+                name = f"encoder.layers.{i}.{ours}{'_' if ours.endswith('in_proj') else '.'}{kind}"
+                m[name] = (tuple(f"{layer_prefix}.{i}.{t}.{kind}" for t in theirs) if isinstance(theirs, tuple)
+                           else f"{layer_prefix}.{i}.{theirs}.{kind}")
+    return m
+
+
 def bert_to_cyformer_names(config) -> dict:
     """cyformer name -> BERT name (without a ``bert.`` prefix); in_proj entries map to a triple."""
     m = {"embed_tokens.weight": "embeddings.word_embeddings.weight",
@@ -116,40 +147,25 @@ def bert_to_cyformer_names(config) -> dict:
          "embed_norm.bias": "embeddings.LayerNorm.bias"}
     if config.type_vocab_size:
         m["embed_token_types.weight"] = "embeddings.token_type_embeddings.weight"
-    for i in range(config.n_layers):
-        c, h = f"encoder.layers.{i}", f"encoder.layer.{i}"
-        for kind in ("weight", "bias"):
-            m[f"{c}.self_attn.in_proj_{kind}"] = tuple(f"{h}.attention.self.{p}.{kind}"
-                                                       for p in ("query", "key", "value"))
-            m[f"{c}.self_attn.out_proj.{kind}"] = f"{h}.attention.output.dense.{kind}"
-            m[f"{c}.norm1.{kind}"] = f"{h}.attention.output.LayerNorm.{kind}"
-            m[f"{c}.linear1.{kind}"] = f"{h}.intermediate.dense.{kind}"
-            m[f"{c}.linear2.{kind}"] = f"{h}.output.dense.{kind}"
-            m[f"{c}.norm2.{kind}"] = f"{h}.output.LayerNorm.{kind}"
+    m.update(layer_names(config.n_layers, "encoder.layer", BERT_LAYER_NAMES))
     return m
 
 
 def _head_names(config, model_type: str) -> dict:
     """cyformer name -> checkpoint name (no prefix) of the pooler and the head."""
     m = {}
-    roberta = model_type in ROBERTA_TYPES
+    dense_head = FAMILIES[model_type][2] and config.head == "sequence_classification"
     if config.pooler:
-        src = "classifier.dense" if roberta and config.head == "sequence_classification" else "pooler.dense"
+        src = "classifier.dense" if dense_head else "pooler.dense"
         m.update({f"pooler.dense.{k}": f"{src}.{k}" for k in ("weight", "bias")})
     if config.head is not None:
-        src = "classifier.out_proj" if roberta and config.head == "sequence_classification" else "classifier"
+        src = "classifier.out_proj" if dense_head else "classifier"
         m.update({f"classifier.{k}": f"{src}.{k}" for k in ("weight", "bias")})
     return m
 
 
-@register_loader("bert", kind="encoder")
-def load_bert(directory: str, raw, mmap: bool = True, verify: bool = False):
-    """A Hugging Face BERT (or RoBERTa-family) folder as an ``Encoder`` (weights copied into the
-    flat buffer), with its pooler and classification head when it has them."""
-    from ..encoder import Encoder
-    cfg_path = os.path.join(directory, "config.json")
-    model_type = raw.get("model_type", "bert")
-    bert_config(raw, cfg_path)   # a config we cannot run is refused before the weights are read
+def weights_file(directory: str) -> str:
+    """The folder's ``model.safetensors``, or a FileNotFoundError saying what is there instead."""
     path = os.path.join(directory, "model.safetensors")
     if not os.path.exists(path):
         if os.path.exists(os.path.join(directory, "pytorch_model.bin")):
@@ -158,29 +174,27 @@ def load_bert(directory: str, raw, mmap: bool = True, verify: bool = False):
         if os.path.exists(os.path.join(directory, "model.safetensors.index.json")):
             raise FileNotFoundError(f"{directory}: sharded checkpoints are not supported yet")
         raise FileNotFoundError(f"{directory} has no model.safetensors")
-    tensors = load_safetensors(path, mmap=mmap)
-    base = "roberta" if model_type in ROBERTA_TYPES else "bert"
-    prefix = f"{base}." if any(k.startswith(f"{base}.embeddings.") for k in tensors) else ""
-    roberta_seq = model_type in ROBERTA_TYPES and \
-        _head_fields(raw, cfg_path)["head"] == "sequence_classification"
-    # RoBERTa's sequence head is its pooler (classifier.dense); a missing one is reported below
-    has_pooler = roberta_seq or f"{prefix}pooler.dense.weight" in tensors
-    config = bert_config(raw, cfg_path, pooler=has_pooler)
+    return path
+
+
+def encoder_from_tensors(path: str, tensors, prefix: str, config, names: dict, head_names: dict, family: str,
+                         positions_from: int = 0):
+    """An ``Encoder`` of ``config`` filled from a foreign checkpoint's tensors.
+
+    ``names``: cyformer name -> checkpoint name under ``prefix`` (a tuple of names is
+    stacked along the first axis: Q, K, V into the fused in-projection); ``head_names``: the
+    same for the pooler and head, found with or without the prefix. Every missing tensor is
+    named in one CheckpointError. ``positions_from``: the first row of the position table."""
+    from ..encoder import Encoder
 
     def get(name):
         return tensors.get(prefix + name)
 
-    names = bert_to_cyformer_names(config)
-    head_names = _head_names(config, model_type)
-    missing = []
-    for ours, theirs in names.items():
-        for t in (theirs if isinstance(theirs, tuple) else (theirs,)):
-            if get(t) is None:
-                missing.append(prefix + t)
+    missing = [prefix + t for theirs in names.values()
+               for t in (theirs if isinstance(theirs, tuple) else (theirs,)) if get(t) is None]
     missing += [t for t in head_names.values() if t not in tensors and prefix + t not in tensors]
     if missing:
-        raise CheckpointError(f"{path}: {base.upper() if base == 'bert' else 'RoBERTa'} weights missing: "
-                              f"{', '.join(missing)}")
+        raise CheckpointError(f"{path}: {family} weights missing: {', '.join(missing)}")
     model = Encoder.empty(config)
     state = {}
     for ours, theirs in names.items():
@@ -188,9 +202,8 @@ def load_bert(directory: str, raw, mmap: bool = True, verify: bool = False):
             state[ours] = np.concatenate([np.asarray(get(t), dtype=np.float32) for t in theirs], axis=0)
         else:
             state[ours] = np.asarray(get(theirs), dtype=np.float32)
-    if model_type in ROBERTA_TYPES:   # positions count from pad_token_id + 1
-        off = _position_offset(raw)
-        state["embed_positions.weight"] = state["embed_positions.weight"][off:off + config.max_len]
+    if positions_from:
+        state["embed_positions.weight"] = state["embed_positions.weight"][positions_from:positions_from + config.max_len]
     for ours, theirs in head_names.items():
         t = tensors.get(theirs)
         state[ours] = np.asarray(t if t is not None else tensors[prefix + theirs], dtype=np.float32)
@@ -198,5 +211,27 @@ def load_bert(directory: str, raw, mmap: bool = True, verify: bool = False):
     return model
 
 
-for _model_type in ROBERTA_TYPES:
-    register_loader(_model_type, kind="encoder")(load_bert)
+@register_loader("bert", kind="encoder")
+def load_bert(directory: str, raw, mmap: bool = True, verify: bool = False):
+    """A Hugging Face BERT-layout folder (BERT, the RoBERTa family, ELECTRA) as an ``Encoder``
+    (weights copied into the flat buffer), with its pooler and classification head when it has them."""
+    cfg_path = os.path.join(directory, "config.json")
+    model_type = raw.get("model_type", "bert")
+    bert_config(raw, cfg_path)   # a config we cannot run is refused before the weights are read
+    path = weights_file(directory)
+    tensors = load_safetensors(path, mmap=mmap)
+    base, _, dense_head = FAMILIES[model_type]
+    prefix = f"{base}." if any(k.startswith(f"{base}.embeddings.") for k in tensors) else ""
+    # a dense sequence head (RoBERTa, ELECTRA) is our pooler; a missing one is reported below
+    has_pooler = ((dense_head and _head_fields(raw, cfg_path)["head"] == "sequence_classification")
+                  or f"{prefix}pooler.dense.weight" in tensors)
+    config = bert_config(raw, cfg_path, pooler=has_pooler)
+    family = {"bert": "BERT", "roberta": "RoBERTa", "electra": "ELECTRA"}[base]
+    return encoder_from_tensors(path, tensors, prefix, config, bert_to_cyformer_names(config),
+                                _head_names(config, model_type), family,
+                                _position_offset(raw) if model_type in ROBERTA_TYPES else 0)
+
+
+for _model_type in FAMILIES:
+    if _model_type != "bert":
+        register_loader(_model_type, kind="encoder")(load_bert)

@@ -10,7 +10,7 @@ from .attention import AttentionRecord, MultiHeadAttention
 from .base import Layer, TrainContext, WeightSpec, derive_layout, mix_seed, named_views
 from .embedding import Embeddings, EmbeddingsRecord
 from .ffn import FeedForward, FeedForwardRecord
-from .heads import (HEADS, POOLINGS, Pooler, SequenceClassificationHead, SequenceHeadRecord,
+from .heads import (HEADS, POOLER_ACTIVATIONS, POOLINGS, Pooler, SequenceClassificationHead, SequenceHeadRecord,
                     TokenClassificationHead, TokenHeadRecord, pool, pool_backward)
 from .linear import Linear
 from .norm import LayerNorm, LayerNormRecord
@@ -22,5 +22,5 @@ __all__ = ["Layer", "WeightSpec", "TrainContext", "derive_layout", "named_views"
            "SublayerConnection", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "DecoderState",
            "StepLanes", "AttentionRecord", "FeedForwardRecord", "EmbeddingsRecord", "LayerNormRecord",
            "SublayerRecord", "EncoderLayerRecord", "DecoderLayerRecord", "StackRecord",
-           "HEADS", "POOLINGS", "Pooler", "SequenceClassificationHead", "TokenClassificationHead",
+           "HEADS", "POOLINGS", "POOLER_ACTIVATIONS", "Pooler", "SequenceClassificationHead", "TokenClassificationHead",
            "SequenceHeadRecord", "TokenHeadRecord", "pool", "pool_backward"]

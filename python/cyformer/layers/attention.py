@@ -42,6 +42,7 @@ class AttentionRecord:
     memory: Optional[np.ndarray] = None   # cross: encoder memory [Ns, d]
     kv: Optional[np.ndarray] = None       # cross: its keys|values [Ns, 2d]
     src: object = None                    # cross: source Batch
+    guide: Optional[tuple] = None         # cross, guided: (dq [Nt, d], dk [Ns, d]) of the penalty
 
 
 class MultiHeadAttention(Layer):
@@ -56,6 +57,7 @@ class MultiHeadAttention(Layer):
         self.d_k = d // n_heads
         self.causal = causal
         self.window = -1 if window is None else window   # the kernel's "no window"
+        self.guided = False   # cross-attention: the layer a guided-attention penalty reads
         self.in_proj = Linear(f"{prefix}.in_proj_weight", f"{prefix}.in_proj_bias", 3 * d, d)
         self.q_proj = self.in_proj.rows(0, d)
         self.kv_proj = self.in_proj.rows(d, 3 * d)
@@ -167,7 +169,12 @@ class MultiHeadAttention(Layer):
         attention_forward(q, kv[:, :d], kv[:, d:], ctx, batch.start, batch.length, src.start, src.length,
                           self.n_heads, dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
         self.out_proj.forward(ctx, out, tc.nt, bias=bias)
-        return AttentionRecord(y, q, ctx, batch, site, memory=memory, kv=kv, src=src)
+        guide = None
+        if self.guided and tc.guide is not None and tc.guide[0] > 0:
+            loss, dq, dk = guided_attention(q, kv[:, :d], batch, src, self.n_heads, *tc.guide)
+            tc.extra_loss += loss
+            guide = (dq * tc.loss_scale, dk * tc.loss_scale)
+        return AttentionRecord(y, q, ctx, batch, site, memory=memory, kv=kv, src=src, guide=guide)
 
     def backward_cross(self, rec: AttentionRecord, dout: np.ndarray, dy: np.ndarray, dmemory: np.ndarray,
                        tc: TrainContext) -> None:
@@ -182,6 +189,9 @@ class MultiHeadAttention(Layer):
         attention_backward(rec.proj, kv[:, :d], kv[:, d:], dctx, dq, dkv[:, :d], dkv[:, d:],
                            batch.start, batch.length, src.start, src.length, self.n_heads,
                            dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
+        if rec.guide is not None:
+            dq += rec.guide[0]
+            dkv[:, :d] += rec.guide[1]
         self.q_proj.backward(rec.y, dq, dy, g, nt)
         self.kv_proj.backward(rec.memory, dkv, dmemory, g, nt, accumulate_dx=True)
 
@@ -201,6 +211,39 @@ class MultiHeadAttention(Layer):
         attention_forward(q.reshape(n_seq, d_k), keys, values, ctx.reshape(n_seq, d_k), lanes.seq, lanes.one,
                           lanes.cross_start, lanes.cross_len, 1, probs=probs, n_threads=nt)
         self.out_proj.forward(ctx, out, nt, bias=bias, accumulate=accumulate)
+
+
+def guided_attention(q: np.ndarray, k: np.ndarray, tgt, src, n_heads: int, weight: float, width: float):
+    """Guided attention (Tachibana et al. 2017): a penalty on attention far from the diagonal.
+
+    For target t of T and source n of S the weight of A[h, t, n] = softmax(q_t k_n / sqrt(d_k))
+    is W = 1 - exp(-(n/S - t/T)^2 / (2 width^2)); the penalty is ``weight`` times the sum over
+    target tokens of sum_n A W, averaged over heads (so it adds to a loss summed over tokens).
+    Returns (penalty, dq [Nt, d], dk [Ns, d]), its gradients with respect to the queries and keys.
+    """
+    d = q.shape[1]
+    d_k = d // n_heads
+    scale = 1.0 / np.sqrt(d_k)
+    dq = np.zeros(q.shape, dtype=np.float32)
+    dk = np.zeros(k.shape, dtype=np.float32)
+    total = 0.0
+    for b in range(tgt.size):
+        t0, nt_ = int(tgt.start[b]), int(tgt.length[b])
+        s0, ns = int(src.start[b]), int(src.length[b])
+        qh = q[t0:t0 + nt_].reshape(nt_, n_heads, d_k).transpose(1, 0, 2).astype(np.float64)
+        kh = k[s0:s0 + ns].reshape(ns, n_heads, d_k).transpose(1, 0, 2).astype(np.float64)
+        scores = scale * qh @ kh.transpose(0, 2, 1)                       # [H, T, S]
+        scores -= scores.max(axis=2, keepdims=True)
+        a = np.exp(scores)
+        a /= a.sum(axis=2, keepdims=True)
+        gap = (np.arange(ns) / ns)[None, :] - (np.arange(nt_) / nt_)[:, None]
+        w = 1.0 - np.exp(-gap ** 2 / (2.0 * width ** 2))                  # [T, S]
+        total += weight * float((a * w).sum()) / n_heads
+        da = (weight / n_heads) * w[None]
+        ds = a * (da - (a * da).sum(axis=2, keepdims=True))
+        dq[t0:t0 + nt_] = (scale * ds @ kh).transpose(1, 0, 2).reshape(nt_, d)
+        dk[s0:s0 + ns] = (scale * ds.transpose(0, 2, 1) @ qh).transpose(1, 0, 2).reshape(ns, d)
+    return total, dq, dk
 
 
 def _mask(batch) -> Optional[np.ndarray]:

@@ -125,10 +125,17 @@ class TrainContext:
     in its record, and the backward pass regenerates the same mask from it.
     """
 
-    __slots__ = ("ws", "grads", "nt", "seed", "training", "p_attn", "_sites")
+    __slots__ = ("ws", "grads", "nt", "seed", "training", "p_attn", "_sites", "guide", "loss_scale",
+                 "extra_loss")
 
     def __init__(self, ws, grads: Views, nt: int, seed: int, training: bool, attention_dropout: float):
         self.ws = ws
+        # guided attention: (weight, width) of the penalty on the guided cross-attention, or None;
+        # loss_scale is what the objective's gradient is scaled by (1 / label tokens); extra_loss
+        # sums penalties computed during the forward pass (unscaled)
+        self.guide: Optional[Tuple[float, float]] = None
+        self.loss_scale = 1.0
+        self.extra_loss = 0.0
         self.grads = grads   # name -> view of the gradient buffer (backward accumulates into it)
         self.nt = nt
         self.seed = int(seed)

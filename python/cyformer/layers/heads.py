@@ -1,5 +1,6 @@
-"""Heads over an encoder's hidden states: BERT's tanh ``Pooler``, the sequence head (one label
-per sequence, on a pooled vector) and the token head (one label per position).
+"""Heads over an encoder's hidden states: BERT's tanh ``Pooler`` (ReLU in DistilBERT's head,
+GELU in ELECTRA's), the sequence head (one label per sequence, on a pooled vector) and the
+token head (one label per position).
 
 Hidden states arrive packed, ``[N, d]`` for the N tokens of a ``Batch``; sequence b is rows
 ``start[b]:start[b]+length[b]``. Names follow Hugging Face's ``BertFor*`` without the
@@ -15,10 +16,12 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from .._engine.ffn import act_backward, bias_act_forward_save
 from .base import Layer, TrainContext
 from .linear import Linear
 
 POOLINGS = ("cls", "mean", "max")
+POOLER_ACTIVATIONS = ("tanh", "relu", "gelu")
 
 
 def pool(h: np.ndarray, batch, how: str) -> np.ndarray:
@@ -47,24 +50,40 @@ def pool_backward(h: np.ndarray, batch, how: str, dpooled: np.ndarray, dh: np.nd
 
 
 class Pooler(Layer):
-    """BERT's pooler: tanh(dense(x)) on one vector per sequence, ``pooler.dense`` [d, d]."""
+    """BERT's pooler: act(dense(x)) on one vector per sequence, ``pooler.dense`` [d, d]; ``act``
+    is tanh (BERT, RoBERTa), relu (DistilBERT's pre-classifier) or gelu (ELECTRA's head)."""
 
-    def __init__(self, d_model: int, prefix: str = "pooler.dense"):
+    def __init__(self, d_model: int, prefix: str = "pooler.dense", activation: str = "tanh"):
+        if activation not in POOLER_ACTIVATIONS:
+            raise ValueError(f"pooler activation must be one of {POOLER_ACTIVATIONS}, got {activation!r}")
         self.dense = Linear(f"{prefix}.weight", f"{prefix}.bias", d_model, d_model)
+        self.activation = activation
 
     def children(self) -> Iterable[Layer]:
         return (self.dense,)
 
-    def forward(self, x: np.ndarray, nt: int) -> np.ndarray:
-        """tanh(x W^T + b) for x [B, d] (a new array)."""
-        out = np.empty_like(x)
-        self.dense.forward(np.ascontiguousarray(x), out, nt)
-        np.tanh(out, out=out)
-        return out
+    def forward_train(self, x: np.ndarray, nt: int):
+        """(act(x W^T + b), the activation's input) for x [B, d] (new arrays)."""
+        pre = np.empty_like(x)
+        self.dense.forward(np.ascontiguousarray(x), pre, nt, bias=False)
+        if self.activation == "tanh":   # not in the engine's activation table
+            pre += self.dense.bias
+            return np.tanh(pre), pre
+        out = np.empty_like(pre)
+        bias_act_forward_save(pre, self.dense.bias, self.activation, out, nt)
+        return out, pre
 
-    def backward(self, x: np.ndarray, y: np.ndarray, dy: np.ndarray, grads, nt: int) -> np.ndarray:
-        """dx from dy, given the input x and the output y = tanh(...); dense's gradients accumulated."""
-        dpre = np.ascontiguousarray(dy * (1.0 - y * y), dtype=np.float32)
+    def forward(self, x: np.ndarray, nt: int) -> np.ndarray:
+        return self.forward_train(x, nt)[0]
+
+    def backward(self, x: np.ndarray, pre: np.ndarray, y: np.ndarray, dy: np.ndarray, grads, nt: int) -> np.ndarray:
+        """dx from dy, given the input x, the activation's input ``pre`` and output y; the
+        dense layer's gradients accumulated."""
+        dpre = np.ascontiguousarray(dy, dtype=np.float32)
+        if self.activation == "tanh":
+            dpre *= 1.0 - y * y
+        else:
+            act_backward(dpre, pre, self.activation, nt)
         dx = np.empty_like(x)
         self.dense.backward(np.ascontiguousarray(x), dpre, dx, grads, nt)
         return dx
@@ -75,14 +94,15 @@ class SequenceHeadRecord:
     h: np.ndarray            # hidden states [N, d]
     batch: object
     pooled: np.ndarray       # pool(h) [B, d]
-    pooler_out: Optional[np.ndarray]   # tanh pooler output [B, d] (before dropout)
+    pooler_pre: Optional[np.ndarray]   # the pooler activation's input [B, d]
+    pooler_out: Optional[np.ndarray]   # the pooler's output [B, d] (before dropout)
     z: np.ndarray            # the classifier's input [B, d] (after dropout)
     site: int
 
 
 class SequenceClassificationHead(Layer):
     """logits [B, n_labels] = classifier(dropout(pooler(pool(h)))); ``pooler`` may be None
-    (no tanh pooler: the classifier reads the pooled vector itself). The pooler is the
+    (no pooler: the classifier reads the pooled vector itself). The pooler is the
     encoder's (it also serves ``embed(pooling="pooler")``), so the head does not declare it."""
 
     def __init__(self, d_model: int, n_labels: int, *, pooling: str = "cls", pooler: Optional[Pooler] = None,
@@ -103,24 +123,25 @@ class SequenceClassificationHead(Layer):
 
     def _features(self, h: np.ndarray, batch, nt: int):
         pooled = np.ascontiguousarray(pool(h, batch, self.pooling), dtype=np.float32)
-        pooler_out = self.pooler.forward(pooled, nt) if self.pooler is not None else None
-        return pooled, pooler_out
+        if self.pooler is None:
+            return pooled, None, None
+        return (pooled, *self.pooler.forward_train(pooled, nt))
 
     def forward(self, h: np.ndarray, batch, nt: int) -> np.ndarray:
-        pooled, pooler_out = self._features(h, batch, nt)
+        pooled, pooler_out, _ = self._features(h, batch, nt)
         z = pooled if pooler_out is None else pooler_out
         logits = np.empty((batch.size, self.n_labels), dtype=np.float32)
         self.classifier.forward(z, logits, nt)
         return logits
 
     def forward_train(self, h: np.ndarray, batch, tc: TrainContext):
-        pooled, pooler_out = self._features(h, batch, tc.nt)
+        pooled, pooler_out, pooler_pre = self._features(h, batch, tc.nt)
         z = (pooled if pooler_out is None else pooler_out).copy()
         site = tc.site()
         tc.drop(z, self.dropout, site)
         logits = tc.buf("head.logits", batch.size, self.n_labels)
         self.classifier.forward(z, logits, tc.nt)
-        return logits, SequenceHeadRecord(h, batch, pooled, pooler_out, z, site)
+        return logits, SequenceHeadRecord(h, batch, pooled, pooler_pre, pooler_out, z, site)
 
     def backward(self, rec: SequenceHeadRecord, dlogits: np.ndarray, dh: np.ndarray, tc: TrainContext) -> None:
         """dh [N, d] (overwritten) from dlogits [B, n_labels]."""
@@ -128,7 +149,7 @@ class SequenceClassificationHead(Layer):
         self.classifier.backward(rec.z, dlogits, dz, tc.grads, tc.nt)
         tc.drop(dz, self.dropout, rec.site)
         if self.pooler is not None:
-            dz = self.pooler.backward(rec.pooled, rec.pooler_out, dz, tc.grads, tc.nt)
+            dz = self.pooler.backward(rec.pooled, rec.pooler_pre, rec.pooler_out, dz, tc.grads, tc.nt)
         dh[...] = 0.0
         pool_backward(rec.h, rec.batch, self.pooling, dz, dh)
 

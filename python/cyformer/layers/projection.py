@@ -32,14 +32,15 @@ class FeatureProjection(Layer):
     [max_len, d] when ``positional="learned"``."""
 
     def __init__(self, prefix: str, n_features: int, d_model: int, *, max_len: int,
-                 positional: str = "learned", dropout: float = 0.0):
+                 positional: str = "learned", sinusoidal_layout: str = "interleaved", dropout: float = 0.0):
         if positional not in POSITIONALS:
             raise ValueError(f"positional must be one of {POSITIONALS}, got {positional!r}")
         self.prefix = prefix
         self.n_features, self.d_model, self.max_len = n_features, d_model, max_len
         self.proj = Linear(f"{prefix}.weight", f"{prefix}.bias", d_model, n_features)
         self.position_name = f"{prefix}.positions.weight" if positional == "learned" else None
-        self._sinusoidal = sinusoidal_table(max_len, d_model, "interleaved") if positional == "sinusoidal" else None
+        self._sinusoidal = (sinusoidal_table(max_len, d_model, sinusoidal_layout)
+                            if positional == "sinusoidal" else None)
         self.positions: Optional[np.ndarray] = self._sinusoidal
         self.dropout = dropout
 

@@ -327,6 +327,8 @@ class Decoder(_Stack):
         super().__init__([DecoderLayer(f"decoder.layers.{i}", c) for i in range(c.n_decoder_layers)],
                          LayerNorm("decoder.norm", c.d_model, c.layer_norm_eps) if c.final_norm else None,
                          "decoder")
+        if self.layers:   # the cross-attention that generate(return_attention=True) shows, and a guide shapes
+            self.layers[-1].cross_attn.guided = True
 
     def forward(self, x: np.ndarray, tgt, memory: np.ndarray, src, ws, nt: int) -> np.ndarray:
         """Teacher forcing (causal): x [Nt, d] (embedded decoder input) -> hidden states, in place."""
