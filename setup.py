@@ -24,7 +24,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ENGINE_MODULES = ["linear", "attention", "norm", "ffn", "embedding", "softmax", "search", "runtime", "loss", "optim",
-                  "dropout"]
+                  "dropout", "quant"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -35,6 +35,13 @@ torch use their own BLAS libraries (oneDNN/MKL, not SciPy's OpenBLAS).
     python bench/decode_compare.py                                  # everything (~15-20 min on 2 cores)
     python bench/decode_compare.py --models small --batches 1 --repeat 1   # quick check
     python bench/decode_compare.py --engines cyformer ct2 --threads 1 --out /tmp/decode.md
+    python bench/decode_compare.py --compute-type int8 --engines cyformer ct2      # int8 vs CT2 int8
+    python bench/decode_compare.py --compute-type bfloat16 --ct2-compute-type int8_bfloat16 --engines cyformer ct2
+
+Compute types. ``--compute-type`` runs cyformer in float32, int8 or bfloat16 and CTranslate2
+in the matching type (``--ct2-compute-type`` overrides it: int8_bfloat16, int8_float32, ...);
+transformers always runs float32. Outputs of quantized engines are compared all the same:
+each quantizes differently, so some disagreement is expected there.
 """
 from __future__ import annotations
 
@@ -60,6 +67,7 @@ except ImportError:  # not installed: use the in-tree build
     sys.path.insert(0, _REPO_PYTHON)
     import cyformer
 from cyformer.cli import _cpu_name  # noqa: E402
+from cyformer.sysinfo import cpu_features as _cpu_features  # noqa: E402
 
 MODELS: Dict[str, Dict[str, int]] = {
     "small": dict(d_model=256, heads=4, ffn=1024, layers=3),
@@ -265,8 +273,10 @@ def _cases(a) -> List[Tuple[int, str]]:
 def worker_cyformer(a) -> Dict:
     from cyformer.benchmark import blas_description
 
+    from cyformer.layers.linear import kernel_names
+
     cyformer.set_num_threads(a.threads)
-    model = cyformer.Transformer.from_pretrained(a.model_dir)
+    model = cyformer.Transformer.from_pretrained(a.model_dir, compute_type=a.compute_type)
     out = []
     for batch, mode in _cases(a):
         src = source_ids(batch, a.src_len)
@@ -278,7 +288,8 @@ def worker_cyformer(a) -> Dict:
         out.append(dict(batch=batch, mode=mode, times=times,
                         sequences=[r.sequences[0] for r in first]))
     return dict(engine="cyformer", version=cyformer.__version__, blas=blas_description(),
-                threads=a.threads, cases=out)
+                threads=a.threads, compute_type=model.compute_type,
+                kernel=kernel_names()[model.compute_type], cases=out)
 
 
 def worker_ct2(a) -> Dict:
@@ -288,7 +299,8 @@ def worker_ct2(a) -> Dict:
         vocab = json.load(f)
     pieces = {i: p for p, i in vocab.items()}
     intra = a.intra_threads or a.threads
-    translator = ctranslate2.Translator(a.ct2_dir, device="cpu", compute_type="float32",
+    ct = a.ct2_compute_type or a.compute_type
+    translator = ctranslate2.Translator(a.ct2_dir, device="cpu", compute_type=ct,
                                         intra_threads=intra, inter_threads=1)
     out = []
     for batch, mode in _cases(a):
@@ -304,7 +316,7 @@ def worker_ct2(a) -> Dict:
         out.append(dict(batch=batch, mode=mode, times=times,
                         sequences=[[vocab.get(p, UNK) for p in r.hypotheses[0]] for r in first]))
     return dict(engine="ct2", version=ctranslate2.__version__, threads=a.threads,
-                intra_threads=intra, cases=out)
+                intra_threads=intra, compute_type=translator.compute_type, cases=out)
 
 
 def worker_hf(a) -> Dict:
@@ -357,12 +369,15 @@ def child_env(coretype_inherited: bool) -> Dict[str, str]:
 def run_worker(engine: str, hf_dir: str, ct2_dir: Optional[str], threads: int, batches: Sequence[int],
                modes: Sequence[str], repeat: int, env: Dict[str, str], *, warmup: int = 1,
                intra_threads: Optional[int] = None, src_len: int = SRC_LEN, gen_len: int = GEN_LEN,
-               timeout: float = 3600) -> Dict:
+               timeout: float = 3600, compute_type: str = "float32",
+               ct2_compute_type: Optional[str] = None) -> Dict:
     """Run one engine in a fresh process over every (batch, mode); its JSON result."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", engine, "--model-dir", hf_dir,
            "--threads", str(threads), "--batches", *map(str, batches), "--modes", *modes,
            "--repeat", str(repeat), "--warmup", str(warmup), "--src-len", str(src_len),
-           "--min-length", str(gen_len), "--max-length", str(gen_len)]
+           "--min-length", str(gen_len), "--max-length", str(gen_len), "--compute-type", compute_type]
+    if ct2_compute_type:
+        cmd += ["--ct2-compute-type", ct2_compute_type]
     if ct2_dir:
         cmd += ["--ct2-dir", ct2_dir]
     if intra_threads:
@@ -434,6 +449,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="CTranslate2 intra_threads to try at each thread count T > 1 (default: 1 and T; "
                         "the faster is kept)")
     p.add_argument("--skip-check", action="store_true", help="skip the greedy sanity check")
+    p.add_argument("--compute-type", default="float32", choices=["float32", "int8", "bfloat16"],
+                   help="cyformer's compute type, and CTranslate2's unless --ct2-compute-type (HF: float32)")
+    p.add_argument("--ct2-compute-type", default=None,
+                   help="CTranslate2's compute type (default: --compute-type), e.g. int8_bfloat16")
     # worker mode (internal)
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -468,6 +487,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # results[(model, threads, engine)] -> {(batch, mode): case}; ct2 keeps every intra setting
     results: Dict[Tuple[str, int, str], Dict] = {}
     versions: Dict[str, str] = {}
+    compute_types: Dict[str, str] = {"hf": "float32"}
     blas = None
     for name in a.models:
         hf_dir, ct2_dir = paths[name]
@@ -483,13 +503,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                     t0 = time.perf_counter()
                     try:
                         r = run_worker(engine, hf_dir, ct2_dir, nt, a.batches, a.modes, a.repeat, env,
-                                       warmup=a.warmup, intra_threads=intra)
+                                       warmup=a.warmup, intra_threads=intra, compute_type=a.compute_type,
+                                       ct2_compute_type=a.ct2_compute_type)
                     except Exception as exc:  # noqa: BLE001 - report, keep measuring the rest
                         failures += 1
                         log(f"  FAILED: {exc}")
                         notes.append(f"{label}: failed: {str(exc).strip().splitlines()[-1]}")
                         continue
                     versions[engine] = r.get("version", "?")
+                    if r.get("compute_type"):
+                        compute_types[engine] = r["compute_type"] + (f" ({r['kernel']})" if r.get("kernel") else "")
                     if engine == "cyformer":
                         blas = r.get("blas", blas)
                     if engine == "hf":
@@ -554,9 +577,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         "removed from the children's environment (OpenBLAS default for this CPU)" + \
         (f"; this shell has OPENBLAS_CORETYPE={parent_coretype}" if parent_coretype else "")
     lines = [
-        "## Decoding: cyformer vs CTranslate2 vs transformers (MarianMT, float32, CPU)",
+        f"## Decoding: cyformer vs CTranslate2 vs transformers (MarianMT, {a.compute_type}, CPU)",
         "",
+        "- compute types: " + ", ".join(f"{ENGINE_NAMES[e]} {compute_types[e]}" for e in a.engines
+                                        if e in compute_types),
         f"- CPU: {_cpu_name()}; {os.cpu_count()} logical CPUs; Python {platform.python_version()}",
+        f"- instruction sets: {' '.join(_cpu_features())}",
         "- versions: " + ", ".join(f"{ENGINE_NAMES.get(k, k)} {v}" for k, v in versions.items()),
         f"- sources: {SRC_LEN} random ids in [2, {VOCAB - 2}); exactly {GEN_LEN} generated tokens per "
         f"sequence (cyformer/HF: 63 + forced EOS; CT2: 64 without EOS); tok/s = batch x {GEN_LEN} / "

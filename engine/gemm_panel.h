@@ -13,6 +13,11 @@
  * Sums run over k in order in one lane, so a result does not depend on how the columns are
  * split between threads. The kernel needs AVX2 and FMA (checked at run time: cyf_panel_ok);
  * elsewhere the caller keeps the other paths.
+ *
+ * Two bodies, chosen once at run time (cyf_panel_body): AVX2 as above, and AVX-512, whose
+ * zmm registers hold a whole 16-row panel: 6 weight rows times two panels (32 rows) in 12
+ * accumulators of its 32 registers, 12 FMAs per 8 loads at twice the width. Each output is
+ * the same chain of FMAs over k in both bodies, so they give the same bits.
  */
 #ifndef CYFORMER_GEMM_PANEL_H
 #define CYFORMER_GEMM_PANEL_H
@@ -36,6 +41,32 @@ static int cyf_panel_ok(void) {
         __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
     }
     return v;
+}
+
+/* the bodies: CYF_PANEL_AVX2, CYF_PANEL_AVX512 */
+enum { CYF_PANEL_AVX2 = 0, CYF_PANEL_AVX512 = 1 };
+
+static int cyf_panel_avx512_ok(void) {
+    __builtin_cpu_init();
+    return cyf_panel_ok() && __builtin_cpu_supports("avx512f");
+}
+
+/* The body in use: the widest this CPU runs, unless forced (cyf_panel_set_body, for tests). */
+static int cyf_panel_body_v = -1;
+static int cyf_panel_body(void) {
+    int v = __atomic_load_n(&cyf_panel_body_v, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = cyf_panel_avx512_ok() ? CYF_PANEL_AVX512 : CYF_PANEL_AVX2;
+        __atomic_store_n(&cyf_panel_body_v, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+/* 0 when this CPU lacks the body; body < 0: back to the run-time choice */
+static int cyf_panel_set_body(int body) {
+    if (body == CYF_PANEL_AVX512 && !cyf_panel_avx512_ok()) return 0;
+    if (body == CYF_PANEL_AVX2 && !cyf_panel_ok()) return 0;
+    __atomic_store_n(&cyf_panel_body_v, body < 0 ? -1 : body, __ATOMIC_RELAXED);
+    return 1;
 }
 
 /* x [M, K] (row stride ldx) -> xt: panel p (rows 16p..16p+15) at xt + 16 * p * K, element
@@ -110,14 +141,78 @@ CYF_PANEL_TARGET static inline void cyf_panel_6x8(const float* xt, const float* 
     _mm256_store_ps(tile + 64, c4); _mm256_store_ps(tile + 80, c5);
 }
 
+/* AVX-512: tile[16 * j + i] for panel xt and tile2[16 * j + i] for the next panel (xt2),
+ * 6 weight rows; each lane's FMA chain is the AVX2 body's. */
+#define CYF_PANEL_T512 __attribute__((target("avx512f,avx2,fma")))
+#define CYF_FMA512(w, r0, r1)                                                                 \
+    b5 = _mm512_set1_ps((w)[k]);                                                              \
+    r0 = _mm512_fmadd_ps(b5, x0, r0);                                                         \
+    r1 = _mm512_fmadd_ps(b5, x1, r1);
+CYF_PANEL_T512 static inline void cyf_panel512_6x32(const float* xt, const float* xt2,
+                                                     const float* const* w, int K, float* tile,
+                                                     float* tile2, const float* pf) {
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5];
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, b5;
+    int k;
+    for (k = 0; k < K; k++) {
+        CYF_PANEL_PREFETCH(pf, k)
+        __m512 x0 = _mm512_load_ps(xt + CYF_PANEL * k), x1 = _mm512_load_ps(xt2 + CYF_PANEL * k);
+        CYF_FMA512(w0, c00, c01) CYF_FMA512(w1, c10, c11) CYF_FMA512(w2, c20, c21)
+        CYF_FMA512(w3, c30, c31) CYF_FMA512(w4, c40, c41) CYF_FMA512(w5, c50, c51)
+    }
+    _mm512_store_ps(tile + 0, c00); _mm512_store_ps(tile2 + 0, c01);
+    _mm512_store_ps(tile + 16, c10); _mm512_store_ps(tile2 + 16, c11);
+    _mm512_store_ps(tile + 32, c20); _mm512_store_ps(tile2 + 32, c21);
+    _mm512_store_ps(tile + 48, c30); _mm512_store_ps(tile2 + 48, c31);
+    _mm512_store_ps(tile + 64, c40); _mm512_store_ps(tile2 + 64, c41);
+    _mm512_store_ps(tile + 80, c50); _mm512_store_ps(tile2 + 80, c51);
+}
+
+/* one panel, 16 rows, 6 weight rows on zmm (the last panel of an odd count) */
+CYF_PANEL_T512 static inline void cyf_panel512_6x16(const float* xt, const float* const* w, int K,
+                                                     float* tile, const float* pf) {
+    const float *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3], *w4 = w[4], *w5 = w[5];
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, b5;
+    int k;
+    for (k = 0; k < K; k++) {
+        CYF_PANEL_PREFETCH(pf, k)
+        __m512 x0 = _mm512_load_ps(xt + CYF_PANEL * k);
+        b5 = _mm512_set1_ps(w0[k]); c0 = _mm512_fmadd_ps(b5, x0, c0);
+        b5 = _mm512_set1_ps(w1[k]); c1 = _mm512_fmadd_ps(b5, x0, c1);
+        b5 = _mm512_set1_ps(w2[k]); c2 = _mm512_fmadd_ps(b5, x0, c2);
+        b5 = _mm512_set1_ps(w3[k]); c3 = _mm512_fmadd_ps(b5, x0, c3);
+        b5 = _mm512_set1_ps(w4[k]); c4 = _mm512_fmadd_ps(b5, x0, c4);
+        b5 = _mm512_set1_ps(w5[k]); c5 = _mm512_fmadd_ps(b5, x0, c5);
+    }
+    _mm512_store_ps(tile + 0, c0); _mm512_store_ps(tile + 16, c1);
+    _mm512_store_ps(tile + 32, c2); _mm512_store_ps(tile + 48, c3);
+    _mm512_store_ps(tile + 64, c4); _mm512_store_ps(tile + 80, c5);
+}
+
+/* out[p + i, n + j] (+)= tile[16 * j + i] + bias[n + j] for i < rows, j < nb */
+static inline void cyf_panel_store(const float* tile, int rows, int nb, int n, const float* bias,
+                                   float* out, long ldo, int accumulate) {
+    int i, j;
+    for (i = 0; i < rows; i++) {
+        float* o = out + (long)i * ldo + n;
+        for (j = 0; j < nb; j++) {
+            float v = tile[CYF_PANEL * j + i] + (bias ? bias[n + j] : 0.0f);
+            o[j] = accumulate ? o[j] + v : v;
+        }
+    }
+}
+
 /* Columns n0 <= n < n1 of out, all M rows, from the packed xt (cyf_panel_pack). */
 CYF_PANEL_TARGET static void cyf_panel_gemm(const float* xt, int M, const float* w, long ldw,
                                             const float* bias, float* out, long ldo, int n0,
                                             int n1, int K, int accumulate) {
-    float tile[6 * CYF_PANEL] __attribute__((aligned(32)));
+    float tile[6 * CYF_PANEL] __attribute__((aligned(64)));
+    float tile2[6 * CYF_PANEL] __attribute__((aligned(64)));
     const float* wr[6];
-    int n, p, i, j;
+    int n, p, j;
     int prefetch = ldw == K && K <= 512;
+    int wide = cyf_panel_body() == CYF_PANEL_AVX512;
     for (n = n0; n < n1; n += 6) {
         int nb = n1 - n < 6 ? n1 - n : 6;
         /* a short last block repeats its last row: same work, results dropped */
@@ -125,17 +220,21 @@ CYF_PANEL_TARGET static void cyf_panel_gemm(const float* xt, int M, const float*
         for (p = 0; p < M; p += CYF_PANEL) {
             int rows = M - p < CYF_PANEL ? M - p : CYF_PANEL;
             const float* pf = prefetch && p == 0 && n + 12 <= n1 ? wr[0] + 6 * ldw : NULL;
-            if (rows > 8)
+            if (wide && M - p > CYF_PANEL) {   /* this panel and the next */
+                int rows2 = M - p - CYF_PANEL < CYF_PANEL ? M - p - CYF_PANEL : CYF_PANEL;
+                cyf_panel512_6x32(xt + (long)p * K, xt + (long)(p + CYF_PANEL) * K, wr, K, tile, tile2, pf);
+                cyf_panel_store(tile, rows, nb, n, bias, out + (long)p * ldo, ldo, accumulate);
+                cyf_panel_store(tile2, rows2, nb, n, bias, out + (long)(p + CYF_PANEL) * ldo, ldo, accumulate);
+                p += CYF_PANEL;
+                continue;
+            }
+            if (wide && rows > 8)
+                cyf_panel512_6x16(xt + (long)p * K, wr, K, tile, pf);
+            else if (rows > 8)
                 cyf_panel_6x16(xt + (long)p * K, wr, K, tile, pf);
             else
                 cyf_panel_6x8(xt + (long)p * K, wr, K, tile, pf);
-            for (i = 0; i < rows; i++) {
-                float* o = out + (long)(p + i) * ldo + n;
-                for (j = 0; j < nb; j++) {
-                    float v = tile[CYF_PANEL * j + i] + (bias ? bias[n + j] : 0.0f);
-                    o[j] = accumulate ? o[j] + v : v;
-                }
-            }
+            cyf_panel_store(tile, rows, nb, n, bias, out + (long)p * ldo, ldo, accumulate);
         }
     }
 }
@@ -182,7 +281,11 @@ static float* cyf_scratch(size_t n) {
 }
 
 #else  /* not x86-64 GCC/clang: no panel kernel */
+enum { CYF_PANEL_AVX2 = 0, CYF_PANEL_AVX512 = 1 };
 static int cyf_panel_ok(void) { return 0; }
+static int cyf_panel_avx512_ok(void) { return 0; }
+static int cyf_panel_body(void) { return CYF_PANEL_AVX2; }
+static int cyf_panel_set_body(int body) { (void)body; return 0; }
 static void cyf_panel_pack(const float* x, long ldx, int M, int K, float* xt) {
     (void)x; (void)ldx; (void)M; (void)K; (void)xt;
 }

@@ -18,8 +18,11 @@ cdef extern from "skinny_gemm.h" nogil:
                          float* out, long ldo, int M, int n0, int n1, int K, int accumulate)
 
 cdef extern from "gemm_panel.h" nogil:
-    int CYF_PANEL
+    int CYF_PANEL, CYF_PANEL_AVX2, CYF_PANEL_AVX512
     int cyf_panel_ok()
+    int cyf_panel_avx512_ok()
+    int cyf_panel_body()
+    int cyf_panel_set_body(int body)
     void cyf_panel_pack(const float* x, long ldx, int M, int K, float* xt)
     void cyf_panel_gemm(const float* xt, int M, const float* w, long ldw, const float* bias,
                         float* out, long ldo, int n0, int n1, int K, int accumulate)
@@ -223,6 +226,37 @@ def set_panel_rows(int min_rows, int max_rows, long max_pack=-1):
 def panel_kernel_available():
     """Whether this CPU runs the panel kernel (AVX2 and FMA on x86-64)."""
     return bool(cyf_panel_ok())
+
+
+PANEL_BODIES = ("avx512", "avx2")
+
+
+def panel_body():
+    """The panel kernel's body in use: "avx512" (zmm, run-time choice where the CPU has
+    AVX-512F) or "avx2"."""
+    return "avx512" if cyf_panel_body() == CYF_PANEL_AVX512 else "avx2"
+
+
+def set_panel_body(name):
+    """Force the panel kernel's body ("avx512", "avx2"; None: the run-time choice); returns
+    the previous name. ValueError when this CPU lacks it."""
+    old = panel_body()
+    if name is None:
+        cyf_panel_set_body(-1)
+        return old
+    if name not in PANEL_BODIES:
+        raise ValueError(f"panel body must be one of {PANEL_BODIES}, got {name!r}")
+    if not cyf_panel_set_body(CYF_PANEL_AVX512 if name == "avx512" else CYF_PANEL_AVX2):
+        raise ValueError(f"panel body {name!r} needs {'AVX-512F' if name == 'avx512' else 'AVX2 and FMA'}, "
+                         f"which this CPU does not have")
+    return old
+
+
+def panel_body_supported(str name):
+    """Whether this CPU runs the panel body ``name``."""
+    if name not in PANEL_BODIES:
+        raise ValueError(f"panel body must be one of {PANEL_BODIES}, got {name!r}")
+    return bool(cyf_panel_avx512_ok() if name == "avx512" else cyf_panel_ok())
 
 
 def set_skinny_rows(int rows):

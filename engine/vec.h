@@ -85,4 +85,15 @@ CYF_INLINE void cyf_axpy(float* __restrict y, const float* __restrict x, float a
     for (c = 0; c < n; c++) y[c] += a * x[c];
 }
 
+/* FN(x, ldx, MB, w, K, acc) with MB the constant 1, 2, 3 or 4 equal to mb: the quantized
+ * GEMMs' tiles (qgemm.h, bgemm.h) are always-inlined functions of a constant row count, so
+ * that their accumulator arrays become registers. */
+#define CYF_MR_SWITCH(FN, x, ldq, mb, w, K, acc)                                                \
+    switch (mb) {                                                                               \
+    case 1: FN(x, ldq, 1, w, K, acc); break;                                                    \
+    case 2: FN(x, ldq, 2, w, K, acc); break;                                                    \
+    case 3: FN(x, ldq, 3, w, K, acc); break;                                                    \
+    default: FN(x, ldq, 4, w, K, acc); break;                                                   \
+    }
+
 #endif

@@ -279,3 +279,48 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("call,exc,match", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises(call, exc, match):
     check_bad_input(call, exc, match)
+
+
+# --------------------------------------------------------------------------------------
+# the panel kernel's AVX-512 body
+# --------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not linear.panel_body_supported("avx512"), reason="this CPU lacks AVX-512F")
+@pytest.mark.parametrize("m,n,k", [(8, 7, 33), (9, 13, 64), (16, 12, 256), (17, 6, 40), (24, 25, 9),
+                                   (32, 31, 130), (33, 8, 512), (47, 11, 40), (64, 100, 70), (250, 19, 16)])
+@pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])
+def test_panel_avx512_body_matches_avx2_body(m, n, k, strided):
+    # Two-panel tiles (32 rows), a last single panel, a last panel of <= 8 rows, short weight
+    # blocks: the same FMA chain per output as the AVX2 body, so the same bits.
+    from cyformer._engine.linear_paths import forced_panel_body
+
+    rng = make_rng("panel-avx512", m, n, k, strided)
+    w = f32(rng.standard_normal((n, k)) / math.sqrt(k))
+    b = f32(rng.standard_normal(n))
+    xbuf = f32(rng.standard_normal((m, k + 3)))
+    x = xbuf[:, 3:] if strided else np.ascontiguousarray(xbuf[:, :k])
+    outs = {}
+    with linear_path("panel"):
+        for body in ("avx2", "avx512"):
+            with forced_panel_body(body):
+                assert linear.panel_body() == body
+                out = f32(rng.standard_normal((m, n)))
+                out0 = out.copy()
+                linear.linear_forward(x, w, b, out, accumulate=True)
+                assert_close(out, ref_linear(x, w, b, out0, True))
+                for nt in (1, 2, 3):
+                    o = np.zeros((m, n), np.float32)
+                    linear.linear_forward(x, w, b, o, n_threads=nt)
+                    outs[(body, nt)] = o
+    for key, o in outs.items():
+        np.testing.assert_array_equal(o, outs[("avx2", 1)], err_msg=str(key))
+
+
+def test_panel_body_dispatch():
+    assert linear.panel_body() == ("avx512" if linear.panel_body_supported("avx512") else "avx2")
+    with pytest.raises(ValueError, match="panel body must be one of"):
+        linear.set_panel_body("sse")
+    for body in linear.PANEL_BODIES:
+        if not linear.panel_body_supported(body):
+            with pytest.raises(ValueError, match="needs"):
+                linear.set_panel_body(body)

@@ -58,11 +58,13 @@ def source_batch(batch: int, src_len: int, vocab: int = VOCAB, seed: int = 0) ->
     return np.random.default_rng(seed).integers(3, vocab, size=(batch, src_len))
 
 
-def run_cyformer_encoder(size: str, batch: int, src_len: int, threads: int, repeat: int) -> Dict:
+def run_cyformer_encoder(size: str, batch: int, src_len: int, threads: int, repeat: int,
+                         compute_type: str = "float32") -> Dict:
     import cyformer
 
     cyformer.set_num_threads(threads)
     model = cyformer.Transformer(bench_config(size), seed=0)
+    model.set_compute_type(compute_type)
     src = source_batch(batch, src_len)
     times = time_calls(lambda: model.encode(src), repeat)
     return {"engine": "cyformer", "times": times}
@@ -117,10 +119,13 @@ def blas_description() -> str:
 
 
 def run_engine(engine: str, size: str, batch: int, src_len: int, threads: int, repeat: int,
-               env: Optional[Dict[str, str]] = None, timeout: float = 900) -> Optional[Dict]:
-    """Run one engine in a fresh process; None when it is not installed."""
+               env: Optional[Dict[str, str]] = None, timeout: float = 900,
+               compute_type: str = "float32") -> Optional[Dict]:
+    """Run one engine in a fresh process; None when it is not installed. ``compute_type``:
+    cyformer's (torch runs float32)."""
+    ct = ["--compute-type", compute_type] if engine == "cyformer" else []
     return _run_child([engine, "--size", size, "--batch", str(batch), "--src-len", str(src_len),
-                       "--threads", str(threads), "--repeat", str(repeat)], env, timeout)
+                       "--threads", str(threads), "--repeat", str(repeat)] + ct, env, timeout)
 
 
 def _run_child(args: List[str], env: Optional[Dict[str, str]], timeout: float) -> Optional[Dict]:
@@ -215,7 +220,7 @@ def run_torch_train(size: str, batch: int, src_len: int, tgt_len: int, threads: 
 
 
 def run_cyformer_decode(size: str, batch: int, src_len: int, gen_len: int, beam: int, threads: int,
-                        repeat: int) -> Dict:
+                        repeat: int, compute_type: str = "float32") -> Dict:
     """generate() of exactly gen_len tokens (min_length = max_length, forced EOS) per source."""
     import cyformer
 
@@ -223,6 +228,7 @@ def run_cyformer_decode(size: str, batch: int, src_len: int, gen_len: int, beam:
     config = bench_config(size)
     config.forced_eos = True
     model = cyformer.Transformer(config, seed=0)
+    model.set_compute_type(compute_type)
     src = source_batch(batch, src_len)
     times = time_calls(lambda: model.generate(src, beam_size=beam, max_length=gen_len, min_length=gen_len,
                                               return_scores=False), repeat, warmup=1)
@@ -230,10 +236,11 @@ def run_cyformer_decode(size: str, batch: int, src_len: int, gen_len: int, beam:
 
 
 def run_decode_engine(size: str, batch: int, src_len: int, gen_len: int, beam: int, threads: int, repeat: int,
-                      env: Optional[Dict[str, str]] = None, timeout: float = 1800) -> Dict:
+                      env: Optional[Dict[str, str]] = None, timeout: float = 1800,
+                      compute_type: str = "float32") -> Dict:
     return _run_child(["cyformer", "--task", "decode", "--size", size, "--batch", str(batch), "--src-len",
                        str(src_len), "--tgt-len", str(gen_len), "--beam", str(beam), "--threads", str(threads),
-                       "--repeat", str(repeat)], env, timeout)
+                       "--repeat", str(repeat), "--compute-type", compute_type], env, timeout)
 
 _TRAIN_RUNNERS = {"cyformer": run_cyformer_train, "torch": run_torch_train}
 
@@ -259,13 +266,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--tgt-len", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--compute-type", default="float32", choices=("float32", "int8", "bfloat16", "auto"),
+                   help="cyformer's compute type (encode, decode)")
     a = p.parse_args(argv)
     if a.engine == "sgemm":
         result = {"engine": "sgemm", "gflops": sgemm_rate(a.threads), "blas": blas_description()}
     elif a.task == "decode":
         if a.engine != "cyformer":
             p.error("--task decode runs cyformer only (bench/decode_compare.py compares engines)")
-        result = run_cyformer_decode(a.size, a.batch, a.src_len, a.tgt_len, a.beam, a.threads, a.repeat)
+        result = run_cyformer_decode(a.size, a.batch, a.src_len, a.tgt_len, a.beam, a.threads, a.repeat,
+                                     a.compute_type)
         result["median_ms"] = float(np.median(result["times"])) * 1e3
         result["tokens_per_s"] = a.batch * a.tgt_len / (result["median_ms"] / 1e3)
     elif a.task == "train":
@@ -275,10 +285,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         result["gflops"] = work / (result["median_ms"] / 1e3) / 1e9
         result["tgt_len"] = a.tgt_len
     else:
-        result = _RUNNERS[a.engine](a.size, a.batch, a.src_len, a.threads, a.repeat)
+        kw = {"compute_type": a.compute_type} if a.engine == "cyformer" else {}
+        result = _RUNNERS[a.engine](a.size, a.batch, a.src_len, a.threads, a.repeat, **kw)
         result["median_ms"] = float(np.median(result["times"])) * 1e3
         result["gflops"] = encoder_flops(a.size, a.batch, a.src_len) / (result["median_ms"] / 1e3) / 1e9
-    result.update(size=a.size, batch=a.batch, src_len=a.src_len, threads=a.threads, task=a.task)
+    result.update(size=a.size, batch=a.batch, src_len=a.src_len, threads=a.threads, task=a.task,
+                  compute_type=a.compute_type)
     print(json.dumps(result))
     return 0
 

@@ -39,9 +39,16 @@ def cmd_bench(args) -> int:
     from .benchmark import (blas_description, encoder_flops, run_engine, run_decode_engine, run_train_engine,
                             train_flops)
 
+    from .layers.linear import kernel_names, resolve_compute_type
+
     threads_list = args.threads or [1, 2]
+    ct = resolve_compute_type(args.compute_type)   # a type this CPU lacks: one-line error
+    if args.task == "train" and ct != "float32":
+        raise ValueError(f"--compute-type {args.compute_type}: training runs in float32 (int8 and bfloat16 are "
+                         f"for inference: --task encode or decode)")
+    kernels = f"compute type: {ct} ({kernel_names()[ct]})"
     if args.task == "decode":
-        return _bench_decode(args, threads_list)
+        return _bench_decode(args, threads_list, ct, kernels)
     train = args.task == "train"
     batch = args.batch or (32 if train else 16)
     src_len = args.src_len or (32 if train else 64)
@@ -51,6 +58,7 @@ def cmd_bench(args) -> int:
             f"encoder forward | size={args.size} batch={batch} x {src_len} tokens")
     print(f"cyformer {__version__} | {what} | {work / 1e9:.1f} GFLOP")
     print(f"BLAS: {blas_description()}")
+    print(kernels + ("" if ct == "float32" or args.no_compare else "; torch runs float32"))
     engines = ["cyformer"] + ([] if args.no_compare else ["torch"])
     header = f"{'engine':<10} {'threads':>7} {'median ms':>10} {'GFLOP/s':>9} {'/core':>7} {'of SGEMM':>9} {'vs torch':>9}"
     print(header)
@@ -64,7 +72,7 @@ def cmd_bench(args) -> int:
             if train:
                 r = run_train_engine(engine, args.size, batch, src_len, args.tgt_len, nt, args.repeat)
             else:
-                r = run_engine(engine, args.size, batch, src_len, nt, args.repeat)
+                r = run_engine(engine, args.size, batch, src_len, nt, args.repeat, compute_type=ct)
             if r is not None:
                 results[engine] = r
         for engine, r in results.items():
@@ -77,7 +85,7 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _bench_decode(args, threads_list) -> int:
+def _bench_decode(args, threads_list, ct: str, kernels: str) -> int:
     from .benchmark import blas_description, run_decode_engine
 
     batch = args.batch or 16
@@ -85,13 +93,14 @@ def _bench_decode(args, threads_list) -> int:
     print(f"cyformer {__version__} | decoding | size={args.size} batch={batch} x {src_len} source tokens -> "
           f"{args.tgt_len} generated (min_length = max_length) | seeded weights, vocabulary 32000")
     print(f"BLAS: {blas_description()}  (CTranslate2 and transformers: python bench/decode_compare.py)")
+    print(kernels)
     header = f"{'mode':<8} {'threads':>7} {'median ms':>10} {'tokens/s':>9}"
     print(header)
     print("-" * len(header))
     for mode, beam in (("greedy", 1), ("beam4", 4)):
         for nt in threads_list:
             _progress(f"cyformer, {mode}, {nt} thread(s), {args.repeat} runs")
-            r = run_decode_engine(args.size, batch, src_len, args.tgt_len, beam, nt, args.repeat)
+            r = run_decode_engine(args.size, batch, src_len, args.tgt_len, beam, nt, args.repeat, compute_type=ct)
             print(f"{mode:<8} {nt:>7} {r['median_ms']:>10.1f} {batch * args.tgt_len / (r['median_ms'] / 1e3):>9.1f}")
     return 0
 
@@ -147,7 +156,7 @@ def cmd_translate(args) -> int:
     if args.threads:
         set_num_threads(args.threads)
     output = _output_path(args)
-    translator = Translator.from_pretrained(args.model_dir, args.tokenizer)
+    translator = Translator.from_pretrained(args.model_dir, args.tokenizer, compute_type=args.compute_type)
     lines = _read_lines(args.input)
     out = translator.translate(lines, progress=sys.stderr.isatty() and not args.quiet, **_translate_options(args))
     _write_output(output, "".join(t + "\n" for t in out))
@@ -433,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sampling-temperature", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=None)
+    t.add_argument("--compute-type", default="default", choices=("default", "float32", "int8", "bfloat16", "auto"),
+                   help="float32, int8 (int8 weights, per-row scales), bfloat16, auto (the fastest this CPU "
+                        "runs natively) or default (as the checkpoint stores it)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     r = t.add_argument_group("many machines (pip install 'cyformer[ray]')")
     r.add_argument("--ray", action="store_true", help="translate with a pool of Ray actors (a local Ray, or --address)")
@@ -474,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tgt-len", type=int, default=32, help="target tokens (train) or generated tokens (decode)")
     b.add_argument("--repeat", type=int, default=10)
     b.add_argument("--no-compare", action="store_true", help="time cyformer only")
+    b.add_argument("--compute-type", default="float32", choices=("float32", "int8", "bfloat16", "auto"),
+                   help="cyformer's compute type (encode, decode)")
     pl = sub.add_parser("plot", help="training curves of a model folder, or a cross-attention heat map")
     pl.add_argument("model_dir")
     pl.add_argument("--sentence", help="draw the cross-attention of this sentence's greedy translation instead")

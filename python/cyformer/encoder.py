@@ -36,6 +36,7 @@ from .layers.base import TrainContext, WeightSpec, derive_layout, named_views
 from .layers.embedding import Embeddings, EmbeddingsRecord
 from .layers.heads import (HEADS, POOLER_ACTIVATIONS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
                            TokenClassificationHead, pool)
+from .layers.linear import resolve_compute_type
 from .layers.norm import LayerNorm, LayerNormRecord
 from .layers.projection import POSITIONALS, FeatureProjection
 from .layers.transformer import Encoder as EncoderStack, StackRecord
@@ -355,6 +356,7 @@ class Encoder(ParameterOwner):
 
     @property
     def params(self) -> np.ndarray:
+        self._materialize_float()   # matrices held only in int8 / bf16 (set_compute_type)
         return self._params
 
     @params.setter
@@ -372,6 +374,7 @@ class Encoder(ParameterOwner):
         for layer in (self.pooler, self.head):
             if layer is not None:
                 layer.bind(self._views)
+        self._weights_changed()
         self._types = self._views.get("embed_token_types.weight")
 
     @classmethod
@@ -628,13 +631,16 @@ class Encoder(ParameterOwner):
         self.config.save(os.path.join(directory, CONFIG_NAME))
 
     @classmethod
-    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Encoder":
+    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False,
+                        compute_type: str = "default") -> "Encoder":
         """Load an encoder folder: our own (``model_type`` "cyformer-encoder", memory-mapped), a
         registered foreign format (Hugging Face ``bert``), or a sentence-transformers folder
         (``modules.json``: its Transformer module, with the pooling and normalisation that
-        ``embed`` then uses by default, kept in ``config.extra["sentence_transformers"]``)."""
+        ``embed`` then uses by default, kept in ``config.extra["sentence_transformers"]``).
+        ``compute_type``: as ``Transformer.from_pretrained`` (the linear layers, the heads included)."""
         from .convert.sbert import transformer_folder
         from .io import read_json
+        resolve_compute_type(compute_type)   # a bad or unsupported type fails before any reading
         directory = os.fspath(directory)
         require_model_folder(directory)
         folder, st = transformer_folder(directory)
@@ -646,6 +652,8 @@ class Encoder(ParameterOwner):
         model = loader_for(model_type, cfg_path, kind="encoder")(folder, raw, mmap=mmap, verify=verify)
         if st is not None:
             model.config.extra["sentence_transformers"] = st.to_extra()
+        if compute_type != "default":   # "default": as the loader made it
+            model.set_compute_type(compute_type)
         return model
 
 

@@ -240,17 +240,23 @@ def fsync_dir(folder: str) -> None:
 
 def safetensors_header(tensors: Iterable[Tuple[str, np.dtype, Tuple[int, ...]]],
                        metadata: Optional[Mapping[str, str]] = None) -> bytes:
-    """Header bytes (length prefix + JSON padded to 8 bytes) for tensors laid out in order."""
+    """Header bytes (length prefix + JSON padded to 8 bytes) for tensors laid out in order.
+
+    A dtype is a NumPy dtype or a safetensors code ("BF16": bf16 bits held as uint16)."""
     header: Dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
     for name, dtype, shape in tensors:
-        dtype = np.dtype(dtype)
-        code = _CODES.get(dtype.newbyteorder("<") if dtype.byteorder == "=" else dtype)
-        if code is None:
-            raise TypeError(f"{name}: dtype {dtype} cannot be stored in safetensors")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if isinstance(dtype, str) and dtype in _DTYPES:
+            code, itemsize = dtype, _DTYPES[dtype].itemsize
+        else:
+            dtype = np.dtype(dtype)
+            code = _CODES.get(dtype.newbyteorder("<") if dtype.byteorder == "=" else dtype)
+            if code is None:
+                raise TypeError(f"{name}: dtype {dtype} cannot be stored in safetensors")
+            itemsize = dtype.itemsize
+        nbytes = int(np.prod(shape, dtype=np.int64)) * itemsize
         header[name] = {"dtype": code, "shape": [int(s) for s in shape],
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
@@ -358,8 +364,9 @@ def _check_entry(path: str, name: str, info, data_len: int) -> Tuple[int, int]:
     return begin, end
 
 
-def load_safetensors(path: str, mmap: bool = True) -> Dict[str, np.ndarray]:
-    """Named arrays, memory-mapped (copy-on-write) when ``mmap``; BF16 is widened to F32."""
+def load_safetensors(path: str, mmap: bool = True, widen_bf16: bool = True) -> Dict[str, np.ndarray]:
+    """Named arrays, memory-mapped (copy-on-write) when ``mmap``; BF16 is widened to F32
+    (``widen_bf16=False``: kept as its uint16 bits, mapped like the others)."""
     header, data_start, size = read_safetensors_header(path)
     if mmap and size > data_start:
         data = np.memmap(path, dtype=np.uint8, mode="c", offset=data_start, shape=(size - data_start,))
@@ -374,7 +381,7 @@ def load_safetensors(path: str, mmap: bool = True) -> Dict[str, np.ndarray]:
         begin, end = info["data_offsets"]
         dtype = _DTYPES[info["dtype"]]
         arr = data[begin:end].view(dtype).reshape(info["shape"])
-        if info["dtype"] == "BF16":
+        if info["dtype"] == "BF16" and widen_bf16:
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         out[name] = arr
     return out

@@ -12,24 +12,56 @@ import numbers
 import re
 import os
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import threads
+from ._engine.quant import int8_compensation
 from .config import TransformerConfig
 from .convert.registry import loader_for, register_loader
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
-                 safetensors_header, verify_checkpoint)
+                 read_safetensors_header, safetensors_header, safetensors_metadata, verify_checkpoint)
 from .layers.projection import FeatureProjection
-from .layers import (Decoder, DecoderState, Embeddings, EmbeddingsRecord, Encoder, Linear, StackRecord,
+from .layers import (Decoder, DecoderState, Embeddings, EmbeddingsRecord, Encoder, Layer, Linear, StackRecord,
                      TrainContext, WeightSpec, derive_layout, named_views)
+from .layers.linear import StoredWeight, resolve_compute_type
+
+# safetensors dtype codes of the stored compute types; an int8 matrix NAME has its per-row
+# scales in NAME + SCALE_SUFFIX (float32 [rows])
+STORED_CODES = {"int8": "I8", "bfloat16": "BF16"}
+SCALE_SUFFIX = "_scale"
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 TokenBatch = Union[Sequence[Sequence[int]], np.ndarray]
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Hand the whole memory pages inside ``a`` back to the system (madvise MADV_DONTNEED):
+    an anonymous page reads as zeros afterwards, a private file mapping's as the file. The
+    caller no longer needs the values. Nothing happens where madvise is not available."""
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None or not a.flags.c_contiguous or a.nbytes == 0:
+        return
+    page = mmap.PAGESIZE
+    start = a.ctypes.data
+    lo = -(-start // page) * page
+    hi = (start + a.nbytes) // page * page
+    if hi <= lo:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice)
+    except (OSError, AttributeError):
+        pass
 
 
 # -- composition and parameter layout ------------------------------------------------------
@@ -368,17 +400,184 @@ class ParameterOwner:
     """
 
     _config_label = "model config"
+    _compute_type = "float32"
+    # weight name -> its form in the compute type (shared by the layers reading it)
+    _stored: Dict[str, StoredWeight] = {}
+    # names whose float32 values are only in ``_stored`` (a checkpoint saved in int8 / bf16:
+    # the float32 views stay untouched zero pages until something asks for them)
+    _float_pending: frozenset = frozenset()
+    _released: frozenset = frozenset()   # of those, the ones this process had in float32 (released)
+    _keep_float32 = False
+
+    # -- compute type ------------------------------------------------------------------------
+    @property
+    def compute_type(self) -> str:
+        """What the linear layers compute in: "float32", "int8" or "bfloat16"."""
+        return self._compute_type
+
+    def linear_layers(self) -> List[Linear]:
+        """Every ``Linear`` of the model (the output projection and heads included)."""
+        roots = [v for v in vars(self).values() if isinstance(v, Layer)]
+        return [layer for root in roots for layer in root.walk() if isinstance(layer, Linear)]
+
+    def set_compute_type(self, compute_type: str, *, keep_float32: bool = False) -> None:
+        """Compute every linear layer in ``compute_type`` (CTranslate2's names): "float32";
+        "int8" (weights int8 with a float32 scale per output row, activations quantized per row
+        at run time, int32 accumulation); "bfloat16" (bf16 weights, float32 accumulation);
+        "auto" (int8 where this CPU has an int8 dot-product instruction set, else float32);
+        "default" (leave it). Each matrix is converted once, a tied output projection included
+        (the embedding lookup keeps the float32 table). A type this CPU cannot run natively
+        is a ValueError naming the missing instruction set.
+
+        The float32 copies of the converted matrices are then released (the memory is given
+        back to the system), unless ``keep_float32``: asked for later (``parameters()``,
+        ``set_compute_type("float32")``, training) they are re-derived from the int8 / bf16
+        form, with a warning, since that is not the original float32 (keep_float32=True
+        keeps them, so that float32 can be set back exactly)."""
+        ct = resolve_compute_type(compute_type, default=self._compute_type)
+        if ct != self._compute_type or (ct != "float32" and not self._stored):
+            self._materialize_float()
+            self._apply_compute_type(ct, {})
+        self._keep_float32 = keep_float32
+        if ct != "float32" and not keep_float32:
+            self._release_float()
+
+    def _apply_compute_type(self, ct: str, store: Dict[str, StoredWeight]) -> None:
+        # every Linear in `ct`, reading (or adding) the forms of `store`
+        for lin in self.linear_layers():
+            lin.set_compute_type(ct, store)
+        self._stored = store
+        self._compute_type = ct
+
+    def _materialize_float(self, names=None) -> None:
+        # the float32 values of matrices loaded in (or released to) int8 / bf16, from those
+        # forms: all of them, or those of `names`
+        todo = self._float_pending if names is None else self._float_pending & frozenset(names)
+        if not todo:
+            return
+        if todo & self._released:   # (a checkpoint saved in int8 / bf16 never had other values)
+            warnings.warn(f"{len(todo & self._released)} weight matrices are only held in {self._compute_type}: "
+                          f"their float32 values are re-derived from that form, not the original float32 "
+                          f"(load with compute_type='float32', or set_compute_type(..., keep_float32=True), "
+                          f"to keep those)", stacklevel=3)
+        for name in todo:
+            self._views[name][...] = self._stored[name].dequantize()
+        self._float_pending = self._float_pending - todo
+        self._released = self._released - todo
+
+    def _release_float(self) -> None:
+        # give the pages of the converted matrices' float32 copies back to the system; their
+        # values come back from the stored forms if asked for (_materialize_float)
+        names = [n for n in self.storable_matrices() if n in self._stored and n not in self._float_pending]
+        for name in names:
+            release_pages(self._views[name])
+        self._float_pending = self._float_pending | frozenset(names)
+        self._released = self._released | frozenset(names)
+
+    def _weights_changed(self) -> None:
+        # the float32 parameters changed (a new buffer, loaded tensors): derive the stored forms again
+        self._float_pending = self._released = frozenset()
+        if self._compute_type != "float32":
+            self._apply_compute_type(self._compute_type, {})
+            if not self._keep_float32:
+                self._release_float()
+
+    def storable_matrices(self) -> List[str]:
+        """The matrices a quantized checkpoint stores in int8 / bf16: those of the linear layers,
+        except a table the embedding lookup also reads (tied: it stays float32 in the file and
+        its projection copy is converted at load)."""
+        tables = {layer.token_name for root in vars(self).values() if isinstance(root, Layer)
+                  for layer in root.walk() if isinstance(layer, Embeddings)}
+        names = {lin.weight_name for lin in self.linear_layers()} - tables
+        return [n for n, _ in self.layout if n in names]
+
+    def _checkpoint_tensors(self) -> List[Tuple[str, object, np.ndarray]]:
+        """(name, safetensors dtype, array) in buffer order: the stored forms of the matrices in
+        the compute type (with their scales), everything else float32."""
+        if self._compute_type == "float32":
+            return [(n, np.float32, self._views[n]) for n, _ in self.layout]
+        code = STORED_CODES[self._compute_type]
+        storable = set(self.storable_matrices())
+        out = []
+        for name, _ in self.layout:
+            form = self._stored.get(name) if name in storable else None
+            if form is None:
+                out.append((name, np.float32, self._views[name]))
+                continue
+            out.append((name, code, form.data))
+            if form.scale is not None:
+                out.append((name + SCALE_SUFFIX, np.float32, form.scale))
+        return out
+
+    def _load_stored(self, path: str, compute_type: str, mmap: bool = True) -> None:
+        """Fill the model from a checkpoint saved in ``compute_type`` (int8 / bfloat16): its
+        matrices mapped as stored (no copy when ``mmap``), the other tensors copied into the
+        float32 views. Every tensor's dtype and shape, and each int8 matrix's scales, are checked."""
+        code = STORED_CODES[compute_type]
+        header, _, _ = read_safetensors_header(path)
+        tensors = load_safetensors(path, mmap=mmap, widen_bf16=False)
+        storable = set(self.storable_matrices())
+        problems, store, used = [], {}, set()
+        for name, shape in self.layout:
+            info = header.get(name)
+            if info is None:
+                problems.append(f"missing: {name}")
+                continue
+            used.add(name)
+            got, dims = info["dtype"], tuple(info["shape"])
+            if dims != tuple(shape):
+                problems.append(f"mis-shaped: {name}: expected {list(shape)}, got {list(dims)}")
+            elif got == "F32":
+                self._views[name][...] = tensors[name]
+                if mmap:   # the copy is the model's; the file's pages need not stay resident
+                    release_pages(tensors[name])
+            elif got == code and name in storable:
+                scale = None
+                if code == "I8":
+                    sname = name + SCALE_SUFFIX
+                    sinfo = header.get(sname)
+                    used.add(sname)
+                    if sinfo is None:
+                        problems.append(f"missing: {sname} (the per-row scales of int8 {name})")
+                        continue
+                    if sinfo["dtype"] != "F32" or tuple(sinfo["shape"]) != (shape[0],):
+                        problems.append(f"{sname}: expected F32 [{shape[0]}], got {sinfo['dtype']} {sinfo['shape']}")
+                        continue
+                    scale = np.array(tensors[sname], dtype=np.float32)   # small: an aligned copy
+                    if not np.isfinite(scale).all() or (scale < 0).any():
+                        problems.append(f"{sname}: scales must be finite and >= 0")
+                        continue
+                form = StoredWeight(compute_type, tensors[name], scale)
+                if scale is not None:
+                    form.comp = int8_compensation(form.data)
+                store[name] = form
+            else:
+                want = f"F32 or {code}" if name in storable else "F32"
+                problems.append(f"{name}: dtype {got}, expected {want} in a {compute_type} checkpoint")
+        unexpected = sorted(set(tensors) - used)
+        if unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        if problems:
+            raise CheckpointError(f"{path}: weights do not match the {self._config_label} — " + " | ".join(problems))
+        self._float_pending = frozenset(store)
+        for name in store:
+            # zeros never read: writing the small tensors between them may have faulted in
+            # whole (huge) pages of the buffer here
+            release_pages(self._views[name])
+        self._apply_compute_type(compute_type, store)
 
     def parameters(self) -> Dict[str, np.ndarray]:
         """Name -> view into ``params`` (writes go to the model)."""
+        self._materialize_float()
         return dict(self._views)
 
     def __getitem__(self, name: str) -> np.ndarray:
+        self._materialize_float([name])
         return self._views[name]
 
     @property
     def num_parameters(self) -> int:
-        return int(self.params.size)
+        return int(self._total())
 
     def init_parameters(self, seed: Optional[int] = 0) -> None:
         """Each tensor from its declared initialiser, drawn in buffer order."""
@@ -424,6 +623,7 @@ class ParameterOwner:
                 if not np.issubdtype(arr.dtype, np.floating):
                     raise CheckpointError(f"{name}: expected floating-point weights, got {arr.dtype}")
                 self._views[name][...] = arr
+        self._weights_changed()
 
 
     def _workspace(self) -> Workspace:
@@ -467,7 +667,9 @@ class Transformer(ParameterOwner):
 
     @property
     def params(self) -> np.ndarray:
-        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views."""
+        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views.
+        (Matrices held only in int8 / bf16 are re-derived into it first, see set_compute_type.)"""
+        self._materialize_float()
         return self._params
 
     @params.setter
@@ -480,6 +682,7 @@ class Transformer(ParameterOwner):
         self._views = named_views(flat, self.layout)
         for layer in (self.src_embed, self.tgt_embed, self.encoder, self.decoder, self.generator):
             layer.bind(self._views)
+        self._weights_changed()
 
     @classmethod
     def empty(cls, config: TransformerConfig) -> "Transformer":
@@ -662,24 +865,40 @@ class Transformer(ParameterOwner):
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str, format: str = "cyformer") -> None:
-        """Write ``config.json`` + ``model.safetensors`` to ``directory``, each atomically."""
+        """Write ``config.json`` + ``model.safetensors`` to ``directory``, each atomically.
+
+        A model in int8 or bfloat16 writes its linear layers' matrices in that form (``I8``
+        with float32 per-row scales ``NAME_scale``, or ``BF16``), the rest float32, and
+        ``compute_type`` in the metadata; loading maps them as they are. Other formats
+        (``format="marian"``) are float32."""
         if format != "cyformer":
             from .convert import export_checkpoint
+            self._materialize_float()
             return export_checkpoint(self, directory, format)
         import zlib
 
         os.makedirs(directory, exist_ok=True)
-        data = memoryview(np.ascontiguousarray(self.params)).cast("B")
+        meta = {"format": "cyformer", "config": self.config.to_json()}
+        if self._compute_type == "float32":
+            # The data section is exactly the flat buffer: one write, and one mapping on load.
+            entries = [(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs]
+            chunks = [memoryview(np.ascontiguousarray(self.params)).cast("B")]
+        else:
+            tensors = self._checkpoint_tensors()
+            entries = [(n, code, a.shape) for n, code, a in tensors]
+            chunks = [memoryview(np.ascontiguousarray(a)).cast("B") for _, _, a in tensors if a.size]
+            meta["compute_type"] = self._compute_type
+        crc = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
         # crc32 of the data section: from_pretrained(verify=True) and verify_checkpoint check it
-        head = safetensors_header([(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs],
-                                  {"format": "cyformer", "config": self.config.to_json(),
-                                   "crc32": str(zlib.crc32(data))})
-        # The data section is exactly the flat buffer: one write, and one mapping on load.
-        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [head, data])
+        meta["crc32"] = str(crc)
+        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [safetensors_header(entries, meta)] + chunks)
         self.config.save(os.path.join(directory, CONFIG_NAME))
 
     @classmethod
-    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False) -> "Transformer":
+    def from_pretrained(cls, directory: str, mmap: bool = True, verify: bool = False,
+                        compute_type: str = "default") -> "Transformer":
         """Load a cyformer checkpoint or a folder of a registered format (Hugging Face MarianMT).
 
         The weights are memory-mapped (copy-on-write) when ``mmap``: nothing is copied, pages
@@ -687,15 +906,21 @@ class Transformer(ParameterOwner):
         ``verify=True`` also checks the data against the crc32 that ``save_pretrained`` stored
         (this reads the whole file once), catching bit rot and partial overwrites. The loader
         is chosen by ``config.json``'s ``model_type`` (``cyformer.convert.register_loader``).
+        ``compute_type`` ("default": as stored; "float32", "int8", "bfloat16", "auto"): see
+        ``set_compute_type``; a float32 checkpoint is quantized here, at load.
         """
         from .io import read_json
+        resolve_compute_type(compute_type)   # a bad or unsupported type fails before any reading
         cfg_path = os.path.join(directory, CONFIG_NAME)
         require_model_folder(directory)
         if not os.path.exists(cfg_path):
             raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}")
         raw = read_json(cfg_path, expect=dict)   # bounded size and nesting; CheckpointError names the file
         model_type = raw.get("model_type") if isinstance(raw, dict) else None
-        return loader_for(model_type or "cyformer", cfg_path)(directory, raw, mmap=mmap, verify=verify)
+        model = loader_for(model_type or "cyformer", cfg_path)(directory, raw, mmap=mmap, verify=verify)
+        if compute_type != "default":   # "default": as the loader made it
+            model.set_compute_type(compute_type)
+        return model
 
 
 @register_loader("cyformer")
@@ -714,6 +939,14 @@ def load_own_weights(directory: str, model_cls, config, layout, *, mmap: bool, v
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
     if verify:
         verify_checkpoint(path)
+    stored = safetensors_metadata(path).get("compute_type", "float32")
+    if stored != "float32":
+        if stored not in STORED_CODES:
+            raise CheckpointError(f"{path}: unknown compute_type {stored!r} in the metadata "
+                                  f"(written: {', '.join(STORED_CODES)})")
+        model = Transformer.empty(config)
+        model._load_stored(path, stored, mmap=mmap)
+        return model
     flat = load_flat_float32(path, layout, mmap=mmap)
     if flat is not None:  # our own layout: the mapped file is the parameter buffer
         return model_cls(config, params=flat)

@@ -142,6 +142,7 @@ def engine_info() -> Dict[str, object]:
     """The compiled engine: OpenMP or serial, thread counts, OpenMP runtime, where it is installed."""
     from . import threads
     from ._engine import linear, runtime
+    from .layers.linear import kernel_names, resolve_compute_type
 
     here = os.path.dirname(os.path.abspath(__file__))
     omp_libs = [lib.get("filepath") for lib in _threadpool_info() if lib.get("user_api") == "openmp"]
@@ -161,6 +162,10 @@ def engine_info() -> Dict[str, object]:
         "adaptive_decoding_threads": threads._adaptive and threads._run_delay_ns() is not None,
         # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else the skinny one
         "panel_gemm": linear.panel_kernel_available(),
+        "panel_body": linear.panel_body(),
+        # the kernel body of each compute type (one cpuid decision, _engine/quant)
+        "compute_kernels": kernel_names(),
+        "auto_compute_type": resolve_compute_type("auto"),
     }
 
 
@@ -198,8 +203,13 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
             "(CYFORMER_ADAPTIVE_THREADS=0: always the full team)" if eng["adaptive_decoding_threads"]
             else "always the full team (CYFORMER_ADAPTIVE_THREADS=0, or no /proc/self/task/*/schedstat)"))
     if "panel_gemm" in eng:
-        lines.append("decoding GEMMs (8-256 rows): " + ("panel kernel (AVX2/FMA)" if eng["panel_gemm"]
+        body = {"avx512": "AVX-512 body", "avx2": "AVX2/FMA body"}.get(eng.get("panel_body"), "AVX2/FMA")
+        lines.append("decoding GEMMs (8-256 rows): " + (f"panel kernel ({body})" if eng["panel_gemm"]
                                                         else "skinny kernel and BLAS (no AVX2/FMA)"))
+    if "compute_kernels" in eng:
+        lines.append(f"compute types (auto: {eng['auto_compute_type']}):")
+        for ct, kernel in eng["compute_kernels"].items():
+            lines.append(f"  {ct}: {kernel}")
     lib = blas["library"]
     lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
     if lib:

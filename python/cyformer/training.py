@@ -179,6 +179,10 @@ class Trainer:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if clip_norm is not None and not clip_norm > 0:
             raise ValueError(f"clip_norm must be > 0 (or None), got {clip_norm}")
+        if model.compute_type != "float32":
+            raise ValueError(f"the model computes in {model.compute_type}, which is for inference; training "
+                             f"needs compute_type='float32' (load the float32 checkpoint, or "
+                             f"model.set_compute_type('float32'))")
         if isinstance(model.params, np.memmap) or not model.params.flags.writeable:
             # a memory-mapped checkpoint: train on a private copy
             model.params = np.array(model.params, dtype=np.float32)  # assignment rebinds the layers

@@ -52,8 +52,12 @@ class Translator:
                              f"source vocabulary only {model.config.src_vocab_size}")
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, tokenizer_dir: Optional[str] = None) -> "Translator":
-        return cls(Transformer.from_pretrained(model_dir), Tokenizer.from_pretrained(tokenizer_dir or model_dir))
+    def from_pretrained(cls, model_dir: str, tokenizer_dir: Optional[str] = None, *,
+                        compute_type: str = "default") -> "Translator":
+        """The model of ``model_dir`` (``compute_type``: "default" as stored, "float32", "int8",
+        "bfloat16" or "auto", see ``Transformer.set_compute_type``) with its tokenizer."""
+        return cls(Transformer.from_pretrained(model_dir, compute_type=compute_type),
+                   Tokenizer.from_pretrained(tokenizer_dir or model_dir))
 
     def translate_batch(self, texts: Union[str, Sequence[str]], *, max_batch_size: int = 32,
                         batch_type: str = "examples", progress: bool = False,

@@ -53,3 +53,14 @@ def set_panel_rows(min_rows: int, max_rows: int, max_pack: int = -1) -> tuple[in
 
 def panel_kernel_available() -> bool:
     """Whether this CPU runs the panel kernel (AVX2 and FMA on x86-64)."""
+
+PANEL_BODIES: tuple[str, ...]
+
+def panel_body() -> str:
+    """The panel kernel's body in use: "avx512" or "avx2"."""
+
+def set_panel_body(name: Optional[str]) -> str:
+    """Force the panel kernel's body ("avx512", "avx2"; None: the run-time choice); returns the previous."""
+
+def panel_body_supported(name: str) -> bool:
+    """Whether this CPU runs the panel body ``name``."""

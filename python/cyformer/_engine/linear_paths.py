@@ -1,7 +1,8 @@
-"""Forcing ``linear_forward`` onto one of its kernels, for the tests and benchmarks of each path.
+"""Forcing ``linear_forward`` onto one of its kernels, for the tests and benchmarks of each path,
+and the quantized kernels (``quant``) onto one of their bodies.
 
 The one Python module here: it only sets the dispatch thresholds of the compiled ``linear``
-module (``set_panel_rows``, ``set_skinny_rows``) and restores them.
+module (``set_panel_rows``, ``set_skinny_rows``) or the body of ``quant`` and restores them.
 """
 from __future__ import annotations
 
@@ -33,3 +34,35 @@ def available_linear_paths() -> tuple:
     from . import linear
 
     return tuple(p for p in LINEAR_PATHS if p != "panel" or linear.panel_kernel_available())
+
+
+@contextlib.contextmanager
+def _forcing(setter, name: str) -> Iterator[None]:
+    # setter(name) returns the previous name, and takes it back afterwards
+    old = setter(name)
+    try:
+        yield
+    finally:
+        setter(old)
+
+
+def forced_int8_path(name: str):
+    """Run the int8 kernels (``quant.int8_linear_forward``) on body ``name`` of
+    ``quant.INT8_PATHS``; ValueError naming the instruction set when this CPU lacks it."""
+    from . import quant
+
+    return _forcing(quant.set_int8_path, name)
+
+
+def forced_bf16_path(name: str):
+    """Run the bf16 kernels on body ``name`` of ``quant.BF16_PATHS``."""
+    from . import quant
+
+    return _forcing(quant.set_bf16_path, name)
+
+
+def forced_panel_body(name: str):
+    """Run the panel kernel on body ``name`` ("avx512", "avx2") of ``linear.PANEL_BODIES``."""
+    from . import linear
+
+    return _forcing(linear.set_panel_body, name)

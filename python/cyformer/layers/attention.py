@@ -28,7 +28,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from .._engine.attention import attention_backward, attention_forward
-from .base import Layer, TrainContext, Views
+from .base import Layer, TrainContext
 from .linear import Linear
 
 
@@ -66,11 +66,9 @@ class MultiHeadAttention(Layer):
         self._k_kv = f"{prefix}.memory_kv"
 
     def children(self) -> Iterable[Layer]:
-        return (self.in_proj, self.out_proj)
-
-    def bind(self, views: Views) -> None:
-        for lin in (self.in_proj, self.q_proj, self.kv_proj, self.out_proj):
-            lin.bind(views)
+        # q_proj / kv_proj declare nothing (row slices of in_proj) but bind, and take the
+        # compute type, like the others
+        return (self.in_proj, self.q_proj, self.kv_proj, self.out_proj)
 
     @property
     def out_bias(self) -> np.ndarray:

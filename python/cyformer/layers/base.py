@@ -83,6 +83,12 @@ class Layer:
         for child in self.children():
             child.bind(views)
 
+    def walk(self) -> Iterator["Layer"]:
+        """This layer and every layer under it, depth first."""
+        yield self
+        for child in self.children():
+            yield from child.walk()
+
 
 def derive_layout(specs: Iterable[WeightSpec]) -> List[WeightSpec]:
     """The flat buffer's layout: the declarations back to back, each name once."""

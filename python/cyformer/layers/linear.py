@@ -1,16 +1,102 @@
 """``Linear``: y = x W^T + b over packed rows, W [out, in] as nn.Linear stores it.
 
-The one place that knows how a weight matrix is stored: a later int8 format (weights +
-per-row scales) is a new ``dtype`` here and its kernel, not an edit of every call site.
+The one place that knows how a weight matrix is stored. The float32 matrix is a view of the
+model's parameter buffer; a compute type (``compute_type``, CTranslate2's names) adds the
+form the kernels read:
+
+* ``float32``: the view itself (``cyformer._engine.linear``);
+* ``int8``: int8 [out, in] with one float32 scale per output row (symmetric, max|w| / 127)
+  and the per-row sums the VNNI kernels' unsigned activations need; activations are
+  quantized per row at run time, products summed exactly in int32 (``_engine.quant``);
+* ``bfloat16``: the matrix rounded to bf16 (uint16 bits), float32 accumulation.
+
+Bias, and everything outside the matrix products, stays float32.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 
+from .._engine import quant
 from .._engine.linear import linear_backward, linear_forward
 from .base import Layer, Views, WeightSpec
+
+COMPUTE_TYPES = ("float32", "int8", "bfloat16")
+# What ``compute_type`` accepts: the stored types, "auto" (the fastest this CPU runs natively)
+# and "default" (what the checkpoint holds: float32 unless it was saved quantized).
+COMPUTE_TYPE_CHOICES = COMPUTE_TYPES + ("auto", "default")
+# int8 bodies that run natively (the portable one is a correctness fallback, slower than float32)
+_NATIVE_INT8 = ("vnni512", "vnni256", "avxvnni", "avx2")
+
+
+def resolve_compute_type(compute_type: str, default: str = "float32") -> str:
+    """The stored type for a requested ``compute_type``: "auto" is int8 where the CPU has an
+    int8 dot-product instruction set (AVX-512 VNNI, AVX-VNNI or AVX2), else float32; "default"
+    is ``default``. A type the CPU cannot run natively is a ValueError naming what it lacks."""
+    if not isinstance(compute_type, str):
+        raise TypeError(f"compute_type must be a str, not {type(compute_type).__name__}")
+    if compute_type not in COMPUTE_TYPE_CHOICES:
+        raise ValueError(f"compute_type must be one of {', '.join(COMPUTE_TYPE_CHOICES)}; got {compute_type!r}")
+    if compute_type == "default":
+        return default
+    if compute_type == "auto":
+        return "int8" if quant.best_int8_path() in _NATIVE_INT8 else "float32"
+    if compute_type == "int8" and quant.best_int8_path() not in _NATIVE_INT8:
+        raise ValueError("compute_type='int8' needs AVX2 (or AVX-512 VNNI / AVX-VNNI), which this CPU does not "
+                         "have; use compute_type='float32' (or 'auto')")
+    if compute_type == "bfloat16" and quant.best_bf16_path() != "avx512bf16":
+        raise ValueError(f"compute_type='bfloat16' needs {quant.BF16_ISA['avx512bf16']}, which this CPU does "
+                         f"not have; use compute_type='int8', 'float32' or 'auto'")
+    return compute_type
+
+
+def kernel_names() -> Dict[str, str]:
+    """compute type -> the kernel body this CPU runs it with (``cyformer info``)."""
+    from .._engine import linear
+
+    panel = f"panel kernel ({linear.panel_body()})" if linear.panel_kernel_available() else "skinny kernel"
+    return {"float32": f"{panel}, BLAS sgemm for many rows",
+            "int8": f"{quant.int8_path()} ({quant.INT8_ISA[quant.int8_path()]})",
+            "bfloat16": f"{quant.bf16_path()} ({quant.BF16_ISA[quant.bf16_path()]})"}
+
+
+class StoredWeight:
+    """A weight matrix in the form a compute type's kernel reads: ``dtype`` "int8" (``data``
+    int8 [N, K], ``scale`` float32 [N], ``comp`` int32 [N]) or "bfloat16" (``data`` uint16
+    [N, K]). ``rows(sl)`` is the same for output rows ``sl`` (per-row formats slice freely)."""
+
+    __slots__ = ("dtype", "data", "scale", "comp")
+
+    def __init__(self, dtype: str, data: np.ndarray, scale: Optional[np.ndarray] = None,
+                 comp: Optional[np.ndarray] = None):
+        self.dtype, self.data, self.scale, self.comp = dtype, data, scale, comp
+
+    @classmethod
+    def quantize(cls, w: np.ndarray, dtype: str) -> "StoredWeight":
+        """From a float32 [N, K] matrix."""
+        if dtype == "int8":
+            q, scale = quant.quantize_rows(np.ascontiguousarray(w, np.float32))
+            return cls("int8", q, scale, quant.int8_compensation(q))
+        if dtype == "bfloat16":
+            return cls("bfloat16", quant.to_bfloat16(w))
+        raise ValueError(f"no stored form for {dtype!r}")
+
+    def rows(self, sl: Optional[slice]) -> "StoredWeight":
+        if sl is None:
+            return self
+        cut = (lambda a: None if a is None else a[sl])
+        return StoredWeight(self.dtype, self.data[sl], cut(self.scale), cut(self.comp))
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 matrix this stands for."""
+        if self.dtype == "int8":
+            return self.data.astype(np.float32) * self.scale[:, None]
+        return quant.from_bfloat16(self.data)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.data, self.scale, self.comp) if a is not None)
 
 
 class Linear(Layer):
@@ -33,6 +119,8 @@ class Linear(Layer):
         self._rows = rows
         self.weight: Optional[np.ndarray] = None
         self.bias: Optional[np.ndarray] = None
+        self.stored: Optional[StoredWeight] = None   # the int8 / bf16 form; None: float32
+        self._full: Optional[np.ndarray] = None       # the whole matrix (a rows() slice's parent)
 
     def own_weights(self) -> Iterable[WeightSpec]:
         if self.declare_weight:
@@ -48,18 +136,46 @@ class Linear(Layer):
         return a if a is None or self._rows is None else a[self._rows]
 
     def bind(self, views: Views) -> None:
-        self.weight = self._slice(views[self.weight_name])
+        self._full = views[self.weight_name]
+        self.weight = self._slice(self._full)
         self.bias = self._slice(views[self.bias_name]) if self.bias_name is not None else None
+        self.stored = None   # the model re-derives the compute type's form (set_compute_type)
+
+    @property
+    def compute_type(self) -> str:
+        return "float32" if self.stored is None else self.stored.dtype
+
+    def set_compute_type(self, compute_type: str, store: Dict[str, StoredWeight]) -> None:
+        """Use ``compute_type`` ("float32", "int8", "bfloat16"). ``store`` maps weight names to
+        their stored form, shared by the layers that read one matrix (a fused in-projection and
+        its row slices, a tied output projection): each matrix is converted once."""
+        if compute_type == "float32":
+            self.stored = None
+            return
+        form = store.get(self.weight_name)
+        if form is None or form.dtype != compute_type:
+            form = store[self.weight_name] = StoredWeight.quantize(self._full, compute_type)
+        self.stored = form.rows(self._rows)
 
     # -- inference / training forward: the same call; training saves x (the caller's array) --
     def forward(self, x: np.ndarray, out: np.ndarray, nt: int, *, bias: bool = True,
                 accumulate: bool = False) -> None:
         """out[M, out] (+)= x[M, in] W^T (+ b unless ``bias=False``: a LayerNorm adds it)."""
-        linear_forward(x, self.weight, self.bias if bias else None, out, accumulate=accumulate, n_threads=nt)
+        b = self.bias if bias else None
+        s = self.stored
+        if s is None:
+            linear_forward(x, self.weight, b, out, accumulate=accumulate, n_threads=nt)
+        elif s.dtype == "int8":
+            quant.int8_linear_forward(x, s.data, s.scale, s.comp, b, out, accumulate=accumulate, n_threads=nt)
+        else:
+            quant.bf16_linear_forward(x, s.data, b, out, accumulate=accumulate, n_threads=nt)
 
     def backward(self, x: np.ndarray, dout: np.ndarray, dx: Optional[np.ndarray], grads: Views, nt: int,
                  *, accumulate_dx: bool = False) -> None:
         """dx (overwritten, or added to) from dout [M, out]; dW and db accumulated into ``grads``."""
+        if self.stored is not None:
+            raise RuntimeError(f"{self.weight_name}: the model computes in {self.stored.dtype}, which is for "
+                               f"inference; training needs compute_type='float32' (model.set_compute_type)")
         dw = self._slice(grads[self.weight_name])
         db = self._slice(grads[self.bias_name]) if self.bias_name is not None else None
         linear_backward(x, self.weight, dout, dx, dw, db, accumulate_dx=accumulate_dx, n_threads=nt)

@@ -1,0 +1,379 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Quantized linear layers: int8 weights with per-row scales (qgemm.h) and bf16 weights
+(bgemm.h), out[M, N] (+)= x[M, K] @ W[N, K]^T + bias[N] with float32 x, out and bias.
+
+int8: the activations are quantized per row at run time (symmetric, scale = max|x| / 127),
+multiplied exactly in int32 and dequantized once per output. bf16: float32 accumulation.
+The kernel body is chosen once from cpuid (``int8_path()`` / ``bf16_path()`` name it) and can
+be forced for tests (``set_int8_path`` / ``set_bf16_path``). Threads split the output columns
+(few rows, decoding) or the rows (many rows); each output is computed by one thread in one
+fixed order, so results do not depend on the thread count (bitwise: the int8 sums are exact).
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
+from libc.stdlib cimport free, malloc
+
+import numpy as np
+
+from _common cimport CYFORMER_HAVE_OPENMP
+
+cdef extern from "qgemm.h" nogil:
+    int CYF_Q_PORTABLE, CYF_Q_AVX2, CYF_Q_AVXVNNI, CYF_Q_VNNI256, CYF_Q_VNNI512
+    int cyf_q_shifted(int path)
+    int cyf_q_supported(int path)
+    int cyf_q_best()
+    void cyf_q_quantize_row(const float* x, int K, uint8_t* q, float* scale, int shift)
+    void cyf_q_compensation(const int8_t* w, long ldw, int N, int K, int32_t* comp)
+    void cyf_q_gemm(int path, const uint8_t* xq, long ldq, const float* xs, int m0, int m1,
+                    const int8_t* w, long ldw, const float* ws, const int32_t* comp,
+                    const float* bias, float* out, long ldo, int n0, int n1, int K,
+                    int accumulate, int32_t* raw, long ldr)
+
+cdef extern from "bgemm.h" nogil:
+    int CYF_B_F32, CYF_B_AVX512BF16
+    int cyf_b_supported(int path)
+    int cyf_b_best()
+    int cyf_b_packs(int path)
+    void cyf_bf16_round_row(const float* x, int K, uint16_t* out)
+    void cyf_b_gemm(int path, const void* x, long ldx, int m0, int m1, const uint16_t* w,
+                    long ldw, const float* bias, float* out, long ldo, int n0, int n1, int K,
+                    int accumulate)
+
+# Paths by name, widest first, with the instruction sets each needs (for error messages).
+INT8_PATHS = ("vnni512", "vnni256", "avxvnni", "avx2", "portable")
+INT8_ISA = {"vnni512": "AVX-512 VNNI (avx512f, avx512bw, avx512_vnni)",
+            "vnni256": "AVX-512 VNNI on 256-bit registers (avx512vl, avx512_vnni)",
+            "avxvnni": "AVX-VNNI (avx_vnni)", "avx2": "AVX2", "portable": "nothing"}
+BF16_PATHS = ("avx512bf16", "f32")
+BF16_ISA = {"avx512bf16": "AVX-512 BF16 (avx512f, avx512bw, avx512_bf16)", "f32": "nothing"}
+cdef dict _INT8_CODE = {"vnni512": CYF_Q_VNNI512, "vnni256": CYF_Q_VNNI256, "avxvnni": CYF_Q_AVXVNNI,
+                        "avx2": CYF_Q_AVX2, "portable": CYF_Q_PORTABLE}
+cdef dict _BF16_CODE = {"avx512bf16": CYF_B_AVX512BF16, "f32": CYF_B_F32}
+
+cdef int _int8_path = cyf_q_best()
+cdef int _bf16_path = cyf_b_best()
+
+# Below this many multiply-adds a GEMM is not worth a parallel region (as in linear.pyx).
+cdef long _MIN_PARALLEL_WORK = 1 << 18
+# From this many rows per thread, threads split the rows (each reads all the weights once);
+# below, the columns (each streams its share of the weights: decoding is bound by them).
+cdef int _SPLIT_ROWS = 32
+cdef int _COL_ALIGN = 16
+cdef int _ROW_ALIGN = 4
+# Packed activation rows start 64 bytes apart.
+cdef int _PACK_ALIGN = 64
+
+
+def _name(dict codes, int code):
+    for k, v in codes.items():
+        if v == code:
+            return k
+
+
+def int8_path():
+    """The int8 kernel body in use (``INT8_PATHS``)."""
+    return _name(_INT8_CODE, _int8_path)
+
+
+def bf16_path():
+    """The bf16 kernel body in use (``BF16_PATHS``)."""
+    return _name(_BF16_CODE, _bf16_path)
+
+
+def int8_path_supported(str name):
+    """Whether this CPU runs the int8 body ``name``."""
+    if name not in _INT8_CODE:
+        raise ValueError(f"int8 path must be one of {INT8_PATHS}, got {name!r}")
+    return bool(cyf_q_supported(_INT8_CODE[name]))
+
+
+def bf16_path_supported(str name):
+    """Whether this CPU runs the bf16 body ``name``."""
+    if name not in _BF16_CODE:
+        raise ValueError(f"bf16 path must be one of {BF16_PATHS}, got {name!r}")
+    return bool(cyf_b_supported(_BF16_CODE[name]))
+
+
+def best_int8_path():
+    """The body the run-time dispatch picks on this CPU."""
+    return _name(_INT8_CODE, cyf_q_best())
+
+
+def best_bf16_path():
+    return _name(_BF16_CODE, cyf_b_best())
+
+
+cdef int _forced(str kind, name, str best, supported, dict isa, dict codes) except -1:
+    # the code of body `name` (None: `best`), ValueError naming the instruction set it lacks
+    if name is None:
+        name = best
+    if not supported(name):
+        raise ValueError(f"{kind} path {name!r} needs {isa[name]}, which this CPU does not have")
+    return codes[name]
+
+
+def set_int8_path(name):
+    """Force the int8 body ``name`` (None: the run-time choice); returns the previous name.
+    ValueError naming the instruction set when this CPU lacks it."""
+    global _int8_path
+    old = int8_path()
+    _int8_path = _forced("int8", name, best_int8_path(), int8_path_supported, INT8_ISA, _INT8_CODE)
+    return old
+
+
+def set_bf16_path(name):
+    """Force the bf16 body ``name`` (None: the run-time choice); returns the previous name."""
+    global _bf16_path
+    old = bf16_path()
+    _bf16_path = _forced("bf16", name, best_bf16_path(), bf16_path_supported, BF16_ISA, _BF16_CODE)
+    return old
+
+
+cdef inline int _split(int total, int parts, int t, int align) noexcept nogil:
+    # Start of part t when splitting [0, total) into `parts` aligned chunks.
+    cdef long chunk = (total + parts - 1) // parts
+    chunk = ((chunk + align - 1) // align) * align
+    cdef long start = chunk * t
+    return <int>(start if start < total else total)
+
+
+cdef inline long _ldf(const float[:, :] a, str name) except -1:
+    # the row stride of a float32 matrix whose rows are contiguous
+    if a.shape[1] > 1 and a.strides[1] != sizeof(float):
+        raise ValueError(f"{name}: rows must be contiguous (inner stride {a.strides[1]})")
+    if a.strides[0] % sizeof(float):
+        raise ValueError(f"{name}: row stride is not a multiple of 4 bytes")
+    if a.shape[0] > 1 and a.strides[0] < <Py_ssize_t>(a.shape[1] * sizeof(float)):
+        raise ValueError(f"{name}: rows must not be reversed or overlap (row stride {a.strides[0]} "
+                         f"bytes for rows of {a.shape[1]} floats)")
+    return max(<long>(a.strides[0] // sizeof(float)), <long>a.shape[1], 1)
+
+
+cdef const float* _bias_ptr(bias, int n) except? NULL:
+    cdef const float[::1] b
+    if bias is None:
+        return NULL
+    b = bias
+    if b.shape[0] != n:
+        raise ValueError(f"bias has {b.shape[0]} entries, expected {n}")
+    return &b[0]
+
+
+cdef int _team(int m, int n, int k, int n_threads) noexcept nogil:
+    if n_threads <= 1 or not CYFORMER_HAVE_OPENMP or <long>m * n * k < _MIN_PARALLEL_WORK:
+        return 1
+    return n_threads
+
+
+# --------------------------------------------------------------------------------------
+# int8
+# --------------------------------------------------------------------------------------
+
+def quantize_rows(const float[:, :] x, bint shifted=False):
+    """Per-row symmetric int8: (q [M, K], scale [M]) with scale = max|x[m]| / 127 and
+    q = rint(x / scale) in [-127, 127]; ``shifted``: q + 128 as uint8 (the VNNI packing).
+    Used for the weights (once) and, inside the kernels, for the activations."""
+    cdef int m = x.shape[0], k = x.shape[1], i
+    cdef long ldx = _ldf(x, "x") if m else 1
+    q = np.empty((m, k), np.uint8 if shifted else np.int8)
+    scale = np.empty(m, np.float32)
+    cdef uint8_t[:, ::1] qv = q.view(np.uint8)
+    cdef float[::1] sv = scale
+    if m == 0:
+        return q, scale
+    with nogil:
+        for i in range(m):
+            cyf_q_quantize_row(&x[0, 0] + i * ldx, k, &qv[i, 0] if k else NULL, &sv[i], shifted)
+    return q, scale
+
+
+def int8_compensation(const int8_t[:, ::1] wq):
+    """comp[n] = 128 * sum_k wq[n, k] (int32): the VNNI bodies' correction for the shifted
+    activations, computed once with the weights."""
+    cdef int n = wq.shape[0], k = wq.shape[1]
+    comp = np.empty(n, np.int32)
+    cdef int32_t[::1] cv = comp
+    if n and k:
+        with nogil:
+            cyf_q_compensation(&wq[0, 0], k, n, k, &cv[0])
+    elif n:
+        comp[:] = 0
+    return comp
+
+
+cdef int _int8_nogil(int path, const float* x, long ldx, int m, int k, const int8_t* w, int n,
+                     const float* ws, const int32_t* comp, const float* bias, float* out, long ldo,
+                     int accumulate, int32_t* raw, int n_threads) noexcept nogil:
+    # Quantize the rows of x once (rows split between threads), then the GEMM; -1 when out of memory.
+    cdef long ldq = ((k + _PACK_ALIGN - 1) // _PACK_ALIGN) * _PACK_ALIGN
+    cdef uint8_t* xq = <uint8_t*>malloc(<size_t>m * ldq + <size_t>m * sizeof(float) + 64)
+    cdef float* xs
+    cdef int t, i, team = _team(m, n, k, n_threads), shift = cyf_q_shifted(path)
+    if xq == NULL:
+        return -1
+    xs = <float*>(xq + <size_t>m * ldq)
+    if team > 1 and m >= 2 * team:
+        for i in prange(m, num_threads=team, schedule='static'):
+            cyf_q_quantize_row(x + i * ldx, k, xq + i * ldq, xs + i, shift)
+    else:
+        for i in range(m):
+            cyf_q_quantize_row(x + i * ldx, k, xq + i * ldq, xs + i, shift)
+    if team == 1:
+        cyf_q_gemm(path, xq, ldq, xs, 0, m, w, k, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
+    elif m >= _SPLIT_ROWS * team:
+        for t in prange(team, num_threads=team, schedule='static'):
+            cyf_q_gemm(path, xq, ldq, xs, _split(m, team, t, _ROW_ALIGN), _split(m, team, t + 1, _ROW_ALIGN),
+                       w, k, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
+    else:
+        for t in prange(team, num_threads=team, schedule='static'):
+            cyf_q_gemm(path, xq, ldq, xs, 0, m, w, k, ws, comp, bias, out, ldo,
+                       _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN),
+                       k, accumulate, raw, n)
+    free(xq)
+    return 0
+
+
+cdef _check_int8(const float[:, :] x, const int8_t[:, ::1] weight, const float[::1] w_scale, w_comp):
+    cdef int k = x.shape[1], n = weight.shape[0]
+    cdef const int32_t[::1] cv
+    if weight.shape[1] != k:
+        raise ValueError(f"weight is [{weight.shape[0]}, {weight.shape[1]}], expected [N, {k}]")
+    if w_scale.shape[0] != n:
+        raise ValueError(f"weight scale has {w_scale.shape[0]} entries, expected {n}")
+    if w_comp is not None:
+        cv = w_comp
+        if cv.shape[0] != n:
+            raise ValueError(f"weight compensation has {cv.shape[0]} entries, expected {n}")
+
+
+def int8_linear_forward(const float[:, :] x, const int8_t[:, ::1] weight, const float[::1] w_scale,
+                        w_comp, bias, float[:, :] out, bint accumulate=False, int n_threads=1):
+    """out[M, N] (+)= dequant(quant(x) @ weight^T) + bias: int8 ``weight`` [N, K] with
+    ``w_scale`` [N] (float32) and ``w_comp`` = int8_compensation(weight) (None: computed
+    here, which reads the weights twice). ``x`` and ``out`` may be row-strided views."""
+    cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0], rc
+    cdef const int32_t[::1] cv
+    cdef const float* bias_ptr
+    _check_int8(x, weight, w_scale, w_comp)
+    if out.shape[0] != m or out.shape[1] != n:
+        raise ValueError(f"out is [{out.shape[0]}, {out.shape[1]}], expected [{m}, {n}]")
+    bias_ptr = _bias_ptr(bias, n)
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        out_np = np.asarray(out)
+        if not accumulate:
+            out_np[...] = 0.0
+        if bias is not None:
+            out_np += np.asarray(bias, np.float32)
+        return
+    if w_comp is None:
+        w_comp = int8_compensation(weight)
+    cv = w_comp
+    cdef long ldx = _ldf(x, "x"), ldo = _ldf(out, "out")
+    cdef int path = _int8_path
+    with nogil:
+        rc = _int8_nogil(path, &x[0, 0], ldx, m, k, &weight[0, 0], n, &w_scale[0], &cv[0], bias_ptr,
+                         &out[0, 0], ldo, accumulate, NULL, n_threads)
+    if rc:
+        raise MemoryError("int8 linear: cannot allocate the packed activations")
+
+
+def int8_accumulators(const float[:, :] x, const int8_t[:, ::1] weight, w_comp=None, int n_threads=1):
+    """The exact int32 sums sum_k quant(x)[m, k] * weight[n, k] [M, N] as the current body
+    computes them (tests compare them with NumPy's integer product)."""
+    cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0], rc
+    cdef const int32_t[::1] cv
+    ones = np.ones(n, np.float32)
+    _check_int8(x, weight, ones, w_comp)
+    raw = np.zeros((m, n), np.int32)
+    cdef int32_t[:, ::1] rv = raw
+    cdef float[:, ::1] dummy = np.zeros((1, 1), np.float32)
+    if m == 0 or n == 0 or k == 0:
+        return raw
+    if w_comp is None:
+        w_comp = int8_compensation(weight)
+    cv = w_comp
+    cdef long ldx = _ldf(x, "x")
+    cdef int path = _int8_path
+    cdef const float[::1] onev = ones
+    with nogil:
+        rc = _int8_nogil(path, &x[0, 0], ldx, m, k, &weight[0, 0], n, &onev[0], &cv[0], NULL,
+                         &dummy[0, 0], 0, False, &rv[0, 0], n_threads)
+    if rc:
+        raise MemoryError("int8 linear: cannot allocate the packed activations")
+    return raw
+
+
+# --------------------------------------------------------------------------------------
+# bf16
+# --------------------------------------------------------------------------------------
+
+def to_bfloat16(a):
+    """float32 array -> its bf16 bits as uint16 (round to nearest even, NaN kept)."""
+    src = np.ascontiguousarray(a, dtype=np.float32)
+    flat = src.reshape(-1)
+    dst = np.empty(flat.shape[0], np.uint16)
+    cdef const float[::1] sv = flat
+    cdef uint16_t[::1] dv = dst
+    if flat.shape[0]:
+        with nogil:
+            cyf_bf16_round_row(&sv[0], <int>sv.shape[0], &dv[0])
+    return dst.reshape(src.shape)
+
+
+def from_bfloat16(a):
+    """bf16 bits (uint16) -> float32 (exact)."""
+    u = np.ascontiguousarray(a, dtype=np.uint16)
+    return (u.astype(np.uint32) << 16).view(np.float32)
+
+
+cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uint16_t* w, int n,
+                     const float* bias, float* out, long ldo, int accumulate,
+                     int n_threads) noexcept nogil:
+    cdef int t, i, team = _team(m, n, k, n_threads)
+    cdef const void* xp = x
+    cdef long ldp = ldx
+    cdef uint16_t* xb = NULL
+    if cyf_b_packs(path):  # the activations rounded to bf16 once per call
+        ldp = ((k + 31) // 32) * 32
+        xb = <uint16_t*>malloc(<size_t>m * ldp * sizeof(uint16_t))
+        if xb == NULL:
+            return -1
+        for i in range(m):
+            cyf_bf16_round_row(x + i * ldx, k, xb + i * ldp)
+        xp = xb
+    if team == 1:
+        cyf_b_gemm(path, xp, ldp, 0, m, w, k, bias, out, ldo, 0, n, k, accumulate)
+    elif m >= _SPLIT_ROWS * team:
+        for t in prange(team, num_threads=team, schedule='static'):
+            cyf_b_gemm(path, xp, ldp, _split(m, team, t, _ROW_ALIGN), _split(m, team, t + 1, _ROW_ALIGN),
+                       w, k, bias, out, ldo, 0, n, k, accumulate)
+    else:
+        for t in prange(team, num_threads=team, schedule='static'):
+            cyf_b_gemm(path, xp, ldp, 0, m, w, k, bias, out, ldo,
+                       _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN), k, accumulate)
+    free(xb)
+    return 0
+
+
+def bf16_linear_forward(const float[:, :] x, const uint16_t[:, ::1] weight, bias, float[:, :] out,
+                        bint accumulate=False, int n_threads=1):
+    """out[M, N] (+)= x @ weight^T + bias with ``weight`` [N, K] as bf16 bits (uint16,
+    ``to_bfloat16``), float32 accumulation. ``x`` and ``out`` may be row-strided views."""
+    cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0], rc
+    cdef const float* bias_ptr
+    if weight.shape[1] != k:
+        raise ValueError(f"weight is [{weight.shape[0]}, {weight.shape[1]}], expected [N, {k}]")
+    if out.shape[0] != m or out.shape[1] != n:
+        raise ValueError(f"out is [{out.shape[0]}, {out.shape[1]}], expected [{m}, {n}]")
+    bias_ptr = _bias_ptr(bias, n)
+    if m == 0 or n == 0:
+        return
+    cdef long ldx = _ldf(x, "x"), ldo = _ldf(out, "out")
+    cdef int path = _bf16_path
+    with nogil:
+        rc = _bf16_nogil(path, &x[0, 0], ldx, m, k, &weight[0, 0] if k else NULL, n, bias_ptr,
+                         &out[0, 0], ldo, accumulate, n_threads)
+    if rc:
+        raise MemoryError("bf16 linear: cannot allocate the packed activations")

@@ -1,0 +1,77 @@
+# Type stub for the compiled module built from engine/quant.pyx (tests/test_engine_build.py checks the two agree).
+# int8: weights int8 [N, K] with float32 scales [N] (and the int32 compensation [N] the VNNI
+# bodies use); bf16: weights as uint16 bits [N, K]. x and out are float32, rows may be strided.
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+INT8_PATHS: Tuple[str, ...]
+INT8_ISA: Dict[str, str]
+BF16_PATHS: Tuple[str, ...]
+BF16_ISA: Dict[str, str]
+
+def int8_path() -> str:
+    """The int8 kernel body in use (``INT8_PATHS``)."""
+
+def bf16_path() -> str:
+    """The bf16 kernel body in use (``BF16_PATHS``)."""
+
+def int8_path_supported(name: str) -> bool:
+    """Whether this CPU runs the int8 body ``name``."""
+
+def bf16_path_supported(name: str) -> bool:
+    """Whether this CPU runs the bf16 body ``name``."""
+
+def best_int8_path() -> str:
+    """The body the run-time dispatch picks on this CPU."""
+
+def best_bf16_path() -> str: ...
+
+def set_int8_path(name: Optional[str]) -> str:
+    """Force the int8 body ``name`` (None: the run-time choice); returns the previous name."""
+
+def set_bf16_path(name: Optional[str]) -> str:
+    """Force the bf16 body ``name`` (None: the run-time choice); returns the previous name."""
+
+def quantize_rows(x: NDArray[np.float32], shifted: bool = False) -> Tuple[NDArray, NDArray[np.float32]]:
+    """Per-row symmetric int8: (q [M, K] int8, or uint8 q + 128 when shifted; scale [M])."""
+
+def int8_compensation(wq: NDArray[np.int8]) -> NDArray[np.int32]:
+    """comp[n] = 128 * sum_k wq[n, k]."""
+
+def int8_linear_forward(
+    x: NDArray[np.float32],
+    weight: NDArray[np.int8],
+    w_scale: NDArray[np.float32],
+    w_comp: Optional[NDArray[np.int32]],
+    bias: Optional[NDArray[np.float32]],
+    out: NDArray[np.float32],
+    accumulate: bool = False,
+    n_threads: int = 1,
+) -> None:
+    """out[M, N] (+)= dequant(quant(x) @ weight^T) + bias."""
+
+def int8_accumulators(
+    x: NDArray[np.float32],
+    weight: NDArray[np.int8],
+    w_comp: Optional[NDArray[np.int32]] = None,
+    n_threads: int = 1,
+) -> NDArray[np.int32]:
+    """The exact int32 sums of quant(x) @ weight^T as the current body computes them."""
+
+def to_bfloat16(a: NDArray[np.float32]) -> NDArray[np.uint16]:
+    """float32 -> bf16 bits (round to nearest even)."""
+
+def from_bfloat16(a: NDArray[np.uint16]) -> NDArray[np.float32]:
+    """bf16 bits -> float32 (exact)."""
+
+def bf16_linear_forward(
+    x: NDArray[np.float32],
+    weight: NDArray[np.uint16],
+    bias: Optional[NDArray[np.float32]],
+    out: NDArray[np.float32],
+    accumulate: bool = False,
+    n_threads: int = 1,
+) -> None:
+    """out[M, N] (+)= x @ weight^T + bias, bf16 weights, float32 accumulation."""
