@@ -171,7 +171,7 @@ def _text_encoder(args):
         set_num_threads(args.threads)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    return TextEncoder.from_pretrained(args.model_dir, args.tokenizer)
+    return TextEncoder.from_pretrained(args.model_dir, args.tokenizer, compute_type=args.compute_type)
 
 
 def cmd_embed(args) -> int:
@@ -475,6 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--prompt", help="text put before every line (sentence-transformers' prompt)")
             e.add_argument("--prompt-name", help="one of the folder's sentence-transformers prompts")
         e.add_argument("--threads", type=int, default=None)
+        e.add_argument("--compute-type", default="default", choices=("default", "float32", "int8", "bfloat16", "auto"),
+                       help="the linear layers' type (default: as stored)")
         e.add_argument("--quiet", action="store_true", help="no progress bar")
     b = sub.add_parser("bench", help="time the encoder, a training step or decoding on seeded weights "
                                      "(vs PyTorch when installed)")

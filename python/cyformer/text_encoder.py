@@ -245,12 +245,13 @@ class TextEncoder:
 
     @classmethod
     def from_pretrained(cls, directory: str, tokenizer_dir: Optional[str] = None, *,
-                        mmap: bool = True) -> "TextEncoder":
+                        mmap: bool = True, compute_type: str = "default") -> "TextEncoder":
         """A model folder with its tokenizer: Hugging Face (``tokenizer.json``), sentence-transformers
-        (``modules.json``; the Transformer module's folder holds the tokenizer) or cyformer's own."""
+        (``modules.json``; the Transformer module's folder holds the tokenizer) or cyformer's own.
+        ``compute_type`` (float32, int8, bfloat16, auto) as ``Encoder.from_pretrained``."""
         from .convert.sbert import transformer_folder
         directory = os.fspath(directory)
-        model = Encoder.from_pretrained(directory, mmap=mmap)
+        model = Encoder.from_pretrained(directory, mmap=mmap, compute_type=compute_type)
         folder, _ = transformer_folder(directory)
         # a sentence-transformers folder's settings, or those a TextEncoder saved with the model
         st = model.config.extra.get("sentence_transformers") or {}
