@@ -1,0 +1,148 @@
+/* The two products of the tiled (FlashAttention) path of attention.pyx, as register-tiled
+ * AVX2/FMA kernels: S = scale Q K^T over a tile of keys, and O += P V.
+ *
+ * Why not sgemm: each tile is small (64-128 query rows x 256 keys x d_k), and BLAS packs
+ * both operands on every call; profiles of the sgemm version spent a third of the GEMM time
+ * copying Q, K, P and V tiles. Here K is packed once per (sequence, head, chunk of queries)
+ * into panels of 16 keys stored dimension-major (kt), reused by every query block of the
+ * chunk; Q and P rows are broadcast in place and V rows are read in place (a head's slice of
+ * a row is contiguous), so neither product copies anything per tile.
+ *
+ * Each output element is one sum over the reduction index in order, in one lane: results do
+ * not depend on how the rows are split between threads. Needs AVX2 and FMA (checked at run
+ * time: cyf_tile_ok) and d_k a multiple of 8 for cyf_tile_pv; elsewhere attention.pyx
+ * multiplies the tiles by sgemm.
+ */
+#ifndef CYFORMER_ATTENTION_TILE_H
+#define CYFORMER_ATTENTION_TILE_H
+
+#include <string.h>
+
+#define CYF_TILE_PANEL 16
+
+/* K rows [0, n) (ldk floats apart, d_k wide) -> kt: panel p (keys 16p..16p+15) at
+ * kt + 16 * p * d_k, element (key j, dimension c) at [16 * c + j % 16]; keys past n are 0.
+ * (The layout of gemm_panel.h's cyf_panel_pack, kept apart from that header, which brings
+ * the linear kernels' thread-local scratch along.) */
+static void cyf_tile_pack(const float* k, long ldk, int n, int d_k, float* kt) {
+    int p, j, c;
+    for (p = 0; p < n; p += CYF_TILE_PANEL) {
+        float* dst = kt + (long)p * d_k;
+        int keys = n - p < CYF_TILE_PANEL ? n - p : CYF_TILE_PANEL;
+        if (keys < CYF_TILE_PANEL) memset(dst, 0, sizeof(float) * (size_t)d_k * CYF_TILE_PANEL);
+        for (j = 0; j < keys; j++) {
+            const float* src = k + (long)(p + j) * ldk;
+            for (c = 0; c < d_k; c++) dst[(long)c * CYF_TILE_PANEL + j] = src[c];
+        }
+    }
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define CYF_TILE_TARGET __attribute__((target("avx2,fma"), unused))
+
+static int cyf_tile_ok(void) {
+    static int ok = -1;  /* the same answer from every thread: relaxed atomics suffice */
+    int v = __atomic_load_n(&ok, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&ok, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* 6 rows x 16 columns: acc r0/r1 += broadcast(a_i[x]) * (b0, b1) */
+#define CYF_TILE_FMA(i, a)                                                                    \
+    t = _mm256_broadcast_ss(a);                                                               \
+    c##i##0 = _mm256_fmadd_ps(t, b0, c##i##0);                                                \
+    c##i##1 = _mm256_fmadd_ps(t, b1, c##i##1);
+
+#define CYF_TILE_ZERO                                                                         \
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, \
+           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, b0, b1, t;
+
+/* s[i * lds + j] = scale * sum_c q_i[c] * key_j[c] for rows i < rows (q rows ldq floats apart)
+ * and the keys of panels 0..n_panels-1 of kt (16 * n_panels columns of s). */
+CYF_TILE_TARGET static void cyf_tile_qk(const float* q, long ldq, int rows, const float* kt, int n_panels,
+                                        int d_k, float scale, float* s, int lds) {
+    int p, r, i, c;
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (p = 0; p < n_panels; p++) {
+        const float* kp = kt + (long)p * CYF_TILE_PANEL * d_k;
+        for (r = 0; r < rows; r += 6) {
+            int nr = rows - r < 6 ? rows - r : 6;
+            /* rows past the end repeat the last one (their sums are not stored) */
+            const float* a[6];
+            for (i = 0; i < 6; i++) a[i] = q + (long)(r + (i < nr ? i : nr - 1)) * ldq;
+            const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+            CYF_TILE_ZERO
+            for (c = 0; c < d_k; c++) {
+                b0 = _mm256_loadu_ps(kp + 16 * c);
+                b1 = _mm256_loadu_ps(kp + 16 * c + 8);
+                CYF_TILE_FMA(0, a0 + c) CYF_TILE_FMA(1, a1 + c) CYF_TILE_FMA(2, a2 + c)
+                CYF_TILE_FMA(3, a3 + c) CYF_TILE_FMA(4, a4 + c) CYF_TILE_FMA(5, a5 + c)
+            }
+            __m256 out[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+            for (i = 0; i < nr; i++) {
+                float* dst = s + (long)(r + i) * lds + p * CYF_TILE_PANEL;
+                _mm256_storeu_ps(dst, _mm256_mul_ps(out[2 * i], sc));
+                _mm256_storeu_ps(dst + 8, _mm256_mul_ps(out[2 * i + 1], sc));
+            }
+        }
+    }
+}
+
+/* o[i * ldo + c] += sum_{j < n} p[i * ldp + j] * v[j * ldv + c] for rows i < rows and
+ * c < d_k (d_k % 8 == 0): 16 columns at a time (then 8), 6 rows at a time, so the tile's
+ * slice of V (n x 16 floats) stays in L1 across the row groups. */
+CYF_TILE_TARGET static void cyf_tile_pv(const float* p, int ldp, int rows, const float* v, long ldv, int n,
+                                        int d_k, float* o, long ldo) {
+    int c0, r, i, j;
+    for (c0 = 0; c0 < d_k; c0 += 16) {
+        int two = d_k - c0 >= 16;
+        for (r = 0; r < rows; r += 6) {
+            int nr = rows - r < 6 ? rows - r : 6;
+            const float* a[6];
+            for (i = 0; i < 6; i++) a[i] = p + (long)(r + (i < nr ? i : nr - 1)) * ldp;
+            const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3], *a4 = a[4], *a5 = a[5];
+            const float* vc = v + c0;
+            CYF_TILE_ZERO
+            if (two) {
+                for (j = 0; j < n; j++) {
+                    b0 = _mm256_loadu_ps(vc + (long)j * ldv);
+                    b1 = _mm256_loadu_ps(vc + (long)j * ldv + 8);
+                    CYF_TILE_FMA(0, a0 + j) CYF_TILE_FMA(1, a1 + j) CYF_TILE_FMA(2, a2 + j)
+                    CYF_TILE_FMA(3, a3 + j) CYF_TILE_FMA(4, a4 + j) CYF_TILE_FMA(5, a5 + j)
+                }
+            } else {
+                b1 = _mm256_setzero_ps();
+                for (j = 0; j < n; j++) {
+                    b0 = _mm256_loadu_ps(vc + (long)j * ldv);
+                    CYF_TILE_FMA(0, a0 + j) CYF_TILE_FMA(1, a1 + j) CYF_TILE_FMA(2, a2 + j)
+                    CYF_TILE_FMA(3, a3 + j) CYF_TILE_FMA(4, a4 + j) CYF_TILE_FMA(5, a5 + j)
+                }
+            }
+            __m256 acc[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+            for (i = 0; i < nr; i++) {
+                float* dst = o + (long)(r + i) * ldo + c0;
+                _mm256_storeu_ps(dst, _mm256_add_ps(_mm256_loadu_ps(dst), acc[2 * i]));
+                if (two) _mm256_storeu_ps(dst + 8, _mm256_add_ps(_mm256_loadu_ps(dst + 8), acc[2 * i + 1]));
+            }
+        }
+    }
+}
+
+#else
+static int cyf_tile_ok(void) { return 0; }
+static void cyf_tile_qk(const float* q, long ldq, int rows, const float* kt, int n_panels, int d_k,
+                        float scale, float* s, int lds) {
+    (void)q; (void)ldq; (void)rows; (void)kt; (void)n_panels; (void)d_k; (void)scale; (void)s; (void)lds;
+}
+static void cyf_tile_pv(const float* p, int ldp, int rows, const float* v, long ldv, int n, int d_k,
+                        float* o, long ldo) {
+    (void)p; (void)ldp; (void)rows; (void)v; (void)ldv; (void)n; (void)d_k; (void)o; (void)ldo;
+}
+#endif
+
+#endif
