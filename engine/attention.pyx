@@ -53,7 +53,7 @@ cdef extern from "attention_row.h" nogil:
                                  uint32_t threshold, float inv_keep)
     float cyf_attn_dot(const float* a, const float* b, int n)
     void cyf_attn_scale(float* x, int n, float a)
-    void cyf_attn_ds(const float* p, float* t, int n, float dsum)
+    void cyf_attn_ds(const float* p, float* t, int n, float dsum, float scale)
 
 cdef extern from "attention_tile.h" nogil:
     int CYF_TILE_PANEL
@@ -223,22 +223,75 @@ cdef void _attend_one(const float* q, int ldq, const float* k, int ldk, const fl
                  v + lo * ldv, ldv, 0.0, out + r0 * ldo, ldo)
 
 
-cdef bint _tile_scores(const float* q, int ldq, const float* k, int ldk, const float* kt, int kbase,
-                       int r0, int r1, int j0, int j1, int lds,
-                       int shift, int lk, int d_k, float scale, bint causal, int window,
-                       const uint8_t* mask, int ldm, float* s, int* row_lo, int* row_hi) noexcept nogil:
-    # s[r1 - r0, j1 - j0] (rows lds floats apart) <- scale * Q[r0:r1] K[j0:j1]^T, -inf where
-    # the dense mask hides a key; from kt (K packed from key kbase on, j0 - kbase a multiple
-    # of the panel) if not NULL, else by sgemm. row_lo/row_hi[i - r0]: the keys query i can
-    # see, relative to j0. False when no row sees any key of the tile.
-    cdef int w = j1 - j0, i, j, a, z
+cdef struct Tiles:
+    # One (sequence, head) on the tiled path: K (and for the backward V) packed in panels
+    # from key kbase on (attention_tile.h), or NULL (sgemm tiles); tile width and row stride.
+    const float* kt
+    const float* vt
+    int kbase
+    int step
+    int lds
+
+
+cdef inline Tiles _tiles(const float* kt, const float* vt, int kbase) noexcept nogil:
+    # returned by value: assigned inside prange, the struct is then private to each thread
+    cdef Tiles tl
+    tl.kt = kt
+    tl.vt = vt
+    tl.kbase = kbase
+    tl.step = _TILE_KEYS
+    if kt != NULL:  # whole panels
+        tl.step = (_TILE_KEYS + CYF_TILE_PANEL - 1) // CYF_TILE_PANEL * CYF_TILE_PANEL
+    tl.lds = tl.step
+    return tl
+
+
+cdef inline int _tile_end(const Tiles* tl, int j0, int hi) noexcept nogil:
+    # the end of the tile starting at key j0: packed tiles end on a panel boundary
+    if tl.kt != NULL:
+        return min(hi, tl.kbase + (j0 - tl.kbase) // CYF_TILE_PANEL * CYF_TILE_PANEL + tl.step)
+    return min(hi, j0 + tl.step)
+
+
+cdef float* _tile_mul(const Tiles* tl, const float* a, int lda, const float* b, int ldb, const float* bt,
+                      int rows, int j0, int j1, int d_k, float alpha, float* s) noexcept nogil:
+    # alpha * A[rows, d_k] B[j0:j1]^T into a [rows, j1 - j0] tile (rows tl.lds floats apart)
+    # in s; returns the tile's first element: from bt (B packed from key tl.kbase), whose
+    # panels may start before j0, or by sgemm when bt is NULL.
+    cdef int ja
+    if bt != NULL:
+        ja = tl.kbase + (j0 - tl.kbase) // CYF_TILE_PANEL * CYF_TILE_PANEL
+        cyf_tile_qk(a, lda, rows, bt + <long>(ja - tl.kbase) * d_k,
+                    (j1 - ja + CYF_TILE_PANEL - 1) // CYF_TILE_PANEL, d_k, alpha, s, tl.lds)
+        return s + (j0 - ja)
+    sgemm_rm(False, True, rows, j1 - j0, d_k, alpha, a, lda, b + j0 * ldb, ldb, 0.0, s, tl.lds)
+    return s
+
+
+cdef inline void _tile_pv(const Tiles* tl, const float* p, int rows, const float* v, int ldv, int n, int d_k,
+                          float* o, int ldo) noexcept nogil:
+    # o[rows, d_k] += p[rows, n] (rows tl.lds apart) v[n, d_k]
+    if tl.kt != NULL:
+        cyf_tile_pv(p, tl.lds, rows, v, ldv, n, d_k, o, ldo)
+    else:
+        sgemm_rm(False, False, rows, d_k, n, 1.0, p, tl.lds, v, ldv, 1.0, o, ldo)
+
+
+cdef inline void _tile_ptv(const Tiles* tl, const float* p, int rows, int n, const float* x, int ldx, int d_k,
+                           float* o, int ldo) noexcept nogil:
+    # o[n, d_k] += p[rows, n]^T (rows tl.lds apart) x[rows, d_k]: by sgemm on every CPU (a
+    # register-tiled kernel broadcasting down P's columns ran slower than OpenBLAS here)
+    sgemm_rm(True, False, n, d_k, rows, 1.0, p, tl.lds, x, ldx, 1.0, o, ldo)
+
+
+cdef bint _tile_visible(int r0, int r1, int j0, int j1, int shift, int lk, bint causal, int window,
+                        const uint8_t* mask, int ldm, float* s, int lds, int* row_lo, int* row_hi) noexcept nogil:
+    # The keys of tile [j0, j1) each query r0..r1-1 may see: row_lo/row_hi[i - r0], relative
+    # to j0; the scores s (rows lds apart) get -inf where the dense mask hides a key. False
+    # when no row sees any key of the tile.
+    cdef int i, j, a, z
     cdef bint seen = False
     cdef float* srow
-    if kt != NULL:
-        cyf_tile_qk(q + r0 * ldq, ldq, r1 - r0, kt + <long>(j0 - kbase) * d_k,
-                    (w + CYF_TILE_PANEL - 1) // CYF_TILE_PANEL, d_k, scale, s, lds)
-    else:
-        sgemm_rm(False, True, r1 - r0, w, d_k, scale, q + r0 * ldq, ldq, k + j0 * ldk, ldk, 0.0, s, lds)
     for i in range(r0, r1):
         _bounds(i, shift, lk, causal, window, &a, &z)
         a = max(a, j0)
@@ -254,20 +307,17 @@ cdef bint _tile_scores(const float* q, int ldq, const float* k, int ldk, const f
     return seen
 
 
-cdef void _tile_forward(const float* q, int ldq, const float* k, int ldk, const float* v, int ldv,
-                        float* out, int ldo, int r0, int r1, int lq, int lk, int d_k, float scale,
-                        bint causal, int window, const uint8_t* mask, int ldm, float* lse,
-                        const float* kt, int kbase, float* s, float* m, float* l, int* row_lo, int* row_hi,
-                        Dropout* drop) noexcept nogil:
+cdef void _tile_forward(const Tiles* tl, const float* q, int ldq, const float* k, int ldk,
+                        const float* v, int ldv, float* out, int ldo, int r0, int r1, int lq, int lk, int d_k,
+                        float scale, bint causal, int window, const uint8_t* mask, int ldm, float* lse,
+                        float* s, float* m, float* l, int* row_lo, int* row_hi, Dropout* drop) noexcept nogil:
     # Query rows r0..r1-1 of one (sequence, head) on the tiled path (pointers as in _attend_one):
-    # for each key tile, S = scale Q K^T (s: [_TILE_ROWS, tile keys]), online softmax into
+    # for each key tile, S = scale Q K^T (in s: [_TILE_ROWS, tl.lds]), online softmax into
     # the running max m and sum l ([_TILE_ROWS] each), out = alpha out + dropout(exp(S - m)) V;
-    # out /= l at the end, lse = m + log l. kt: K packed from key kbase (attention_tile.h's
-    # kernels, tiles aligned to its panels), or NULL (sgemm).
-    cdef int shift = lk - lq, rows = r1 - r0, i, j, lo, hi, j0, j1, w, lds, a
-    cdef int step = _TILE_KEYS
+    # out /= l at the end, lse = m + log l.
+    cdef int shift = lk - lq, rows = r1 - r0, i, j, lo, hi, j0, j1, w
     cdef float alpha
-    cdef float* srow
+    cdef float* st
     for i in range(rows):
         m[i] = -INFINITY
         l[i] = 0.0
@@ -275,29 +325,18 @@ cdef void _tile_forward(const float* q, int ldq, const float* k, int ldk, const 
             out[(r0 + i) * ldo + j] = 0.0
     _block_bounds(r0, r1, shift, lk, causal, window, &lo, &hi)
     j0 = lo
-    if kt != NULL:
-        step = (_TILE_KEYS + CYF_TILE_PANEL - 1) // CYF_TILE_PANEL * CYF_TILE_PANEL
-        j0 = kbase + (lo - kbase) // CYF_TILE_PANEL * CYF_TILE_PANEL
     while j0 < hi:
-        j1 = min(hi, j0 + step)
+        j1 = _tile_end(tl, j0, hi)
         w = j1 - j0
-        lds = step if kt != NULL else w
-        if _tile_scores(q, ldq, k, ldk, kt, kbase, r0, r1, j0, j1, lds, shift, lk, d_k, scale, causal, window,
-                        mask, ldm, s, row_lo, row_hi):
+        st = _tile_mul(tl, q + r0 * ldq, ldq, k, ldk, tl.kt, rows, j0, j1, d_k, scale, s)
+        if _tile_visible(r0, r1, j0, j1, shift, lk, causal, window, mask, ldm, st, tl.lds, row_lo, row_hi):
             for i in range(rows):
-                srow = s + i * lds
-                alpha = cyf_softmax_online(srow, row_lo[i], row_hi[i], w, &m[i], &l[i])
+                alpha = cyf_softmax_online(st + i * tl.lds, row_lo[i], row_hi[i], w, &m[i], &l[i])
                 if alpha != 1.0:
                     cyf_attn_scale(out + (r0 + i) * ldo, d_k, alpha)
             if drop.threshold:
-                _drop_block_ld(s, lds, r0, r1, j0, w, drop)
-            if kt != NULL:
-                # from the first key the block sees: keys before it, in the tile only because
-                # tiles start on a panel boundary, are never read (not even times 0)
-                a = max(lo, j0) - j0
-                cyf_tile_pv(s + a, lds, rows, v + (j0 + a) * ldv, ldv, w - a, d_k, out + r0 * ldo, ldo)
-            else:
-                sgemm_rm(False, False, rows, d_k, w, 1.0, s, lds, v + j0 * ldv, ldv, 1.0, out + r0 * ldo, ldo)
+                _drop_block_ld(st, tl.lds, r0, r1, j0, w, drop)
+            _tile_pv(tl, st, rows, v + j0 * ldv, ldv, w, d_k, out + r0 * ldo, ldo)
         j0 = j1
     for i in range(rows):
         if l[i] > 0:
@@ -311,15 +350,18 @@ cdef inline bint _tile_kernels(int d_k) noexcept nogil:
     return _TILE_KERNELS and d_k % 8 == 0 and cyf_tile_ok()
 
 
-cdef void _tile_stats(const float* q, int ldq, const float* k, int ldk, const float* v, int ldv,
-                      const float* dout, int ldd, int r0, int r1, int lq, int lk, int d_k, float scale,
-                      bint causal, int window, const uint8_t* mask, int ldm, float* s, float* t,
-                      float* rl, float* rd, float* m, int* row_lo, int* row_hi, Dropout* drop) noexcept nogil:
+cdef void _tile_stats(const Tiles* tl, const float* q, int ldq, const float* k, int ldk,
+                      const float* v, int ldv, const float* dout, int ldd, int r0, int r1, int lq, int lk,
+                      int d_k, float scale, bint causal, int window, const uint8_t* mask, int ldm,
+                      float* s, float* t, float* rl, float* rd, float* m, int* row_lo, int* row_hi,
+                      Dropout* drop) noexcept nogil:
     # The backward's first pass when the forward's lse was not saved: per query row, its
     # log-sum-exp (rl) and D = sum_j P_j dP_j = rowsum(dO * O) (rd), by the online softmax
     # over the key tiles (S = scale Q K^T into s, dP = dropout(dO V^T) into t).
     cdef int shift = lk - lq, rows = r1 - r0, i, lo, hi, j0, j1, w
     cdef float alpha
+    cdef float* st
+    cdef float* tt
     for i in range(rows):
         m[i] = -INFINITY
         rl[i] = 0.0
@@ -327,16 +369,16 @@ cdef void _tile_stats(const float* q, int ldq, const float* k, int ldk, const fl
     _block_bounds(r0, r1, shift, lk, causal, window, &lo, &hi)
     j0 = lo
     while j0 < hi:
-        j1 = min(hi, j0 + _TILE_KEYS)
+        j1 = _tile_end(tl, j0, hi)
         w = j1 - j0
-        if _tile_scores(q, ldq, k, ldk, NULL, 0, r0, r1, j0, j1, w, shift, lk, d_k, scale, causal, window, mask, ldm,
-                        s, row_lo, row_hi):
-            sgemm_rm(False, True, rows, w, d_k, 1.0, dout + r0 * ldd, ldd, v + j0 * ldv, ldv, 0.0, t, w)
+        st = _tile_mul(tl, q + r0 * ldq, ldq, k, ldk, tl.kt, rows, j0, j1, d_k, scale, s)
+        if _tile_visible(r0, r1, j0, j1, shift, lk, causal, window, mask, ldm, st, tl.lds, row_lo, row_hi):
+            tt = _tile_mul(tl, dout + r0 * ldd, ldd, v, ldv, tl.vt, rows, j0, j1, d_k, 1.0, t)
             if drop.threshold:
-                _drop_block(t, r0, r1, j0, w, drop)
+                _drop_block_ld(tt, tl.lds, r0, r1, j0, w, drop)
             for i in range(rows):
-                alpha = cyf_softmax_online(s + i * w, row_lo[i], row_hi[i], w, &m[i], &rl[i])
-                rd[i] = rd[i] * alpha + cyf_attn_dot(s + i * w, t + i * w, w)
+                alpha = cyf_softmax_online(st + i * tl.lds, row_lo[i], row_hi[i], w, &m[i], &rl[i])
+                rd[i] = rd[i] * alpha + cyf_attn_dot(st + i * tl.lds, tt + i * tl.lds, w)
         j0 = j1
     for i in range(rows):
         if rl[i] > 0:
@@ -347,19 +389,22 @@ cdef void _tile_stats(const float* q, int ldq, const float* k, int ldk, const fl
             rl[i] = -INFINITY
 
 
-cdef void _tile_backward(const float* q, int ldq, const float* k, int ldk, const float* v, int ldv,
-                         const float* dout, int ldd, const float* o, int ldo, const float* lse,
-                         float* dq, int lddq, float* dk, int lddk, float* dv, int lddv,
+cdef void _tile_backward(const Tiles* tl, const float* q, int ldq, const float* k, int ldk,
+                         const float* v, int ldv, const float* dout, int ldd, const float* o, int ldo,
+                         const float* lse, float* dq, int lddq, float* dk, int lddk, float* dv, int lddv,
                          int lq, int lk, int d_k, float scale, bint causal, int window,
                          const uint8_t* mask, int ldm, float* s, float* t, float* u, float* rl, float* rd,
                          float* m, int* row_lo, int* row_hi, Dropout* drop) noexcept nogil:
     # One (sequence, head) on the tiled path; dk, dv rows [0, lk) must be zero on entry.
     # o [lq, d_k] and lse [lq] are the forward's output and log-sum-exp, or NULL (then
     # _tile_stats finds lse and D). Per query block, per key tile (s, t, u: [_TILE_ROWS,
-    # _TILE_KEYS]):
+    # tl.lds]):
     #   P = exp(S - lse); Pd = dropout(P); dV += Pd^T dO; dP = dropout(dO V^T);
-    #   dS = P * (dP - D); dQ += scale dS K; dK += scale dS^T Q
+    #   dS = scale P * (dP - D); dQ += dS K; dK += dS^T Q
     cdef int shift = lk - lq, r0, r1, rows, i, j, lo, hi, j0, j1, w
+    cdef float* st
+    cdef float* tt
+    cdef float* ut
     r0 = 0
     while r0 < lq:
         r1 = min(lq, r0 + _TILE_ROWS)
@@ -374,30 +419,31 @@ cdef void _tile_backward(const float* q, int ldq, const float* k, int ldk, const
                     rl[i] = lse[r0 + i]
                     rd[i] = cyf_attn_dot(dout + (r0 + i) * ldd, o + (r0 + i) * ldo, d_k)
             else:
-                _tile_stats(q, ldq, k, ldk, v, ldv, dout, ldd, r0, r1, lq, lk, d_k, scale, causal, window,
+                _tile_stats(tl, q, ldq, k, ldk, v, ldv, dout, ldd, r0, r1, lq, lk, d_k, scale, causal, window,
                             mask, ldm, s, t, rl, rd, m, row_lo, row_hi, drop)
         j0 = lo
         while j0 < hi:
-            j1 = min(hi, j0 + _TILE_KEYS)
+            j1 = _tile_end(tl, j0, hi)
             w = j1 - j0
-            if _tile_scores(q, ldq, k, ldk, NULL, 0, r0, r1, j0, j1, w, shift, lk, d_k, scale, causal, window, mask, ldm,
-                            s, row_lo, row_hi):
+            st = _tile_mul(tl, q + r0 * ldq, ldq, k, ldk, tl.kt, rows, j0, j1, d_k, scale, s)
+            if _tile_visible(r0, r1, j0, j1, shift, lk, causal, window, mask, ldm, st, tl.lds, row_lo, row_hi):
                 for i in range(rows):
-                    cyf_softmax_from_lse(s + i * w, row_lo[i], row_hi[i], w, rl[i])
+                    cyf_softmax_from_lse(st + i * tl.lds, row_lo[i], row_hi[i], w, rl[i])
+                ut = st
                 if drop.threshold:
-                    for i in range(rows * w):
-                        u[i] = s[i]
-                    _drop_block(u, r0, r1, j0, w, drop)
-                    sgemm_rm(True, False, w, d_k, rows, 1.0, u, w, dout + r0 * ldd, ldd, 1.0, dv + j0 * lddv, lddv)
-                else:
-                    sgemm_rm(True, False, w, d_k, rows, 1.0, s, w, dout + r0 * ldd, ldd, 1.0, dv + j0 * lddv, lddv)
-                sgemm_rm(False, True, rows, w, d_k, 1.0, dout + r0 * ldd, ldd, v + j0 * ldv, ldv, 0.0, t, w)
+                    ut = u + (st - s)
+                    for i in range(rows):
+                        for j in range(w):
+                            ut[i * tl.lds + j] = st[i * tl.lds + j]
+                    _drop_block_ld(ut, tl.lds, r0, r1, j0, w, drop)
+                _tile_ptv(tl, ut, rows, w, dout + r0 * ldd, ldd, d_k, dv + j0 * lddv, lddv)
+                tt = _tile_mul(tl, dout + r0 * ldd, ldd, v, ldv, tl.vt, rows, j0, j1, d_k, 1.0, t)
                 if drop.threshold:
-                    _drop_block(t, r0, r1, j0, w, drop)
+                    _drop_block_ld(tt, tl.lds, r0, r1, j0, w, drop)
                 for i in range(rows):
-                    cyf_attn_ds(s + i * w, t + i * w, w, rd[i])
-                sgemm_rm(False, False, rows, d_k, w, scale, t, w, k + j0 * ldk, ldk, 1.0, dq + r0 * lddq, lddq)
-                sgemm_rm(True, False, w, d_k, rows, scale, t, w, q + r0 * ldq, ldq, 1.0, dk + j0 * lddk, lddk)
+                    cyf_attn_ds(st + i * tl.lds, tt + i * tl.lds, w, rd[i], scale)
+                _tile_pv(tl, tt, rows, k + j0 * ldk, ldk, w, d_k, dq + r0 * lddq, lddq)
+                _tile_ptv(tl, tt, rows, w, q + r0 * ldq, ldq, d_k, dk + j0 * lddk, lddk)
             j0 = j1
         r0 = r1
 
@@ -584,6 +630,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
     cdef int chunk = _chunk_rows()
     cdef bint kernels = _tile_kernels(d_k)
     cdef long kt_scratch = 0
+    cdef Tiles tl
     cdef int ldq, ldk, ldv, ldo
     cdef int failed[1]
     cdef Dropout drop, mine
@@ -678,14 +725,15 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
                         plo = max(lo, 0) // CYF_TILE_PANEL * CYF_TILE_PANEL
                         if hi > plo:
                             cyf_tile_pack(kp + (<long>k_start[b] + plo) * ldk + h * d_k, ldk, hi - plo, d_k, kt)
+                    tl = _tiles(kt, NULL, plo)
                     r0 = c0
                     while r0 < c1:
-                        _tile_forward(qp + <long>q_start[b] * ldq + h * d_k, ldq,
+                        _tile_forward(&tl, qp + <long>q_start[b] * ldq + h * d_k, ldq,
                                       kp + <long>k_start[b] * ldk + h * d_k, ldk,
                                       vp + <long>k_start[b] * ldv + h * d_k, ldv,
                                       op + <long>q_start[b] * ldo + h * d_k, ldo,
                                       r0, min(c1, r0 + _TILE_ROWS), lq, lk, d_k, pb.scale, causal, window,
-                                      mask_b, pb.ldm, lse_row, kt, plo, tile_s,
+                                      mask_b, pb.ldm, lse_row, tile_s,
                                       tile_s + _TILE_ROWS * (_TILE_KEYS + CYF_TILE_PANEL),
                                       tile_s + _TILE_ROWS * (_TILE_KEYS + CYF_TILE_PANEL) + _TILE_ROWS,
                                       bounds, bounds + _TILE_ROWS, &mine)
@@ -803,9 +851,14 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
     cdef _Problem pb = _Problem(q, k, v, q_start, q_len, k_start, k_len, n_heads, scale, mask)
     cdef int d = pb.d, d_k = pb.d_k
     cdef int b, h, item, n_items, lq, lk, block = _BLOCK_ROWS
-    cdef long rows_scratch = 0, tile_scratch = 0, rows_lk = 1
+    cdef long rows_scratch = 0, tile_scratch = 0, rows_lk = 1, kt_scratch = 0
+    cdef long tile_len = _TILE_ROWS * (_TILE_KEYS + CYF_TILE_PANEL)
+    cdef bint kernels = _tile_kernels(d_k)
+    cdef Tiles tl
     cdef float* scratch
     cdef float* tiles
+    cdef float* kt
+    cdef float* vt
     cdef int* bounds
     cdef float* lse_ptr
     cdef const float[:, :] out_v
@@ -839,7 +892,10 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
         return
     for b in range(pb.batch):
         if q_len[b] > 0 and _tiled(q_len[b], k_len[b]):
-            tile_scratch = 3 * _TILE_ROWS * _TILE_KEYS + 3 * _TILE_ROWS
+            # s, t, u tiles of whole panels, lse, D and m, and K and V packed in panels
+            tile_scratch = 3 * tile_len + 3 * _TILE_ROWS
+            if kernels:
+                kt_scratch = max(kt_scratch, 2 * <long>(k_len[b] + CYF_TILE_PANEL) * d_k)
         elif q_len[b] > 0:
             rows_lk = max(rows_lk, k_len[b])
             rows_scratch = (2 * block + 3) * rows_lk
@@ -858,12 +914,14 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
     cdef float* dvp = &dv[0, 0] if k.shape[0] else NULL
     failed[0] = 0
     with nogil, parallel(num_threads=max(1, min(n_threads, n_items))):
-        scratch = <float*>malloc(sizeof(float) * max(rows_scratch + tile_scratch, 1))
+        scratch = <float*>malloc(sizeof(float) * max(rows_scratch + tile_scratch + kt_scratch, 1))
         bounds = <int*>malloc(sizeof(int) * 2 * _TILE_ROWS)
         if scratch == NULL or bounds == NULL:
             failed[0] = 1
         else:
             tiles = scratch + rows_scratch
+            kt = tiles + tile_scratch if kernels else NULL
+            vt = kt + kt_scratch // 2 if kernels else NULL
             for item in prange(n_items, schedule='dynamic'):
                 b = item // n_heads
                 h = item % n_heads
@@ -881,7 +939,11 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                 if _tiled(lq, lk):
                     _zero_block(dkp + <long>k_start[b] * lddk + h * d_k, lddk, lk, d_k)
                     _zero_block(dvp + <long>k_start[b] * lddv + h * d_k, lddv, lk, d_k)
-                    _tile_backward(qp + <long>q_start[b] * ldq + h * d_k, ldq,
+                    if kt != NULL:
+                        cyf_tile_pack(kp + <long>k_start[b] * ldk + h * d_k, ldk, lk, d_k, kt)
+                        cyf_tile_pack(vp + <long>k_start[b] * ldv + h * d_k, ldv, lk, d_k, vt)
+                    tl = _tiles(kt, vt, 0)
+                    _tile_backward(&tl, qp + <long>q_start[b] * ldq + h * d_k, ldq,
                                    kp + <long>k_start[b] * ldk + h * d_k, ldk,
                                    vp + <long>k_start[b] * ldv + h * d_k, ldv,
                                    dop + <long>q_start[b] * ldd + h * d_k, ldd,
@@ -891,10 +953,8 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                                    dkp + <long>k_start[b] * lddk + h * d_k, lddk,
                                    dvp + <long>k_start[b] * lddv + h * d_k, lddv,
                                    lq, lk, d_k, pb.scale, causal, window, pb.mask_of(b), pb.ldm,
-                                   tiles, tiles + _TILE_ROWS * _TILE_KEYS, tiles + 2 * _TILE_ROWS * _TILE_KEYS,
-                                   tiles + 3 * _TILE_ROWS * _TILE_KEYS,
-                                   tiles + 3 * _TILE_ROWS * _TILE_KEYS + _TILE_ROWS,
-                                   tiles + 3 * _TILE_ROWS * _TILE_KEYS + 2 * _TILE_ROWS,
+                                   tiles, tiles + tile_len, tiles + 2 * tile_len, tiles + 3 * tile_len,
+                                   tiles + 3 * tile_len + _TILE_ROWS, tiles + 3 * tile_len + 2 * _TILE_ROWS,
                                    bounds, bounds + _TILE_ROWS, &mine)
                     continue
                 _attend_one_backward(qp + <long>q_start[b] * ldq + h * d_k, ldq,

@@ -107,10 +107,12 @@ CYF_CLONES static void cyf_attn_scale(float* x, int n, float a) {
     for (j = 0; j < n; j++) x[j] *= a;
 }
 
-/* t[0:n] <- p * (t - dsum): dS of a tile row from its probabilities p and dP = t */
-CYF_CLONES static void cyf_attn_ds(const float* __restrict p, float* __restrict t, int n, float dsum) {
+/* t[0:n] <- scale * p * (t - dsum): dS of a tile row (times the scores' scale, which both
+ * of its products take) from its probabilities p and dP = t */
+CYF_CLONES static void cyf_attn_ds(const float* __restrict p, float* __restrict t, int n, float dsum,
+                                   float scale) {
     int j;
-    for (j = 0; j < n; j++) t[j] = p[j] * (t[j] - dsum);
+    for (j = 0; j < n; j++) t[j] = scale * p[j] * (t[j] - dsum);
 }
 
 #endif

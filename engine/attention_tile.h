@@ -1,12 +1,15 @@
-/* The two products of the tiled (FlashAttention) path of attention.pyx, as register-tiled
- * AVX2/FMA kernels: S = scale Q K^T over a tile of keys, and O += P V.
+/* The products of the tiled (FlashAttention) path of attention.pyx, as register-tiled
+ * AVX2/FMA kernels: S = scale Q K^T over a tile of keys (and the backward's dP = dO V^T),
+ * and O += P V (and the backward's dQ += dS K). The backward's transposed products
+ * (dV += P^T dO, dK += dS^T Q) stay with sgemm.
  *
  * Why not sgemm: each tile is small (64-128 query rows x 256 keys x d_k), and BLAS packs
  * both operands on every call; profiles of the sgemm version spent a third of the GEMM time
  * copying Q, K, P and V tiles. Here K is packed once per (sequence, head, chunk of queries)
  * into panels of 16 keys stored dimension-major (kt), reused by every query block of the
- * chunk; Q and P rows are broadcast in place and V rows are read in place (a head's slice of
- * a row is contiguous), so neither product copies anything per tile.
+ * chunk (and in the backward, V too, once per (sequence, head)); Q and P rows are broadcast
+ * in place and V rows are read in place (a head's slice of a row is contiguous), so neither
+ * kernel copies anything per tile.
  *
  * Each output element is one sum over the reduction index in order, in one lane: results do
  * not depend on how the rows are split between threads. Needs AVX2 and FMA (checked at run
