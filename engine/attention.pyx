@@ -58,6 +58,8 @@ cdef extern from "attention_row.h" nogil:
 cdef extern from "attention_tile.h" nogil:
     int CYF_TILE_PANEL
     int cyf_tile_ok()
+    int cyf_tile_level()
+    void cyf_tile_cap(int level)
     void cyf_tile_pack(const float* k, long ldk, int n, int d_k, float* kt)
     void cyf_tile_qk(const float* q, long ldq, int rows, const float* kt, int n_panels, int d_k, float scale,
                      float* s, int lds)
@@ -541,12 +543,13 @@ cdef inline void _check_out(float[:, :] out, const float[:, :] q, int d, str nam
         raise ValueError(f"rows of {name} must be contiguous")
 
 
-def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None):
+def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None, level=None):
     """(rows, keys, min_keys, chunk, kernels) of the tiled path, after setting those given
     (tests force the path, odd tile edges and the sgemm fallback on small inputs with it;
     bench/ tunes it). ``kernels``: whether attention_tile.h's kernels may be used (they
-    are only where the CPU has AVX2 and FMA: see ``tile_kernels``). Not thread-safe: call
-    it only while no attention call is running."""
+    are only where the CPU has AVX2 and FMA: see ``tile_kernels``); ``level``: the highest
+    kernel set allowed (2: AVX-512, 1: AVX2/FMA). Not thread-safe: call it only while no
+    attention call is running."""
     global _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, _TILE_KERNELS
     if rows is not None:
         if not 1 <= rows <= 4096:
@@ -564,13 +567,17 @@ def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None):
         _TILE_CHUNK = chunk
     if kernels is not None:
         _TILE_KERNELS = bool(kernels)
+    if level is not None:
+        if level not in (1, 2):
+            raise ValueError("level must be 1 (AVX2/FMA) or 2 (AVX-512)")
+        cyf_tile_cap(level)
     return _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, bool(_TILE_KERNELS)
 
 
 def tile_kernels():
-    """The kernels multiplying the tiles of long sequences on this CPU: "avx2-fma"
-    (attention_tile.h, for head widths divisible by 8) or "sgemm"."""
-    return "avx2-fma" if cyf_tile_ok() else "sgemm"
+    """The kernels multiplying the tiles of long sequences on this CPU: "avx512" or
+    "avx2-fma" (attention_tile.h, for head widths divisible by 8), or "sgemm"."""
+    return {2: "avx512", 1: "avx2-fma"}.get(cyf_tile_level(), "sgemm")
 
 
 cdef inline bint _tiled(int lq, int lk) noexcept nogil:

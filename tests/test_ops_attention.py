@@ -596,7 +596,7 @@ def tile_config():
     """attention._tile_config, restored after the test."""
     saved = attention._tile_config()
     yield attention._tile_config
-    attention._tile_config(*saved[:3], chunk=saved[3], kernels=saved[4])
+    attention._tile_config(*saved[:3], chunk=saved[3], kernels=saved[4], level=2)
 
 
 @pytest.mark.parametrize("kernels", [True, False], ids=["tile_kernels", "sgemm_tiles"])
@@ -722,7 +722,21 @@ def test_window_never_touches_keys_outside_the_band():
 
 
 def test_tile_kernels_names_the_cpu_path():
-    assert attention.tile_kernels() in ("avx2-fma", "sgemm")
+    assert attention.tile_kernels() in ("avx512", "avx2-fma", "sgemm")
+
+
+@pytest.mark.parametrize("name", ["full", "mixed_lengths", "window", "mask"])
+def test_avx2_and_avx512_tile_kernels_give_the_same_bits(name, tile_config):
+    """The two kernel sets sum in the same order with the same FMAs (on a CPU without
+    AVX-512 both runs take the AVX2 kernels, and the test still holds)."""
+    c = _long_case(name, extra=("isa",))
+    runs = []
+    for level in (2, 1):
+        tile_config(level=level)
+        runs.append(list(_long_forward(c)) + _long_backward(c))
+    tile_config(level=2)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def engine_info() -> Dict[str, object]:
         "adaptive_decoding_threads": threads._adaptive and threads._run_delay_ns() is not None,
         # GEMMs of decoding size (8-256 rows): cyformer's AVX2 panel kernel, else the skinny one
         "panel_gemm": linear.panel_kernel_available(),
-        # the tiles of attention over long keys: "avx2-fma" (attention_tile.h) or "sgemm"
+        # the tiles of attention over long keys: "avx512", "avx2-fma" (attention_tile.h) or "sgemm"
         "attention_tiles": attention.tile_kernels(),
     }
 
@@ -203,8 +203,9 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
         lines.append("decoding GEMMs (8-256 rows): " + ("panel kernel (AVX2/FMA)" if eng["panel_gemm"]
                                                         else "skinny kernel and BLAS (no AVX2/FMA)"))
     if "attention_tiles" in eng:
-        lines.append("attention over long keys (tiled, online softmax): " + (
-            "AVX2/FMA tile kernels" if eng["attention_tiles"] == "avx2-fma" else "sgemm tiles (no AVX2/FMA)"))
+        lines.append("attention over long keys (tiled, online softmax): " + {
+            "avx512": "AVX-512 tile kernels", "avx2-fma": "AVX2/FMA tile kernels"}.get(
+            eng["attention_tiles"], "sgemm tiles (no AVX2/FMA)"))
     lib = blas["library"]
     lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
     if lib:

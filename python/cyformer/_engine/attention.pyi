@@ -68,4 +68,4 @@ def attention_backward(
     """
 
 def tile_kernels() -> str:
-    """The kernels multiplying the tiles of long sequences on this CPU: "avx2-fma" or "sgemm"."""
+    """The kernels multiplying the tiles of long sequences on this CPU: "avx512", "avx2-fma" or "sgemm"."""
