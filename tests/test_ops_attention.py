@@ -663,7 +663,8 @@ def test_long_attention_dropout_matches_the_block_path(name, tile_config):
 @pytest.mark.parametrize("kernels", [True, False], ids=["tile_kernels", "sgemm_tiles"])
 @pytest.mark.parametrize("name", ["self_lengths", "self_causal_window", "cross_causal_prefix", "long_full",
                                   "long_causal", "long_cross_window", "mask_per_batch", "mask_oversize",
-                                  "empty_sequences", "custom_scale", "single_head"])
+                                  "empty_sequences", "custom_scale", "single_head", "cross_causal_q_gt_k",
+                                  "window0", "dk1"])
 def test_tiled_path_on_small_tiles(name, kernels, config, tile_config):
     """Every scenario through the tiled path with small, odd tiles: tile edges everywhere."""
     tile_config(min_keys=0, kernels=kernels, **config)
