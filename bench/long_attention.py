@@ -146,7 +146,8 @@ class Worker:
     def __init__(self, engine: str, model_dir: str, threads: int):
         env = dict(os.environ)
         pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(cyformer.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([pkg_parent] + paths)   # the workers time this build
         self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", engine,
                                       "--model", model_dir, "--threads", str(threads)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
@@ -224,7 +225,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for w in workers.values():
                     w.close()
     import torch
-    report = "\n".join(lines + [""] + window_lines + ["", f"cyformer {cyformer.__version__}, torch {torch.__version__}"])
+    versions = f"cyformer {cyformer.__version__}, torch {torch.__version__}"
+    report = "\n".join(lines + [""] + window_lines + ["", versions])
     print(report)
     if args.out:
         from cyformer.io import atomic_write_bytes

@@ -18,13 +18,16 @@ Three paths, chosen per sequence from its lengths only (so never by the thread c
 * rows (decoding, or a handful of keys): one query row at a time (attention_row.h);
 * blocks (short sequences, or when the weights are returned): 32 query rows whose scores
   over all their visible keys are one sgemm into a [32, keys] buffer, then softmax, then P V;
-* tiles (long key ranges): FlashAttention. Blocks of ``_TILE_ROWS`` queries meet tiles of
-  ``_TILE_KEYS`` keys; each tile's scores are one [rows, keys] sgemm kept in cache, folded
-  into a running max and sum per row (an online softmax) and multiplied into the output
-  at once, so no score matrix beyond one tile exists and the K/V tiles are read once per
-  block of queries. The backward recomputes each tile's probabilities from the row's
-  log-sum-exp (saved by the forward through ``lse``, or found in a first pass). Tiles
-  outside a causal or window band are never visited: a window costs O(length x window).
+* tiles (at least ``_TILE_MIN_KEYS`` keys): FlashAttention. Blocks of ``_TILE_ROWS``
+  queries meet tiles of ``_TILE_KEYS`` keys; each tile's scores ([rows, keys], kept in
+  cache) are folded into a running max and sum per row (an online softmax) and multiplied
+  into the output at once, so no score matrix beyond one tile exists and each K/V tile is
+  read once per block of queries. The products run on attention_tile.h's register-tiled
+  kernels over K packed once per chunk of ``_TILE_CHUNK`` queries (AVX-512 or AVX2/FMA,
+  head widths divisible by 8), else as sgemm tiles. The backward recomputes each tile's
+  probabilities from the row's log-sum-exp (saved by the forward through ``lse``, or found
+  in a first pass). Tiles outside a causal or window band are never visited: a window
+  costs O(length x window).
 """
 from cython.parallel cimport prange, parallel
 from libc.math cimport INFINITY, logf
