@@ -15,28 +15,34 @@
 #include "dropout.h"
 
 /* p[0:hi-lo] = softmax over keys [lo, hi) of scale * q . k_j (-inf where mask[j] == 0).
- * k rows are ldk floats apart. Returns 0 (p all zero) when no key is visible. */
+ * k rows are ldk floats apart. Returns 0 (p all zero) when no key is visible. lse (may be
+ * NULL) receives the row's log-sum-exp (-inf when no key is visible). */
 CYF_INLINE int cyf_row_probs(const float* q, const float* k, long ldk, int lo, int hi, int d_k,
-                             float scale, const uint8_t* mask, float* p) {
+                             float scale, const uint8_t* mask, float* p, float* lse) {
     int j, n = hi - lo;
-    if (n <= 0) return 0;
+    if (n <= 0) {
+        if (lse) *lse = -INFINITY;
+        return 0;
+    }
     for (j = 0; j < n; j++) {
         float dot = cyf_dot(q, k + (long)(lo + j) * ldk, d_k);
         p[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
     }
-    return cyf_softmax_inplace(p, n, 0);
+    return cyf_softmax_lse(p, n, 0, lse);
 }
 
 /* Probabilities into scores[0:hi-lo] (before dropout); with threshold != 0, dropout with the
  * mask of indices first + lo + j (dropped: scratch for hi - lo floats); out[0:d_k] =
- * sum_j p_j v_j. Returns 0 (out = 0) when no key is visible. */
+ * sum_j p_j v_j; lse (may be NULL) as in cyf_row_probs. Returns 0 (out = 0) when no key is
+ * visible. */
 CYF_CLONES static int cyf_attend_row(const float* q, const float* k, long ldk, const float* v,
                                      long ldv, float* out, int lo, int hi, int d_k, float scale,
                                      const uint8_t* mask, float* scores, float* dropped,
-                                     uint64_t seed, uint64_t first, uint32_t threshold, float inv_keep) {
+                                     uint64_t seed, uint64_t first, uint32_t threshold, float inv_keep,
+                                     float* lse) {
     int j, c, n = hi - lo;
     for (c = 0; c < d_k; c++) out[c] = 0.0f;
-    if (!cyf_row_probs(q, k, ldk, lo, hi, d_k, scale, mask, scores)) return 0;
+    if (!cyf_row_probs(q, k, ldk, lo, hi, d_k, scale, mask, scores, lse)) return 0;
     const float* p = scores;
     if (threshold) {
         memcpy(dropped, scores, sizeof(float) * (size_t)n);
@@ -63,7 +69,7 @@ CYF_CLONES static void cyf_attend_row_backward(const float* q, const float* k, l
                                                float inv_keep) {
     int j, c, n = hi - lo;
     for (c = 0; c < d_k; c++) dq[c] = 0.0f;
-    if (!cyf_row_probs(q, k, ldk, lo, hi, d_k, scale, mask, p)) return;
+    if (!cyf_row_probs(q, k, ldk, lo, hi, d_k, scale, mask, p, NULL)) return;
     for (j = 0; j < n; j++) {
         const float* vj = v + (long)(lo + j) * ldv;
         t[j] = cyf_dot(dout, vj, d_k);
@@ -85,6 +91,28 @@ CYF_CLONES static void cyf_attend_row_backward(const float* q, const float* k, l
         cyf_axpy(dkj, q, ds, d_k);
         cyf_axpy(dq, kj, ds, d_k);
     }
+}
+
+/* The row helpers of the tiled (FlashAttention) path in attention.pyx, which multiplies
+ * tiles by sgemm and leaves only these per-row loops to vectorise. */
+
+/* a[0:n] . b[0:n] (a row of dO and of O: the D_i = rowsum(dO * O) of the backward) */
+CYF_CLONES static float cyf_attn_dot(const float* a, const float* b, int n) {
+    return cyf_dot(a, b, n);
+}
+
+/* x[0:n] *= a (an output row rescaled when the row's running max grows, or divided by its sum) */
+CYF_CLONES static void cyf_attn_scale(float* x, int n, float a) {
+    int j;
+    for (j = 0; j < n; j++) x[j] *= a;
+}
+
+/* t[0:n] <- scale * p * (t - dsum): dS of a tile row (times the scores' scale, which both
+ * of its products take) from its probabilities p and dP = t */
+CYF_CLONES static void cyf_attn_ds(const float* __restrict p, float* __restrict t, int n, float dsum,
+                                   float scale) {
+    int j;
+    for (j = 0; j < n; j++) t[j] = scale * p[j] * (t[j] - dsum);
 }
 
 #endif

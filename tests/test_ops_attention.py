@@ -515,6 +515,232 @@ def test_attention_window_wider_than_any_sequence_is_no_window():
 
 
 # --------------------------------------------------------------------------------------
+# long sequences: the tiled (FlashAttention) path, forward and backward
+# --------------------------------------------------------------------------------------
+
+# ql / kl: query and key lengths (kl absent = self-attention); sequences packed back to back.
+# dk 8 and 16 take attention_tile.h's kernels where the CPU has them, dk 5 and 12 the sgemm tiles.
+LONG_CASES = {
+    "full": dict(ql=[1000], H=2, dk=16),
+    "mixed_lengths": dict(ql=[70, 1301, 3, 600], kl=[300, 1301, 257, 600], H=3, dk=8),
+    "causal": dict(ql=[1500, 260], H=2, dk=8, causal=True),
+    "window": dict(ql=[2100], H=1, dk=16, window=37),
+    "causal_window": dict(ql=[1200, 900], H=2, dk=8, causal=True, window=100),
+    "mask": dict(ql=[700, 513], H=2, dk=8, mask=True),
+    "cross_causal_prefix": dict(ql=[300], kl=[1000], H=2, dk=8, causal=True),
+    "odd_dk": dict(ql=[800, 333], H=2, dk=5),
+    "dk12_mask_window": dict(ql=[900], H=2, dk=12, window=200, mask=True),
+}
+LONG_SMALL = ["full", "mixed_lengths", "causal", "mask"]
+
+
+def _long_case(name, extra=()):
+    """q, k, v, dout, bounds, H, causal, window and mask of a LONG_CASES case."""
+    c = LONG_CASES[name]
+    rng = make_rng("attn-long", name, *extra)
+    qs, ql = _packed(c["ql"])
+    ks, kl = _packed(c.get("kl", c["ql"]))
+    d = c["H"] * c["dk"]
+    q = f32(rng.standard_normal((int(ql.sum()), d)) * 1.5)
+    k, v = (f32(rng.standard_normal((int(kl.sum()), d))) for _ in range(2))
+    dout = f32(rng.standard_normal(q.shape))
+    mask = None
+    if c.get("mask"):
+        mask = rng.random((len(ql), int(ql.max()), int(kl.max()))) > 0.3
+        mask[0, 5] = False   # a query that sees nothing
+        mask[-1, :, 7] = False  # a key no query sees
+    return dict(q=q, k=k, v=v, dout=dout, qs=qs, ql=ql, ks=ks, kl=kl, H=c["H"],
+                causal=c.get("causal", False), window=c.get("window", -1), mask=mask)
+
+
+def _long_kw(c, **kw):
+    return dict(causal=c["causal"], window=c["window"], mask=c["mask"], **kw)
+
+
+def _long_forward(c, n_threads=1, lse=True, **kw):
+    out = np.full(c["q"].shape, np.nan, np.float32)
+    lse_out = np.full((c["H"], c["q"].shape[0]), np.nan, np.float32) if lse else None
+    attention.attention_forward(c["q"], c["k"], c["v"], out, c["qs"], c["ql"], c["ks"], c["kl"], c["H"],
+                                n_threads=n_threads, lse=lse_out, **_long_kw(c, **kw))
+    return out, lse_out
+
+
+def _long_backward(c, n_threads=1, saved=None, **kw):
+    grads = [np.full(a.shape, np.nan, np.float32) for a in (c["q"], c["k"], c["v"])]
+    extra = {} if saved is None else dict(out=saved[0], lse=saved[1])
+    attention.attention_backward(c["q"], c["k"], c["v"], c["dout"], *grads, c["qs"], c["ql"], c["ks"], c["kl"],
+                                 c["H"], n_threads=n_threads, **_long_kw(c, **kw), **extra)
+    return grads
+
+
+def ref_lse(q, k, q_start, q_len, k_start, k_len, H, causal=False, window=-1, mask=None):
+    """float64 [H, Nq]: log(sum_j exp(q.k_j / sqrt(d_k))) over the keys each query may see."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    dh = q.shape[1] // H
+    lse = np.full((H, q.shape[0]), np.nan)
+    for b in range(len(q_len)):
+        qs, lq, ks, lk = int(q_start[b]), int(q_len[b]), int(k_start[b]), int(k_len[b])
+        ok = allowed(lq, lk, causal, window, mask, b)
+        for h in range(H):
+            cols = slice(h * dh, (h + 1) * dh)
+            s = np.where(ok, q[qs:qs + lq, cols] @ k[ks:ks + lk, cols].T / math.sqrt(dh), -np.inf)
+            m = s.max(axis=1, initial=-np.inf)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                lse[h, qs:qs + lq] = np.where(np.isfinite(m), m + np.log(np.exp(s - m[:, None]).sum(axis=1)),
+                                              -np.inf)
+    return lse
+
+
+@pytest.fixture
+def tile_config():
+    """attention._tile_config, restored after the test."""
+    saved = attention._tile_config()
+    yield attention._tile_config
+    attention._tile_config(*saved[:3], chunk=saved[3], kernels=saved[4], level=2)
+
+
+@pytest.mark.parametrize("kernels", [True, False], ids=["tile_kernels", "sgemm_tiles"])
+@pytest.mark.parametrize("name", list(LONG_CASES))
+def test_long_attention_forward_matches_numpy(name, kernels, tile_config):
+    tile_config(kernels=kernels)
+    c = _long_case(name)
+    ref = ref_attention(c["q"], c["k"], c["v"], c["qs"], c["ql"], c["ks"], c["kl"], c["H"], **_long_kw(c))
+    want_lse = ref_lse(c["q"], c["k"], c["qs"], c["ql"], c["ks"], c["kl"], c["H"], **_long_kw(c))
+    out, lse = _long_forward(c)
+    assert_close(out, ref.out)
+    assert_close(lse, want_lse)
+
+
+@pytest.mark.parametrize("saved", [False, True], ids=["lse_recomputed", "lse_saved"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["tile_kernels", "sgemm_tiles"])
+@pytest.mark.parametrize("name", list(LONG_CASES))
+def test_long_attention_backward_matches_numpy(name, kernels, saved, tile_config):
+    tile_config(kernels=kernels)
+    c = _long_case(name)
+    ref = ref_attention(c["q"], c["k"], c["v"], c["qs"], c["ql"], c["ks"], c["kl"], c["H"], **_long_kw(c),
+                        dout=c["dout"])
+    dq, dk, dv = _long_backward(c, saved=_long_forward(c) if saved else None)
+    assert_grad_close(dq, ref.dq)
+    assert_grad_close(dk, ref.dk)
+    assert_grad_close(dv, ref.dv)
+
+
+@pytest.mark.parametrize("name", list(LONG_CASES))
+def test_long_attention_threads_agree_bitwise(name):
+    """The same arithmetic per (sequence, head, block) whatever the split: identical bits."""
+    c = _long_case(name, extra=("threads",))
+    results = []
+    with one_blas_thread():
+        for nt in (1, 2, 3):
+            out, lse = _long_forward(c, n_threads=nt, dropout=0.2, seed=5)
+            grads = _long_backward(c, n_threads=nt, dropout=0.2, seed=5)
+            saved = _long_backward(c, n_threads=nt, saved=(out, lse), dropout=0.2, seed=5)
+            results.append([out, lse] + grads + saved)
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", LONG_SMALL)
+def test_long_attention_dropout_matches_the_block_path(name, tile_config):
+    """Dropout on the tiled path drops the same weights as on the block path (one stream)."""
+    c = _long_case(name, extra=("dropout",))
+    kw = dict(dropout=0.25, seed=17)
+    tiled = list(_long_forward(c, **kw)) + _long_backward(c, **kw)
+    saved = _long_backward(c, saved=tiled[:2], **kw)
+    tile_config(min_keys=1 << 30)  # every sequence on the block path
+    block = list(_long_forward(c, **kw)) + _long_backward(c, **kw)
+    for got, want in zip(tiled + saved, block + block[2:]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-5)
+    # and the dropout really drops: a different seed gives a different output
+    other, _ = _long_forward(c, dropout=0.25, seed=18)
+    assert not np.allclose(other, tiled[0])
+
+
+@pytest.mark.parametrize("config", [dict(rows=7, keys=19, chunk=20), dict(rows=1, keys=16, chunk=1),
+                                    dict(rows=13, keys=48, chunk=40), dict(rows=64, keys=5, chunk=64)],
+                         ids=["7x19", "1x16", "13x48", "64x5"])
+@pytest.mark.parametrize("kernels", [True, False], ids=["tile_kernels", "sgemm_tiles"])
+@pytest.mark.parametrize("name", ["self_lengths", "self_causal_window", "cross_causal_prefix", "long_full",
+                                  "long_causal", "long_cross_window", "mask_per_batch", "mask_oversize",
+                                  "empty_sequences", "custom_scale", "single_head", "cross_causal_q_gt_k",
+                                  "window0", "dk1"])
+def test_tiled_path_on_small_tiles(name, kernels, config, tile_config):
+    """Every scenario through the tiled path with small, odd tiles: tile edges everywhere."""
+    tile_config(min_keys=0, kernels=kernels, **config)
+    c = make_attention_case(name, True, seed_extra=("tiles",))
+    want = ref_case(c)
+    lse = np.full((c["H"], c["q"].shape[0]), np.nan, np.float32)
+    attention.attention_forward(c["q"], c["k"], c["v"], c["out"], c["q_start"], c["q_len"], c["k_start"],
+                                c["k_len"], c["H"], scale=c["scale"], causal=c["causal"], window=c["window"],
+                                mask=c["mask"], lse=lse)
+    assert_close(c["out"], want.out)
+    # backward: sequences must not share rows; the case's gaps between sequences keep them apart
+    dout = f32(make_rng("tiles-dout", name).standard_normal(c["q"].shape))
+    want = ref_case(c, dout=dout)
+    for saved in ({}, dict(out=c["out"], lse=lse)):
+        grads = [np.zeros(a.shape, np.float32) for a in (c["q"], c["k"], c["v"])]
+        attention.attention_backward(c["q"], c["k"], c["v"], dout, *grads, c["q_start"], c["q_len"],
+                                     c["k_start"], c["k_len"], c["H"], scale=c["scale"], causal=c["causal"],
+                                     window=c["window"], mask=c["mask"], **saved)
+        for got, ref in zip(grads, (want.dq, want.dk, want.dv)):
+            assert_grad_close(got, ref)
+
+
+@pytest.mark.parametrize("name", ["self_lengths", "decode_causal", "mask_per_batch", "empty_sequences",
+                                  "long_causal", "cross_window"])
+def test_lse_on_the_row_and_block_paths(name):
+    """lse is written on every path, not only the tiled one."""
+    c = make_attention_case(name, False, seed_extra=("lse",))
+    lse = np.full((c["H"], c["q"].shape[0]), np.nan, np.float32)
+    attention.attention_forward(c["q"], c["k"], c["v"], c["out"], c["q_start"], c["q_len"], c["k_start"],
+                                c["k_len"], c["H"], scale=-1.0, causal=c["causal"], window=c["window"],
+                                mask=c["mask"], lse=lse)
+    want = ref_lse(c["q"], c["k"], c["q_start"], c["q_len"], c["k_start"], c["k_len"], c["H"],
+                   causal=c["causal"], window=c["window"], mask=c["mask"])
+    assert_close(lse, want)  # NaN (rows of no sequence) where the reference has NaN
+
+
+def test_window_never_touches_keys_outside_the_band():
+    """A window over long keys visits only the tiles of its band: NaN keys and values
+    outside every query's band do not reach the output (O(length x window) work)."""
+    H, dk, lq, lk, w = 2, 16, 300, 3000, 40
+    rng = make_rng("attn-band")
+    q = f32(rng.standard_normal((lq, H * dk)))
+    k, v = (f32(rng.standard_normal((lk, H * dk))) for _ in range(2))
+    far = lk - lq - w - 1  # queries sit at positions lk - lq .. lk - 1: keys before far + 1 are unseen
+    k[:far], v[:far] = np.nan, np.nan
+    bounds = (i32(0), i32(lq), i32(0), i32(lk))
+    out, lse = np.zeros_like(q), np.zeros((H, lq), np.float32)
+    attention.attention_forward(q, k, v, out, *bounds, H, window=w, lse=lse)
+    k64, v64 = (np.nan_to_num(a) for a in (k, v))
+    want = ref_attention(q, k64, v64, *bounds, H, window=w, dout=np.ones_like(q))
+    assert_close(out, want.out)
+    grads = [np.zeros(a.shape, np.float32) for a in (q, k, v)]
+    attention.attention_backward(q, k, v, np.ones_like(q), *grads, *bounds, H, window=w, out=out, lse=lse)
+    assert_grad_close(grads[0], want.dq)
+    assert_grad_close(grads[1], want.dk)
+
+
+def test_tile_kernels_names_the_cpu_path():
+    assert attention.tile_kernels() in ("avx512", "avx2-fma", "sgemm")
+
+
+@pytest.mark.parametrize("name", ["full", "mixed_lengths", "window", "mask"])
+def test_avx2_and_avx512_tile_kernels_give_the_same_bits(name, tile_config):
+    """The two kernel sets sum in the same order with the same FMAs (on a CPU without
+    AVX-512 both runs take the AVX2 kernels, and the test still holds)."""
+    c = _long_case(name, extra=("isa",))
+    runs = []
+    for level in (2, 1):
+        tile_config(level=level)
+        runs.append(list(_long_forward(c)) + _long_backward(c))
+    tile_config(level=2)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+# --------------------------------------------------------------------------------------
 # bad input: ValueError with a message, never a crash
 # --------------------------------------------------------------------------------------
 
@@ -554,6 +780,19 @@ BAD_INPUTS = [
     ("attn_probs_shape", _attn(probs=zeros(2, 3, 4, 5)), ValueError, "probs must be"),
     ("attn_probs_heads", _attn(probs=zeros(2, 2, 5, 5)), ValueError, "probs must be"),
     ("attn_probs_float64", _attn(probs=zeros(2, 3, 5, 5, dtype=np.float64)), ValueError, "dtype"),
+    ("attn_lse_shape", _attn(lse=zeros(2, 10)), ValueError, "lse must be"),
+    ("attn_lse_rows", _attn(lse=zeros(3, 9)), ValueError, "lse must be"),
+    ("attn_lse_float64", _attn(lse=zeros(3, 10, dtype=np.float64)), ValueError, "dtype"),
+    ("attn_lse_strided", _attn(lse=zeros(3, 20)[:, ::2]), ValueError, "contiguous"),
+    ("attn_bw_out_without_lse", lambda: attention.attention_backward(
+        *[zeros(10, 12) for _ in range(7)], i32(0, 5), i32(5, 5), i32(0, 5), i32(5, 5), 3, out=zeros(10, 12)),
+     ValueError, "together"),
+    ("attn_bw_out_shape", lambda: attention.attention_backward(
+        *[zeros(10, 12) for _ in range(7)], i32(0, 5), i32(5, 5), i32(0, 5), i32(5, 5), 3, out=zeros(9, 12),
+        lse=zeros(3, 10)), ValueError, "forward's output"),
+    ("attn_bw_lse_shape", lambda: attention.attention_backward(
+        *[zeros(10, 12) for _ in range(7)], i32(0, 5), i32(5, 5), i32(0, 5), i32(5, 5), 3, out=zeros(10, 12),
+        lse=zeros(3, 9)), ValueError, "lse must be"),
 ]
 
 

@@ -141,7 +141,7 @@ def blas_description() -> str:
 def engine_info() -> Dict[str, object]:
     """The compiled engine: OpenMP or serial, thread counts, OpenMP runtime, where it is installed."""
     from . import threads
-    from ._engine import linear, runtime
+    from ._engine import attention, linear, runtime
     from .layers.linear import kernel_names, resolve_compute_type
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -166,6 +166,8 @@ def engine_info() -> Dict[str, object]:
         # the kernel body of each compute type (one cpuid decision, _engine/quant)
         "compute_kernels": kernel_names(),
         "auto_compute_type": resolve_compute_type("auto"),
+        # the tiles of attention over long keys: "avx512", "avx2-fma" (attention_tile.h) or "sgemm"
+        "attention_tiles": attention.tile_kernels(),
     }
 
 
@@ -210,6 +212,10 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
         lines.append(f"compute types (auto: {eng['auto_compute_type']}):")
         for ct, kernel in eng["compute_kernels"].items():
             lines.append(f"  {ct}: {kernel}")
+    if "attention_tiles" in eng:
+        lines.append("attention over long keys (tiled, online softmax): " + {
+            "avx512": "AVX-512 tile kernels", "avx2-fma": "AVX2/FMA tile kernels"}.get(
+            eng["attention_tiles"], "sgemm tiles (no AVX2/FMA)"))
     lib = blas["library"]
     lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
     if lib:

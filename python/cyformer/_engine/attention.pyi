@@ -22,6 +22,7 @@ def attention_forward(
     dropout: float = 0.0,
     seed: int = 0,
     n_threads: int = 1,
+    lse: Optional[NDArray[np.float32]] = None,
 ) -> None:
     """Multi-head attention over packed sequences, written into ``out``.
 
@@ -31,6 +32,8 @@ def attention_forward(
     probs: optional [B, n_heads, Tq, Tk] receiving the attention weights (before dropout).
     ``scale`` < 0 means 1/sqrt(d_k); ``window`` < 0 means no local window. ``dropout`` > 0
     drops attention weights with a mask that is a function of ``seed`` (uint64) and position.
+    lse: optional C-contiguous [n_heads, Nq] receiving each query row's log-sum-exp of its
+    scaled scores over the visible keys (-inf for a row that sees none).
     """
 
 def attention_backward(
@@ -53,9 +56,16 @@ def attention_backward(
     dropout: float = 0.0,
     seed: int = 0,
     n_threads: int = 1,
+    out: Optional[NDArray[np.float32]] = None,
+    lse: Optional[NDArray[np.float32]] = None,
 ) -> None:
     """Gradients of ``attention_forward`` (same arguments) given ``dout`` [Nq, d].
 
     ``dq`` [Nq, d], ``dk`` and ``dv`` [Nk, d] are overwritten on the rows the sequences cover;
-    the weights are recomputed from q and k, the dropout mask from ``seed``.
+    the weights are recomputed from q and k, the dropout mask from ``seed``. ``out`` and
+    ``lse``: the forward's output and log-sum-exp (together or not at all), which spare long
+    sequences a pass that recomputes them.
     """
+
+def tile_kernels() -> str:
+    """The kernels multiplying the tiles of long sequences on this CPU: "avx512", "avx2-fma" or "sgemm"."""

@@ -43,6 +43,7 @@ class AttentionRecord:
     kv: Optional[np.ndarray] = None       # cross: its keys|values [Ns, 2d]
     src: object = None                    # cross: source Batch
     guide: Optional[tuple] = None         # cross, guided: (dq [Nt, d], dk [Ns, d]) of the penalty
+    lse: Optional[np.ndarray] = None      # each query row's log-sum-exp per head [n_heads, N]
 
 
 class MultiHeadAttention(Layer):
@@ -63,6 +64,7 @@ class MultiHeadAttention(Layer):
         self.kv_proj = self.in_proj.rows(d, 3 * d)
         self.out_proj = Linear(f"{prefix}.out_proj.weight", f"{prefix}.out_proj.bias", d, d)
         self._k_qkv, self._k_q, self._k_ctx = f"{prefix}.qkv", f"{prefix}.q", f"{prefix}.ctx"
+        self._k_lse = f"{prefix}.lse"
         self._k_kv = f"{prefix}.memory_kv"
 
     def children(self) -> Iterable[Layer]:
@@ -94,12 +96,14 @@ class MultiHeadAttention(Layer):
         qkv = tc.buf(self._k_qkv, n, 3 * d)
         self.in_proj.forward(y, qkv, tc.nt)
         ctx = tc.buf(self._k_ctx, n, d)
+        lse = tc.buf(self._k_lse, self.n_heads, n)
         site = tc.site()
         attention_forward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], ctx, batch.start, batch.length,
                           batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
-                          mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
+                          mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt,
+                          lse=lse)
         self.out_proj.forward(ctx, out, tc.nt, bias=bias)
-        return AttentionRecord(y, qkv, ctx, batch, site)
+        return AttentionRecord(y, qkv, ctx, batch, site, lse=lse)
 
     def backward(self, rec: AttentionRecord, dout: np.ndarray, dy: np.ndarray, tc: TrainContext) -> None:
         """dy (overwritten): gradient of the input y, from the output's gradient dout."""
@@ -112,7 +116,8 @@ class MultiHeadAttention(Layer):
         attention_backward(qkv[:, :d], qkv[:, d:2 * d], qkv[:, 2 * d:], dctx,
                            dqkv[:, :d], dqkv[:, d:2 * d], dqkv[:, 2 * d:], batch.start, batch.length,
                            batch.start, batch.length, self.n_heads, causal=self.causal, window=self.window,
-                           mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
+                           mask=_mask(batch), dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt,
+                           out=rec.ctx, lse=rec.lse)
         self.in_proj.backward(rec.y, dqkv, dy, g, nt)
 
     def step(self, y: np.ndarray, keys: np.ndarray, values: np.ndarray, t: int, lanes, out: np.ndarray,
@@ -165,16 +170,17 @@ class MultiHeadAttention(Layer):
         q = tc.buf(self._k_q, n, d)
         self.q_proj.forward(y, q, tc.nt)
         ctx = tc.buf(self._k_ctx, n, d)
+        lse = tc.buf(self._k_lse, self.n_heads, n)
         site = tc.site()
         attention_forward(q, kv[:, :d], kv[:, d:], ctx, batch.start, batch.length, src.start, src.length,
-                          self.n_heads, dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt)
+                          self.n_heads, dropout=tc.p_attn, seed=tc.site_seed(site), n_threads=tc.nt, lse=lse)
         self.out_proj.forward(ctx, out, tc.nt, bias=bias)
         guide = None
         if self.guided and tc.guide is not None and tc.guide[0] > 0:
             loss, dq, dk = guided_attention(q, kv[:, :d], batch, src, self.n_heads, *tc.guide)
             tc.extra_loss += loss
             guide = (dq * tc.loss_scale, dk * tc.loss_scale)
-        return AttentionRecord(y, q, ctx, batch, site, memory=memory, kv=kv, src=src, guide=guide)
+        return AttentionRecord(y, q, ctx, batch, site, memory=memory, kv=kv, src=src, guide=guide, lse=lse)
 
     def backward_cross(self, rec: AttentionRecord, dout: np.ndarray, dy: np.ndarray, dmemory: np.ndarray,
                        tc: TrainContext) -> None:
@@ -188,7 +194,7 @@ class MultiHeadAttention(Layer):
         dkv = tc.buf("dmemory_kv", kv.shape[0], 2 * d)
         attention_backward(rec.proj, kv[:, :d], kv[:, d:], dctx, dq, dkv[:, :d], dkv[:, d:],
                            batch.start, batch.length, src.start, src.length, self.n_heads,
-                           dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt)
+                           dropout=tc.p_attn, seed=tc.site_seed(rec.site), n_threads=nt, out=rec.ctx, lse=rec.lse)
         if rec.guide is not None:
             dq += rec.guide[0]
             dkv[:, :d] += rec.guide[1]
