@@ -205,6 +205,7 @@ def cmd_classify(args) -> int:
     else:
         text = "".join(f"{r.label}\t{r.score:.4f}\n" for r in results)
     _write_output(args.output, text)
+    return 0
 
 
 def _ray_outputs(inputs: List[str], source: str, output: str) -> dict:
