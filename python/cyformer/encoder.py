@@ -32,7 +32,7 @@ from .config import JsonConfig
 from .convert.registry import loader_for, register_loader
 from .io import (atomic_write_bytes, load_flat_float32, load_safetensors,
                  safetensors_header, verify_checkpoint)
-from .layers.base import TrainContext, WeightSpec, derive_layout, named_views
+from .layers.base import TrainContext, WeightSpec, derive_layout
 from .layers.embedding import Embeddings, EmbeddingsRecord
 from .layers.heads import (HEADS, POOLER_ACTIVATIONS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
                            TokenClassificationHead, pool)
@@ -351,30 +351,10 @@ class Encoder(ParameterOwner):
         self.layout = [(s.name, s.shape) for s in self.weight_specs]
         self._local = threading.local()
 
-    def _total(self) -> int:
-        return sum(s.size for s in self.weight_specs)
+    def _layers(self):
+        return (self.embeddings, self.embed_norm, self.encoder, self.pooler, self.head)
 
-    @property
-    def params(self) -> np.ndarray:
-        self._materialize_float()   # matrices held only in int8 / bf16 (set_compute_type)
-        return self._params
-
-    @params.setter
-    def params(self, flat: np.ndarray) -> None:
-        total = self._total()
-        if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 or flat.size != total:
-            raise ValueError(f"params must be float32 [{total}], got {getattr(flat, 'dtype', type(flat))} "
-                             f"{getattr(flat, 'shape', '')}")
-        self._params = flat
-        self._views = named_views(flat, self.layout)
-        self.embeddings.bind(self._views)
-        if self.embed_norm is not None:
-            self.embed_norm.bind(self._views)
-        self.encoder.bind(self._views)
-        for layer in (self.pooler, self.head):
-            if layer is not None:
-                layer.bind(self._views)
-        self._weights_changed()
+    def _bound(self) -> None:
         self._types = self._views.get("embed_token_types.weight")
 
     @classmethod

@@ -401,6 +401,38 @@ class ParameterOwner:
 
     _config_label = "model config"
     _compute_type = "float32"
+
+    def _layers(self):
+        """The top-level layers, bound to the buffer's views whenever ``params`` is assigned
+        (None entries are absent optional layers)."""
+        raise NotImplementedError
+
+    def _total(self) -> int:
+        return sum(s.size for s in self.weight_specs)
+
+    @property
+    def params(self) -> np.ndarray:
+        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views.
+        (Matrices held only in int8 / bf16 are re-derived into it first, see set_compute_type.)"""
+        self._materialize_float()
+        return self._params
+
+    @params.setter
+    def params(self, flat: np.ndarray) -> None:
+        total = self._total()
+        if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 or flat.size != total:
+            raise ValueError(f"params must be float32 [{total}], got {getattr(flat, 'dtype', type(flat))} "
+                             f"{getattr(flat, 'shape', '')}")
+        self._params = flat
+        self._views = named_views(flat, self.layout)
+        for layer in self._layers():
+            if layer is not None:
+                layer.bind(self._views)
+        self._weights_changed()
+        self._bound()
+
+    def _bound(self) -> None:
+        """After the views are (re)bound: derived references a model keeps (none by default)."""
     # weight name -> its form in the compute type (shared by the layers reading it)
     _stored: Dict[str, StoredWeight] = {}
     # names whose float32 values are only in ``_stored`` (a checkpoint saved in int8 / bf16:
@@ -662,27 +694,8 @@ class Transformer(ParameterOwner):
         if params is None:
             self.init_parameters(seed)
 
-    def _total(self) -> int:
-        return sum(s.size for s in self.weight_specs)
-
-    @property
-    def params(self) -> np.ndarray:
-        """The flat float32 parameter buffer; assigning a new one rebinds every layer's views.
-        (Matrices held only in int8 / bf16 are re-derived into it first, see set_compute_type.)"""
-        self._materialize_float()
-        return self._params
-
-    @params.setter
-    def params(self, flat: np.ndarray) -> None:
-        total = self._total()
-        if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 or flat.size != total:
-            raise ValueError(f"params must be float32 [{total}], got {getattr(flat, 'dtype', type(flat))} "
-                             f"{getattr(flat, 'shape', '')}")
-        self._params = flat
-        self._views = named_views(flat, self.layout)
-        for layer in (self.src_embed, self.tgt_embed, self.encoder, self.decoder, self.generator):
-            layer.bind(self._views)
-        self._weights_changed()
+    def _layers(self):
+        return (self.src_embed, self.tgt_embed, self.encoder, self.decoder, self.generator)
 
     @classmethod
     def empty(cls, config: TransformerConfig) -> "Transformer":

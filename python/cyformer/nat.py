@@ -121,10 +121,8 @@ class NATransformer(Transformer):
         if params is None:
             self.init_parameters(seed)
 
-    @Transformer.params.setter
-    def params(self, flat: np.ndarray) -> None:
-        Transformer.params.fset(self, flat)
-        self.length_predictor.bind(self._views)
+    def _layers(self):
+        return (*super()._layers(), self.length_predictor)
 
     @classmethod
     def empty(cls, config: NATConfig) -> "NATransformer":
