@@ -50,7 +50,7 @@ static int cyf_q_shifted(int path) {
  * an all-zero row has scale 0 and q = 0. The
  * float operations are the same in every clone (max, one multiply, round to nearest even),
  * so every clone gives the same bytes. A row holding NaN or inf gets a NaN scale. */
-CYF_CLONES static void cyf_q_quantize_row(const float* x, int K, uint8_t* q, float* scale, int shift) {
+CYF_CLONES static void cyf_q_quantize_row_c(const float* x, int K, uint8_t* q, float* scale, int shift) {
     float amax = 0.0f, inv;
     int k, bad = 0;
     CYF_SIMD_MAX(amax)
@@ -102,6 +102,9 @@ __attribute__((noinline)) static void cyf_q_store(const int32_t* acc, int mb, in
                 raw[(long)i * ldr + n + j] = s;
             } else {
                 float v = (float)s * (xs[i] * ws[n + j]);
+#if defined(__GNUC__) && defined(__x86_64__)
+                __asm__("" : "+x"(v));  /* no multiply-add contraction (-march=native) */
+#endif
                 if (bias) v = v + bias[n + j];
                 out[(long)i * ldo + n + j] = accumulate ? out[(long)i * ldo + n + j] + v : v;
             }
@@ -334,6 +337,238 @@ static void cyf_q_gemm(int path, const uint8_t* xq, long ldq, const float* xs, i
             }
         }
     }
+}
+
+/* ---- packed weights: the outer-product VNNI512 body (many rows, and decoding) -------------
+ *
+ * The dot-product bodies above reduce every accumulator across its lanes at the end of k,
+ * which at K = 384 costs as much as the products. This body keeps 16 output columns per zmm
+ * instead: the weights are packed once into blocks of 16 rows (columns of out), 4 bytes of k
+ * per lane,
+ *     p[((b * K4 + g) * 16 + c) * 4 + r] = w[16 b + c, 4 g + r]   (zero past N or K),
+ * K4 = ceil(K / 4), so one 64-byte load holds 4 k-steps of 16 columns; each activation row
+ * supplies 4 bytes broadcast to every lane, and vpdpbusd adds them into 16 int32 sums. A tile is
+ * up to 6 rows x 4 blocks (64 columns): 24 accumulators, 4 weight registers, one broadcast.
+ * The sums are the same exact int32 values as every other body's; the store below does the
+ * float operations of cyf_q_store in the same order. */
+#define CYF_QP_COLS 16   /* output columns per packed block */
+#define CYF_QP_MR 6
+#define CYF_QP_NB 4
+
+static long cyf_qp_k4(int K) { return (K + 3) / 4; }
+
+/* bytes of the packed form of an [N, K] matrix */
+static long cyf_qp_size(int N, int K) {
+    return ((long)(N + CYF_QP_COLS - 1) / CYF_QP_COLS) * cyf_qp_k4(K) * 64;
+}
+
+static void cyf_qp_pack(const int8_t* w, long ldw, int N, int K, int8_t* p) {
+    long K4 = cyf_qp_k4(K), nblocks = (N + CYF_QP_COLS - 1) / CYF_QP_COLS, b, g;
+    int c, r;
+    for (b = 0; b < nblocks; b++)
+        for (g = 0; g < K4; g++) {
+            int8_t* dst = p + (b * K4 + g) * 64;
+            for (c = 0; c < CYF_QP_COLS; c++) {
+                long n = b * CYF_QP_COLS + c;
+                for (r = 0; r < 4; r++) {
+                    long k = 4 * g + r;
+                    dst[c * 4 + r] = (n < N && k < K) ? w[n * ldw + k] : 0;
+                }
+            }
+        }
+}
+
+/* the inverse: rows n0 <= n < n1 of the [N, K] matrix into w (ldw apart) */
+static void cyf_qp_unpack(const int8_t* p, int K, int n0, int n1, int8_t* w, long ldw) {
+    long K4 = cyf_qp_k4(K), n;
+    int k;
+    for (n = n0; n < n1; n++) {
+        const int8_t* src = p + (n / CYF_QP_COLS) * K4 * 64 + (n % CYF_QP_COLS) * 4;
+        int8_t* dst = w + (n - n0) * ldw;
+        for (k = 0; k < K; k++) dst[k] = src[(k / 4) * 64 + (k % 4)];
+    }
+}
+
+#if CYF_Q_HAVE_X86
+/* Keeps the compiler from fusing the multiply before it with the add after it into one FMA
+ * (different rounding from cyf_q_store's separate operations). */
+#define CYF_QP_NOFUSE(v) __asm__("" : "+v"(v))
+
+/* the store of one accumulator: row i of the tile, block j */
+CYF_Q_T512 static inline __attribute__((always_inline)) void
+cyf_qp_store(__m512i acc, int i, int j, int n, int ncols, const float* xs, const float* ws,
+             const int32_t* comp, const float* bias, float* out, long ldo, int accumulate,
+             int32_t* raw, long ldr) {
+    int left = ncols - CYF_QP_COLS * j, c0 = n + CYF_QP_COLS * j;
+    __mmask16 m = left >= CYF_QP_COLS ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    __m512i s = _mm512_sub_epi32(acc, _mm512_maskz_loadu_epi32(m, comp + c0));
+    if (raw) {
+        _mm512_mask_storeu_epi32(raw + (long)i * ldr + c0, m, s);
+    } else {
+        __m512 sc = _mm512_mul_ps(_mm512_set1_ps(xs[i]), _mm512_maskz_loadu_ps(m, ws + c0));
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s), sc);
+        float* o = out + (long)i * ldo + c0;
+        CYF_QP_NOFUSE(v);
+        if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + c0));
+        if (accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, o), v);
+        _mm512_mask_storeu_ps(o, m, v);
+    }
+}
+
+/* The accumulators are named variables, not an array (GCC keeps such an array in memory),
+ * updated by vpdpbusd in inline assembly: with the intrinsic GCC copies every accumulator
+ * to another register and back on each k-step. MR and NB are constants after inlining; the
+ * unused accumulators are dead code. acc += u8 x (dot) s8 w, 4 bytes per lane. */
+#define CYF_QP_DP(acc, x, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w))
+#define CYF_QP_DECL_ROW(i) __m512i c##i##0 = z, c##i##1 = z, c##i##2 = z, c##i##3 = z;
+#define CYF_QP_ROW(i)                                                                             \
+    if (MR > i) {                                                                                \
+        int32_t four;                                                                            \
+        __m512i xb;                                                                              \
+        memcpy(&four, x + (long)(i) * ldq + 4 * g, 4);                                           \
+        xb = _mm512_set1_epi32(four);                                                            \
+        CYF_QP_DP(c##i##0, xb, w0);                                          \
+        if (NB > 1) CYF_QP_DP(c##i##1, xb, w1);                              \
+        if (NB > 2) CYF_QP_DP(c##i##2, xb, w2);                              \
+        if (NB > 3) CYF_QP_DP(c##i##3, xb, w3);                              \
+    }
+#define CYF_QP_STORE1(i, j) cyf_qp_store(c##i##j, i, j, n, ncols, xs, ws, comp, bias, out, ldo, accumulate, raw, ldr)
+#define CYF_QP_STORE_ROW(i)                                                                       \
+    if (MR > i) {                                                                                \
+        CYF_QP_STORE1(i, 0);                                                                     \
+        if (NB > 1) CYF_QP_STORE1(i, 1);                                                         \
+        if (NB > 2) CYF_QP_STORE1(i, 2);                                                         \
+        if (NB > 3) CYF_QP_STORE1(i, 3);                                                         \
+    }
+
+CYF_Q_T512 static inline __attribute__((always_inline)) void
+cyf_qp_tile(const uint8_t* x, long ldq, const int MR, const int8_t* p, long bstride, const int NB,
+            long K4, int n, int ncols, const float* xs, const float* ws, const int32_t* comp,
+            const float* bias, float* out, long ldo, int accumulate, int32_t* raw, long ldr) {
+    const __m512i z = _mm512_setzero_si512();
+    long g;
+    CYF_QP_DECL_ROW(0) CYF_QP_DECL_ROW(1) CYF_QP_DECL_ROW(2)
+    CYF_QP_DECL_ROW(3) CYF_QP_DECL_ROW(4) CYF_QP_DECL_ROW(5)
+    for (g = 0; g < K4; g++) {
+        const int8_t* pg = p + g * 64;
+        __m512i w0 = _mm512_load_si512((const void*)pg), w1 = z, w2 = z, w3 = z;
+        if (NB > 1) w1 = _mm512_load_si512((const void*)(pg + bstride));
+        if (NB > 2) w2 = _mm512_load_si512((const void*)(pg + 2 * bstride));
+        if (NB > 3) w3 = _mm512_load_si512((const void*)(pg + 3 * bstride));
+        CYF_QP_ROW(0) CYF_QP_ROW(1) CYF_QP_ROW(2) CYF_QP_ROW(3) CYF_QP_ROW(4) CYF_QP_ROW(5)
+    }
+    CYF_QP_STORE_ROW(0) CYF_QP_STORE_ROW(1) CYF_QP_STORE_ROW(2)
+    CYF_QP_STORE_ROW(3) CYF_QP_STORE_ROW(4) CYF_QP_STORE_ROW(5)
+}
+
+#define CYF_QP_CALL(MR, NB)                                                                      \
+    cyf_qp_tile(x, ldq, MR, p, bstride, NB, K4, n, ncols, xs, ws, comp, bias, out, ldo,         \
+                accumulate, raw, ldr)
+#define CYF_QP_NB_SWITCH(MR)                                                                     \
+    switch (nb) {                                                                                \
+    case 1: CYF_QP_CALL(MR, 1); break;                                                           \
+    case 2: CYF_QP_CALL(MR, 2); break;                                                           \
+    case 3: CYF_QP_CALL(MR, 3); break;                                                           \
+    default: CYF_QP_CALL(MR, 4); break;                                                          \
+    }
+
+/* one tile of mr (1..6) rows x nb (1..4) blocks, constants for the compiler */
+CYF_Q_T512 static void cyf_qp_tile_any(const uint8_t* x, long ldq, int mr, const int8_t* p, long bstride,
+                                      int nb, long K4, int n, int ncols, const float* xs,
+                                      const float* ws, const int32_t* comp, const float* bias,
+                                      float* out, long ldo, int accumulate, int32_t* raw, long ldr) {
+    switch (mr) {
+    case 1: CYF_QP_NB_SWITCH(1) break;
+    case 2: CYF_QP_NB_SWITCH(2) break;
+    case 3: CYF_QP_NB_SWITCH(3) break;
+    case 4: CYF_QP_NB_SWITCH(4) break;
+    case 5: CYF_QP_NB_SWITCH(5) break;
+    default: CYF_QP_NB_SWITCH(6) break;
+    }
+}
+
+/* As cyf_q_gemm for the shifted activations (cyf_q_shifted packing) and the packed weights p;
+ * n0 is a multiple of CYF_QP_COLS. Rows go in chunks whose packed bytes stay in L2 while each
+ * 64-column panel of weights passes over them. */
+static void cyf_qp_gemm(const uint8_t* xq, long ldq, const float* xs, int m0, int m1, const int8_t* p,
+                        const float* ws, const int32_t* comp, const float* bias, float* out, long ldo,
+                        int n0, int n1, int K, int accumulate, int32_t* raw, long ldr) {
+    long K4 = cyf_qp_k4(K), bstride = K4 * 64;
+    long chunk = (256L * 1024) / (ldq > 0 ? ldq : 1);
+    const int panel = CYF_QP_COLS * CYF_QP_NB;
+    int mc, m, n;
+    if (chunk < CYF_QP_MR) chunk = CYF_QP_MR;
+    chunk -= chunk % CYF_QP_MR;
+    for (mc = m0; mc < m1; mc += (int)chunk) {
+        int mc1 = m1 - mc < chunk ? m1 : mc + (int)chunk;
+        for (n = n0; n < n1; n += panel) {
+            int ncols = n1 - n < panel ? n1 - n : panel;
+            int nb = (ncols + CYF_QP_COLS - 1) / CYF_QP_COLS;
+            const int8_t* pn = p + (long)(n / CYF_QP_COLS) * bstride;
+            for (m = mc; m < mc1; m += CYF_QP_MR) {
+                int mr = mc1 - m < CYF_QP_MR ? mc1 - m : CYF_QP_MR;
+                cyf_qp_tile_any(xq + (long)m * ldq, ldq, mr, pn, bstride, nb, K4, n, ncols, xs + m, ws,
+                                comp, bias, out + (long)m * ldo, ldo, accumulate,
+                                raw ? raw + (long)m * ldr : NULL, ldr);
+            }
+        }
+    }
+}
+#else
+static void cyf_qp_gemm(const uint8_t* xq, long ldq, const float* xs, int m0, int m1, const int8_t* p,
+                        const float* ws, const int32_t* comp, const float* bias, float* out, long ldo,
+                        int n0, int n1, int K, int accumulate, int32_t* raw, long ldr) {
+    (void)xq; (void)ldq; (void)xs; (void)m0; (void)m1; (void)p; (void)ws; (void)comp; (void)bias;
+    (void)out; (void)ldo; (void)n0; (void)n1; (void)K; (void)accumulate; (void)raw; (void)ldr;
+}
+#endif
+
+/* ---- quantization of an activation row on AVX-512: the same bytes as cyf_q_quantize_row_c
+ * (max is exact, the scale and its inverse are the same scalar operations, the multiply is one
+ * rounding, vrndscaleps rounds to nearest even as nearbyintf does, the clamp and the byte
+ * conversion are exact) ----------------------------------------------------------------- */
+#if CYF_Q_HAVE_X86
+CYF_Q_T512 static void cyf_q_quantize_row_512(const float* x, int K, uint8_t* q, float* scale, int shift) {
+    const __m512 big = _mm512_set1_ps(3.40282347e38f);
+    __m512 vmax = _mm512_setzero_ps(), vinv, lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    __m512i vshift = _mm512_set1_epi32(shift ? 128 : 0);
+    __mmask16 bad = 0;
+    float amax, inv;
+    int k;
+    for (k = 0; k < K; k += 16) {
+        __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + k));
+        bad |= _mm512_mask_cmp_ps_mask(m, a, big, _CMP_NLE_UQ);   /* NaN or inf */
+        vmax = _mm512_max_ps(vmax, a);
+    }
+    if (bad) {
+        *scale = NAN;
+        memset(q, shift ? 128 : 0, (size_t)K);
+        return;
+    }
+    amax = _mm512_reduce_max_ps(vmax);
+    *scale = amax / 127.0f;
+    inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    vinv = _mm512_set1_ps(inv);
+    for (k = 0; k < K; k += 16) {
+        __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + k), vinv),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo), hi)), vshift);
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, m, v);
+    }
+}
+#endif
+
+/* one activation row: the AVX-512 version where the CPU has it (the same bytes) */
+static void cyf_q_quantize_row(const float* x, int K, uint8_t* q, float* scale, int shift) {
+#if CYF_Q_HAVE_X86
+    if (cyf_q_supported(CYF_Q_VNNI512)) {
+        cyf_q_quantize_row_512(x, K, q, scale, shift);
+        return;
+    }
+#endif
+    cyf_q_quantize_row_c(x, K, q, scale, shift);
 }
 
 #endif

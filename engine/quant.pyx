@@ -10,7 +10,7 @@ be forced for tests (``set_int8_path`` / ``set_bf16_path``). Threads split the o
 fixed order, so results do not depend on the thread count (bitwise: the int8 sums are exact).
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
@@ -28,6 +28,13 @@ cdef extern from "qgemm.h" nogil:
                     const int8_t* w, long ldw, const float* ws, const int32_t* comp,
                     const float* bias, float* out, long ldo, int n0, int n1, int K,
                     int accumulate, int32_t* raw, long ldr)
+    int CYF_QP_COLS
+    long cyf_qp_size(int N, int K)
+    void cyf_qp_pack(const int8_t* w, long ldw, int N, int K, int8_t* p)
+    void cyf_qp_unpack(const int8_t* p, int K, int n0, int n1, int8_t* w, long ldw)
+    void cyf_qp_gemm(const uint8_t* xq, long ldq, const float* xs, int m0, int m1, const int8_t* p,
+                     const float* ws, const int32_t* comp, const float* bias, float* out, long ldo,
+                     int n0, int n1, int K, int accumulate, int32_t* raw, long ldr)
 
 cdef extern from "bgemm.h" nogil:
     int CYF_B_F32, CYF_B_AVX512BF16
@@ -46,6 +53,8 @@ INT8_ISA = {"vnni512": "AVX-512 VNNI (avx512f, avx512bw, avx512_vnni)",
             "avxvnni": "AVX-VNNI (avx_vnni)", "avx2": "AVX2", "portable": "nothing"}
 BF16_PATHS = ("avx512bf16", "f32")
 BF16_ISA = {"avx512bf16": "AVX-512 BF16 (avx512f, avx512bw, avx512_bf16)", "f32": "nothing"}
+# rows of a packed int8 block (pack_int8)
+INT8_PACK_ROWS = 16
 cdef dict _INT8_CODE = {"vnni512": CYF_Q_VNNI512, "vnni256": CYF_Q_VNNI256, "avxvnni": CYF_Q_AVXVNNI,
                         "avx2": CYF_Q_AVX2, "portable": CYF_Q_PORTABLE}
 cdef dict _BF16_CODE = {"avx512bf16": CYF_B_AVX512BF16, "f32": CYF_B_F32}
@@ -203,7 +212,7 @@ def int8_compensation(const int8_t[:, ::1] wq):
 
 cdef int _int8_nogil(int path, const float* x, long ldx, int m, int k, const int8_t* w, int n,
                      const float* ws, const int32_t* comp, const float* bias, float* out, long ldo,
-                     int accumulate, int32_t* raw, int n_threads) noexcept nogil:
+                     int accumulate, int32_t* raw, int n_threads, const int8_t* packed=NULL) noexcept nogil:
     # Quantize the rows of x once (rows split between threads), then the GEMM; -1 when out of memory.
     cdef long ldq = ((k + _PACK_ALIGN - 1) // _PACK_ALIGN) * _PACK_ALIGN
     cdef uint8_t* xq = <uint8_t*>malloc(<size_t>m * ldq + <size_t>m * sizeof(float) + 64)
@@ -218,7 +227,19 @@ cdef int _int8_nogil(int path, const float* x, long ldx, int m, int k, const int
     else:
         for i in range(m):
             cyf_q_quantize_row(x + i * ldx, k, xq + i * ldq, xs + i, shift)
-    if team == 1:
+    if packed != NULL:  # the weights in the outer-product layout (VNNI512, shifted activations)
+        if team == 1:
+            cyf_qp_gemm(xq, ldq, xs, 0, m, packed, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
+        elif m >= _SPLIT_ROWS * team:
+            for t in prange(team, num_threads=team, schedule='static'):
+                cyf_qp_gemm(xq, ldq, xs, _split(m, team, t, _ROW_ALIGN), _split(m, team, t + 1, _ROW_ALIGN),
+                            packed, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
+        else:
+            for t in prange(team, num_threads=team, schedule='static'):
+                cyf_qp_gemm(xq, ldq, xs, 0, m, packed, ws, comp, bias, out, ldo,
+                            _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN),
+                            k, accumulate, raw, n)
+    elif team == 1:
         cyf_q_gemm(path, xq, ldq, xs, 0, m, w, k, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
     elif m >= _SPLIT_ROWS * team:
         for t in prange(team, num_threads=team, schedule='static'):
@@ -246,6 +267,23 @@ cdef _check_int8(const float[:, :] x, const int8_t[:, ::1] weight, const float[:
             raise ValueError(f"weight compensation has {cv.shape[0]} entries, expected {n}")
 
 
+cdef bint _no_product(float[:, :] out, int m, int n, int k, bias, bint accumulate) except -1:
+    # out must be [m, n]; True when there is no product to compute: M or N empty, or K empty
+    # (out then gets 0, or keeps its values, plus the bias)
+    if out.shape[0] != m or out.shape[1] != n:
+        raise ValueError(f"out is [{out.shape[0]}, {out.shape[1]}], expected [{m}, {n}]")
+    if m == 0 or n == 0:
+        return True
+    if k == 0:
+        out_np = np.asarray(out)
+        if not accumulate:
+            out_np[...] = 0.0
+        if bias is not None:
+            out_np += np.asarray(bias, np.float32)
+        return True
+    return False
+
+
 def int8_linear_forward(const float[:, :] x, const int8_t[:, ::1] weight, const float[::1] w_scale,
                         w_comp, bias, float[:, :] out, bint accumulate=False, int n_threads=1):
     """out[M, N] (+)= dequant(quant(x) @ weight^T) + bias: int8 ``weight`` [N, K] with
@@ -255,17 +293,8 @@ def int8_linear_forward(const float[:, :] x, const int8_t[:, ::1] weight, const 
     cdef const int32_t[::1] cv
     cdef const float* bias_ptr
     _check_int8(x, weight, w_scale, w_comp)
-    if out.shape[0] != m or out.shape[1] != n:
-        raise ValueError(f"out is [{out.shape[0]}, {out.shape[1]}], expected [{m}, {n}]")
     bias_ptr = _bias_ptr(bias, n)
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        out_np = np.asarray(out)
-        if not accumulate:
-            out_np[...] = 0.0
-        if bias is not None:
-            out_np += np.asarray(bias, np.float32)
+    if _no_product(out, m, n, k, bias, accumulate):
         return
     if w_comp is None:
         w_comp = int8_compensation(weight)
@@ -279,10 +308,99 @@ def int8_linear_forward(const float[:, :] x, const int8_t[:, ::1] weight, const 
         raise MemoryError("int8 linear: cannot allocate the packed activations")
 
 
-def int8_accumulators(const float[:, :] x, const int8_t[:, ::1] weight, w_comp=None, int n_threads=1):
+def int8_packs():
+    """Whether the int8 body in use reads the weights packed (``pack_int8``): the
+    outer-product VNNI512 body."""
+    return _int8_path == CYF_Q_VNNI512
+
+
+def pack_int8(const int8_t[:, ::1] wq):
+    """The [N, K] int8 weights in the VNNI512 outer-product layout: [ceil(N / 16),
+    ceil(K / 4) * 64] int8, 64-byte aligned (blocks of 16 output rows, 4 bytes of k per lane,
+    zeros past N and K; ``unpack_int8`` inverts it)."""
+    cdef int n = wq.shape[0], k = wq.shape[1]
+    cdef long nblocks = (n + CYF_QP_COLS - 1) // CYF_QP_COLS, size = cyf_qp_size(n, k)
+    raw = np.empty(size + 64, np.int8)
+    cdef long off = (64 - <long>(raw.ctypes.data % 64)) % 64
+    packed = raw[off:off + size].reshape(nblocks, size // nblocks if nblocks else 0)
+    cdef int8_t[:, ::1] pv = packed
+    if size:
+        with nogil:
+            cyf_qp_pack(&wq[0, 0] if k else NULL, k, n, k, &pv[0, 0])
+    return packed
+
+
+def unpack_int8(const int8_t[:, ::1] packed, int n, int k, int n0=0, n1=None, rows=None):
+    """Rows n0:n1 (default all n) of the [n, k] matrix that ``pack_int8`` packed; ``rows``
+    (int64 ids, each in [0, n)): those rows instead, in that order (a lookup into a packed
+    table)."""
+    cdef int hi = n if n1 is None else n1
+    cdef const int64_t[::1] ids
+    cdef Py_ssize_t i, count
+    cdef int8_t[:, ::1] ov
+    _check_packed(packed, n, k)
+    if rows is not None:
+        ids = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+        count = ids.shape[0]
+        if count and (np.min(ids) < 0 or np.max(ids) >= n):
+            raise ValueError(f"row ids must be in [0, {n})")
+        out = np.empty((count, k), np.int8)
+        ov = out
+        if count and k:
+            with nogil:
+                for i in range(count):
+                    cyf_qp_unpack(&packed[0, 0], k, <int>ids[i], <int>ids[i] + 1, &ov[i, 0], k)
+        return out
+    if not 0 <= n0 <= hi <= n:
+        raise ValueError(f"rows {n0}:{hi} outside [0, {n}]")
+    out = np.empty((hi - n0, k), np.int8)
+    ov = out
+    if hi > n0 and k:
+        with nogil:
+            cyf_qp_unpack(&packed[0, 0], k, n0, hi, &ov[0, 0], k)
+    return out
+
+
+cdef _check_packed(const int8_t[:, ::1] packed, int n, int k):
+    cdef long nblocks = (n + CYF_QP_COLS - 1) // CYF_QP_COLS
+    cdef long width = ((k + 3) // 4) * 64
+    if packed.shape[0] != nblocks or (nblocks and packed.shape[1] != width):
+        raise ValueError(f"packed weights are [{packed.shape[0]}, {packed.shape[1]}], expected "
+                         f"[{nblocks}, {width}] for an [{n}, {k}] matrix")
+    if nblocks and width and (<size_t>&packed[0, 0]) % 64:
+        raise ValueError("packed weights must start on a 64-byte boundary (pack_int8 aligns them)")
+
+
+def int8_packed_linear_forward(const float[:, :] x, const int8_t[:, ::1] packed, const float[::1] w_scale,
+                               const int32_t[::1] w_comp, bias, float[:, :] out, bint accumulate=False,
+                               int n_threads=1):
+    """As ``int8_linear_forward`` with the weights packed by ``pack_int8`` (N = len(w_scale));
+    needs the VNNI512 body's instruction sets (``int8_path_supported("vnni512")``)."""
+    cdef int m = x.shape[0], k = x.shape[1], n = w_scale.shape[0], rc
+    cdef const float* bias_ptr
+    if not cyf_q_supported(CYF_Q_VNNI512):
+        raise ValueError(f"packed int8 weights need {INT8_ISA['vnni512']}, which this CPU does not have")
+    _check_packed(packed, n, k)
+    if w_comp.shape[0] != n:
+        raise ValueError(f"weight compensation has {w_comp.shape[0]} entries, expected {n}")
+    bias_ptr = _bias_ptr(bias, n)
+    if _no_product(out, m, n, k, bias, accumulate):
+        return
+    cdef long ldx = _ldf(x, "x"), ldo = _ldf(out, "out")
+    with nogil:
+        rc = _int8_nogil(CYF_Q_VNNI512, &x[0, 0], ldx, m, k, NULL, n, &w_scale[0], &w_comp[0], bias_ptr,
+                         &out[0, 0], ldo, accumulate, NULL, n_threads, &packed[0, 0])
+    if rc:
+        raise MemoryError("int8 linear: cannot allocate the packed activations")
+
+
+def int8_accumulators(const float[:, :] x, const int8_t[:, ::1] weight, w_comp=None, int n_threads=1,
+                      bint packed=False):
     """The exact int32 sums sum_k quant(x)[m, k] * weight[n, k] [M, N] as the current body
-    computes them (tests compare them with NumPy's integer product)."""
+    computes them (tests compare them with NumPy's integer product); ``packed``: the
+    outer-product VNNI512 body over ``pack_int8(weight)``."""
     cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0], rc
+    cdef const int8_t[:, ::1] pv
     cdef const int32_t[::1] cv
     ones = np.ones(n, np.float32)
     _check_int8(x, weight, ones, w_comp)
@@ -297,9 +415,16 @@ def int8_accumulators(const float[:, :] x, const int8_t[:, ::1] weight, w_comp=N
     cdef long ldx = _ldf(x, "x")
     cdef int path = _int8_path
     cdef const float[::1] onev = ones
+    cdef const int8_t* pp = NULL
+    if packed:
+        if not cyf_q_supported(CYF_Q_VNNI512):
+            raise ValueError(f"packed int8 weights need {INT8_ISA['vnni512']}, which this CPU does not have")
+        pv = pack_int8(weight)
+        pp = &pv[0, 0]
+        path = CYF_Q_VNNI512
     with nogil:
         rc = _int8_nogil(path, &x[0, 0], ldx, m, k, &weight[0, 0], n, &onev[0], &cv[0], NULL,
-                         &dummy[0, 0], 0, False, &rv[0, 0], n_threads)
+                         &dummy[0, 0], 0, False, &rv[0, 0], n_threads, pp)
     if rc:
         raise MemoryError("int8 linear: cannot allocate the packed activations")
     return raw

@@ -86,11 +86,17 @@ def test_linear_bfloat16_against_float64():
     assert lin.stored is None and lin.compute_type == "float32"
 
 
-def test_row_slices_share_one_conversion():
-    # A fused in-projection and its Q and K/V row slices read one int8 matrix.
-    lin, x = _linear(n=30)
+def _int8_bytes(form):
+    return form.data if form.packed is None else form.packed
+
+
+@pytest.mark.parametrize("n,cut", [(48, 16), (30, 10)])
+def test_row_slices_share_one_conversion(n, cut):
+    # A fused in-projection and its Q and K/V row slices read one int8 matrix (packed weights:
+    # when the cut falls on a block of quant.INT8_PACK_ROWS rows; else the slice is repacked).
+    lin, x = _linear(n=n)
     lin._rows = None
-    q_part, kv_part = lin.rows(0, 10), lin.rows(10, 30)
+    q_part, kv_part = lin.rows(0, cut), lin.rows(cut, n)
     views = {"w": lin.weight, "b": lin.bias}
     for layer in (q_part, kv_part):
         layer.bind(views)
@@ -98,11 +104,17 @@ def test_row_slices_share_one_conversion():
     for layer in (lin, q_part, kv_part):
         layer.set_compute_type("int8", store)
     assert len(store) == 1
-    assert np.shares_memory(q_part.stored.data, lin.stored.data)
-    full, part = np.zeros((6, 30), np.float32), np.zeros((6, 20), np.float32)
+    if lin.stored.packed is None or cut % quant.INT8_PACK_ROWS == 0:
+        assert np.shares_memory(_int8_bytes(q_part.stored), _int8_bytes(lin.stored))
+        assert np.shares_memory(_int8_bytes(kv_part.stored), _int8_bytes(lin.stored))
+    np.testing.assert_array_equal(kv_part.stored.data, lin.stored.data[cut:])
+    full, part, head = (np.zeros((6, n), np.float32), np.zeros((6, n - cut), np.float32),
+                        np.zeros((6, cut), np.float32))
     lin.forward(x, full, 1)
     kv_part.forward(x, part, 1)
-    np.testing.assert_array_equal(part, full[:, 10:])
+    q_part.forward(x, head, 1)
+    np.testing.assert_array_equal(part, full[:, cut:])
+    np.testing.assert_array_equal(head, full[:, :cut])
 
 
 def test_stored_weight_rejects_unknown_type():
@@ -376,9 +388,13 @@ def test_quantized_checkpoint_round_trip(tmp_path, compute_type, tied):
     loaded = Transformer.from_pretrained(str(tmp_path), verify=True)
     assert loaded.compute_type == compute_type
     np.testing.assert_array_equal(loaded.forward(src, tgt), want)
-    # the matrices are the file's pages, not copies
+    # the matrices are the file's pages, not copies, unless the int8 body reads them packed
+    # (one copy in its layout, made at load)
     form = loaded.encoder.layers[0].ffn.linear1.stored
-    assert any(isinstance(b, np.memmap) for b in _bases(form.data))
+    if form.packed is None:
+        assert any(isinstance(b, np.memmap) for b in _bases(form.data))
+    else:
+        assert compute_type == "int8" and quant.int8_packs()
     # saving the loaded model writes the same file
     loaded.save_pretrained(str(tmp_path / "again"))
     with open(path, "rb") as a, open(tmp_path / "again" / "model.safetensors", "rb") as b:

@@ -339,3 +339,116 @@ def test_bf16_dispatch_names():
         if not quant.bf16_path_supported(p):
             with pytest.raises(ValueError, match="needs"):
                 quant.set_bf16_path(p)
+
+
+# --------------------------------------------------------------------------------------
+# int8, packed weights: the outer-product VNNI512 body (pack_int8)
+# --------------------------------------------------------------------------------------
+
+needs_vnni512 = pytest.mark.skipif(not quant.int8_path_supported("vnni512"),
+                                   reason=f"this CPU lacks {quant.INT8_ISA['vnni512']}")
+
+
+def ref_pack(wq):
+    """The packed layout by NumPy: blocks of 16 rows, 4 bytes of k per row, zeros past N, K."""
+    n, k = wq.shape
+    nb, k4 = -(-n // 16), -(-k // 4)
+    padded = np.zeros((nb * 16, k4 * 4), np.int8)
+    padded[:n, :k] = wq
+    return padded.reshape(nb, 16, k4, 4).transpose(0, 2, 1, 3).reshape(nb, k4 * 64)
+
+
+def test_pack_int8_layout_and_unpack():
+    rng = make_rng("int8-pack")
+    for n, k in [(1, 1), (16, 4), (17, 5), (37, 70), (64, 384), (3, 0)]:
+        wq = rng.integers(-127, 128, size=(n, k)).astype(np.int8)
+        p = quant.pack_int8(wq)
+        np.testing.assert_array_equal(p, ref_pack(wq))
+        assert p.size == 0 or p.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(quant.unpack_int8(p, n, k), wq)
+        if n > 2:
+            np.testing.assert_array_equal(quant.unpack_int8(p, n, k, 1, n - 1), wq[1:n - 1])
+        ids = rng.integers(0, n, size=9)
+        np.testing.assert_array_equal(quant.unpack_int8(p, n, k, rows=ids), wq[ids])
+
+
+@needs_vnni512
+@pytest.mark.parametrize("m,n,k", SHAPES + [(13, 1152, 384), (7, 100, 3), (600, 70, 40)])
+def test_packed_body_exact_sums_and_bits(m, n, k):
+    _, x, w, b = _case(("int8-packed",), m, n, k)
+    wq, ws = quant.quantize_rows(w)
+    comp = quant.int8_compensation(wq)
+    want, want_out = ref_int8_linear(x, wq, ws, b)
+    np.testing.assert_array_equal(quant.int8_accumulators(x, wq, comp, packed=True), want)
+    out = np.full((m, n), np.nan, np.float32)
+    quant.int8_packed_linear_forward(x, quant.pack_int8(wq), ws, comp, b, out)
+    np.testing.assert_allclose(out, want_out, rtol=DEQUANT_RTOL, atol=DEQUANT_ATOL)
+    # the same float operations as the row-major bodies' store: the same bits
+    same = np.zeros((m, n), np.float32)
+    with forced_int8_path("portable"):
+        quant.int8_linear_forward(x, wq, ws, comp, b, same)
+    np.testing.assert_array_equal(out, same)
+
+
+@needs_vnni512
+def test_packed_body_extreme_values():
+    rng = make_rng("int8-packed-extreme")
+    m, n, k = 7, 40, 1001
+    x = f32(rng.choice([-1.0, 1.0], size=(m, k)))
+    wq = rng.choice(np.array([-127, 127], np.int8), size=(n, k))
+    got = quant.int8_accumulators(x, wq, packed=True)
+    np.testing.assert_array_equal(got, (127 * x.astype(np.int64)) @ wq.astype(np.int64).T)
+
+
+@needs_vnni512
+@pytest.mark.parametrize("m", [1, 4, 40, 200])  # columns split (few rows) and rows split
+def test_packed_body_threads_bitwise(m):
+    _, x, w, b = _case(("int8-packed-threads",), m, 300, 256)
+    wq, ws = quant.quantize_rows(w)
+    comp, p = quant.int8_compensation(wq), quant.pack_int8(wq)
+    outs = []
+    for nt in (1, 2, 3):
+        out = np.zeros((m, 300), np.float32)
+        quant.int8_packed_linear_forward(x, p, ws, comp, b, out, n_threads=nt)
+        outs.append(out)
+    for o in outs[1:]:
+        np.testing.assert_array_equal(o, outs[0])
+
+
+@needs_vnni512
+def test_packed_body_accumulate_strided():
+    rng, x, w, b = _case(("int8-packed-views",), 7, 21, 90)
+    wq, ws = quant.quantize_rows(w)
+    comp, p = quant.int8_compensation(wq), quant.pack_int8(wq)
+    x = f32(np.pad(x, ((0, 0), (2, 3))))[:, 2:92]
+    obuf = f32(rng.standard_normal((7, 25)))
+    out, before = obuf[:, 1:22], obuf.copy()
+    out0 = out.copy()
+    quant.int8_packed_linear_forward(x, p, ws, comp, b, out, accumulate=True)
+    np.testing.assert_allclose(out, ref_int8_linear(x, wq, ws, b, out0)[1], rtol=DEQUANT_RTOL, atol=DEQUANT_ATOL)
+    np.testing.assert_array_equal(obuf[:, 0], before[:, 0])
+    np.testing.assert_array_equal(obuf[:, 22:], before[:, 22:])
+
+
+_P = quant.pack_int8(_WQ)
+PACKED_BAD = [
+    ("packed-shape", lambda: quant.int8_packed_linear_forward(_X, quant.pack_int8(np.ones((3, 12), np.int8)), _WS,
+                                                              np.zeros(3, np.int32), None, np.zeros((2, 3), np.float32)),
+     ValueError, "packed weights are"),
+    ("packed-unaligned", lambda: quant.int8_packed_linear_forward(
+        _X, np.zeros((2, 129), np.int8)[1:, 1:], _WS, np.zeros(3, np.int32), None, np.zeros((2, 3), np.float32)),
+     ValueError, "64-byte|contiguous"),
+    ("packed-comp", lambda: quant.int8_packed_linear_forward(_X, _P, _WS, np.zeros(2, np.int32), None,
+                                                             np.zeros((2, 3), np.float32)), ValueError, "compensation"),
+    ("packed-out", lambda: quant.int8_packed_linear_forward(_X, _P, _WS, np.zeros(3, np.int32), None,
+                                                            np.zeros((3, 3), np.float32)), ValueError, "out is"),
+    ("unpack-rows", lambda: quant.unpack_int8(_P, 3, 8, 2, 5), ValueError, "outside"),
+    ("unpack-ids", lambda: quant.unpack_int8(_P, 3, 8, rows=[0, 3]), ValueError, "row ids"),
+]
+
+
+@needs_vnni512
+@pytest.mark.parametrize("name,call,exc,match", PACKED_BAD, ids=[c[0] for c in PACKED_BAD])
+def test_packed_bad_input(name, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -19,7 +19,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import threads
-from ._engine.quant import int8_compensation
 from .config import TransformerConfig
 from .convert.registry import loader_for, register_loader
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
@@ -579,9 +578,10 @@ class ParameterOwner:
                     if not np.isfinite(scale).all() or (scale < 0).any():
                         problems.append(f"{sname}: scales must be finite and >= 0")
                         continue
-                form = StoredWeight(compute_type, tensors[name], scale)
                 if scale is not None:
-                    form.comp = int8_compensation(form.data)
+                    form = StoredWeight.int8(tensors[name], scale)
+                else:
+                    form = StoredWeight(compute_type, tensors[name])
                 store[name] = form
             else:
                 want = f"F32 or {code}" if name in storable else "F32"

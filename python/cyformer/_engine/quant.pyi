@@ -57,8 +57,34 @@ def int8_accumulators(
     weight: NDArray[np.int8],
     w_comp: Optional[NDArray[np.int32]] = None,
     n_threads: int = 1,
+    packed: bool = False,
 ) -> NDArray[np.int32]:
-    """The exact int32 sums of quant(x) @ weight^T as the current body computes them."""
+    """The exact int32 sums of quant(x) @ weight^T as the current body computes them
+    (``packed``: the outer-product VNNI512 body over pack_int8(weight))."""
+
+INT8_PACK_ROWS: int
+
+def int8_packs() -> bool:
+    """Whether the int8 body in use reads packed weights (the outer-product VNNI512 body)."""
+
+def pack_int8(wq: NDArray[np.int8]) -> NDArray[np.int8]:
+    """[N, K] int8 -> [ceil(N / 16), ceil(K / 4) * 64], 64-byte aligned."""
+
+def unpack_int8(packed: NDArray[np.int8], n: int, k: int, n0: int = 0, n1: Optional[int] = None,
+                rows: Optional[NDArray[np.int64]] = None) -> NDArray[np.int8]:
+    """Rows n0:n1 (or the rows ``rows``, in order) of the [n, k] matrix pack_int8 packed."""
+
+def int8_packed_linear_forward(
+    x: NDArray[np.float32],
+    packed: NDArray[np.int8],
+    w_scale: NDArray[np.float32],
+    w_comp: NDArray[np.int32],
+    bias: Optional[NDArray[np.float32]],
+    out: NDArray[np.float32],
+    accumulate: bool = False,
+    n_threads: int = 1,
+) -> None:
+    """As int8_linear_forward with weights packed by pack_int8 (needs AVX-512 VNNI)."""
 
 def to_bfloat16(a: NDArray[np.float32]) -> NDArray[np.uint16]:
     """float32 -> bf16 bits (round to nearest even)."""

@@ -62,31 +62,58 @@ def kernel_names() -> Dict[str, str]:
 
 
 class StoredWeight:
-    """A weight matrix in the form a compute type's kernel reads: ``dtype`` "int8" (``data``
-    int8 [N, K], ``scale`` float32 [N], ``comp`` int32 [N]) or "bfloat16" (``data`` uint16
-    [N, K]). ``rows(sl)`` is the same for output rows ``sl`` (per-row formats slice freely)."""
+    """A weight matrix [N, K] in the form a compute type's kernel reads: ``dtype`` "int8"
+    (``data`` int8 [N, K], ``scale`` float32 [N], ``comp`` int32 [N]) or "bfloat16" (``data``
+    uint16 [N, K]). ``rows(sl)`` is the same for output rows ``sl`` (per-row formats slice freely).
 
-    __slots__ = ("dtype", "data", "scale", "comp")
+    int8 on a CPU whose int8 body reads packed weights (``quant.int8_packs()``: the
+    outer-product VNNI512 body) keeps only ``packed`` (``quant.pack_int8``, the same bytes in
+    blocks of 16 rows); ``data`` then unpacks a copy on demand (checkpoints, tests)."""
 
-    def __init__(self, dtype: str, data: np.ndarray, scale: Optional[np.ndarray] = None,
-                 comp: Optional[np.ndarray] = None):
-        self.dtype, self.data, self.scale, self.comp = dtype, data, scale, comp
+    __slots__ = ("dtype", "_data", "scale", "comp", "packed", "shape")
+
+    def __init__(self, dtype: str, data: Optional[np.ndarray], scale: Optional[np.ndarray] = None,
+                 comp: Optional[np.ndarray] = None, *, packed: Optional[np.ndarray] = None,
+                 shape: Optional[tuple] = None):
+        self.dtype, self._data, self.scale, self.comp, self.packed = dtype, data, scale, comp, packed
+        self.shape = tuple(data.shape) if data is not None else tuple(shape)
+
+    @classmethod
+    def int8(cls, data: np.ndarray, scale: np.ndarray) -> "StoredWeight":
+        """int8 rows with their scales, in the layout the int8 body in use reads."""
+        comp = quant.int8_compensation(data)
+        if quant.int8_packs():
+            return cls("int8", None, scale, comp, packed=quant.pack_int8(np.ascontiguousarray(data)),
+                       shape=data.shape)
+        return cls("int8", data, scale, comp)
 
     @classmethod
     def quantize(cls, w: np.ndarray, dtype: str) -> "StoredWeight":
         """From a float32 [N, K] matrix."""
         if dtype == "int8":
-            q, scale = quant.quantize_rows(np.ascontiguousarray(w, np.float32))
-            return cls("int8", q, scale, quant.int8_compensation(q))
+            return cls.int8(*quant.quantize_rows(np.ascontiguousarray(w, np.float32)))
         if dtype == "bfloat16":
             return cls("bfloat16", quant.to_bfloat16(w))
         raise ValueError(f"no stored form for {dtype!r}")
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            return quant.unpack_int8(self.packed, *self.shape)
+        return self._data
 
     def rows(self, sl: Optional[slice]) -> "StoredWeight":
         if sl is None:
             return self
         cut = (lambda a: None if a is None else a[sl])
-        return StoredWeight(self.dtype, self.data[sl], cut(self.scale), cut(self.comp))
+        lo, hi, _ = sl.indices(self.shape[0])
+        if self.packed is None:
+            return StoredWeight(self.dtype, self._data[sl], cut(self.scale), cut(self.comp))
+        blk = quant.INT8_PACK_ROWS
+        if lo % blk == 0 and (hi % blk == 0 or hi == self.shape[0]):   # whole blocks: a view
+            return StoredWeight("int8", None, cut(self.scale), cut(self.comp),
+                                packed=self.packed[lo // blk:(hi + blk - 1) // blk], shape=(hi - lo, self.shape[1]))
+        return StoredWeight.int8(quant.unpack_int8(self.packed, *self.shape, lo, hi), cut(self.scale))
 
     def dequantize(self) -> np.ndarray:
         """The float32 matrix this stands for."""
@@ -96,7 +123,19 @@ class StoredWeight:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.data, self.scale, self.comp) if a is not None)
+        return sum(a.nbytes for a in (self._data, self.packed, self.scale, self.comp) if a is not None)
+
+    def linear_forward(self, x: np.ndarray, bias: Optional[np.ndarray], out: np.ndarray, nt: int,
+                       accumulate: bool = False) -> None:
+        """out[M, N] (+)= x[M, K] W^T (+ bias) in this form's kernel."""
+        if self.dtype == "bfloat16":
+            quant.bf16_linear_forward(x, self._data, bias, out, accumulate=accumulate, n_threads=nt)
+        elif self.packed is not None and quant.int8_packs():
+            quant.int8_packed_linear_forward(x, self.packed, self.scale, self.comp, bias, out,
+                                             accumulate=accumulate, n_threads=nt)
+        else:   # row-major int8 (a packed form here only when a test forces another body)
+            quant.int8_linear_forward(x, self.data, self.scale, self.comp, bias, out,
+                                      accumulate=accumulate, n_threads=nt)
 
 
 class Linear(Layer):
@@ -165,10 +204,8 @@ class Linear(Layer):
         s = self.stored
         if s is None:
             linear_forward(x, self.weight, b, out, accumulate=accumulate, n_threads=nt)
-        elif s.dtype == "int8":
-            quant.int8_linear_forward(x, s.data, s.scale, s.comp, b, out, accumulate=accumulate, n_threads=nt)
         else:
-            quant.bf16_linear_forward(x, s.data, b, out, accumulate=accumulate, n_threads=nt)
+            s.linear_forward(x, b, out, nt, accumulate)
 
     def backward(self, x: np.ndarray, dout: np.ndarray, dx: Optional[np.ndarray], grads: Views, nt: int,
                  *, accumulate_dx: bool = False) -> None:
