@@ -31,7 +31,8 @@ Three paths, chosen per sequence from its lengths only (so never by the thread c
 """
 from cython.parallel cimport prange, parallel
 from libc.math cimport INFINITY, logf
-from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from _common cimport sgemm_rm
 
@@ -57,6 +58,12 @@ cdef extern from "attention_row.h" nogil:
     float cyf_attn_dot(const float* a, const float* b, int n)
     void cyf_attn_scale(float* x, int n, float a)
     void cyf_attn_ds(const float* p, float* t, int n, float dsum, float scale)
+
+cdef extern from * nogil:
+    void __builtin_prefetch(const void* p, int rw, int locality)
+
+cdef extern from "scratch.h" nogil:
+    void* cyf_scratch_bytes(int slot, size_t nbytes)
 
 cdef extern from "attention_tile.h" nogil:
     int CYF_TILE_PANEL
@@ -89,6 +96,8 @@ cdef int _TILE_MIN_KEYS = 256
 # head), for which K is packed once (attention_tile.h); chunks balance the threads when
 # there are fewer (sequence, head) pairs than threads, or an odd number.
 cdef int _TILE_CHUNK = 512
+# with attention_tile.h's kernels, the tiled path at any key count (_tile_config(short_keys=...))
+cdef bint _SHORT_TILES = True
 # The register-tiled kernels of attention_tile.h (else sgemm) when the CPU has them.
 cdef bint _TILE_KERNELS = True
 
@@ -326,8 +335,7 @@ cdef void _tile_forward(const Tiles* tl, const float* q, int ldq, const float* k
     for i in range(rows):
         m[i] = -INFINITY
         l[i] = 0.0
-        for j in range(d_k):
-            out[(r0 + i) * ldo + j] = 0.0
+        memset(out + (r0 + i) * ldo, 0, sizeof(float) * d_k)
     _block_bounds(r0, r1, shift, lk, causal, window, &lo, &hi)
     j0 = lo
     while j0 < hi:
@@ -546,14 +554,17 @@ cdef inline void _check_out(float[:, :] out, const float[:, :] q, int d, str nam
         raise ValueError(f"rows of {name} must be contiguous")
 
 
-def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None, level=None):
+def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None, level=None, short_keys=None):
     """(rows, keys, min_keys, chunk, kernels) of the tiled path, after setting those given
     (tests force the path, odd tile edges and the sgemm fallback on small inputs with it;
     bench/ tunes it). ``kernels``: whether attention_tile.h's kernels may be used (they
     are only where the CPU has AVX2 and FMA: see ``tile_kernels``); ``level``: the highest
-    kernel set allowed (2: AVX-512, 1: AVX2/FMA). Not thread-safe: call it only while no
+    kernel set allowed (2: AVX-512, 1: AVX2/FMA); ``short_keys``: whether the tiled path (with its
+    kernels) also takes sequences of fewer than ``min_keys`` keys. Not thread-safe: call it only while no
     attention call is running."""
-    global _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, _TILE_KERNELS
+    global _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, _TILE_KERNELS, _SHORT_TILES
+    if short_keys is not None:
+        _SHORT_TILES = bool(short_keys)
     if rows is not None:
         if not 1 <= rows <= 4096:
             raise ValueError("rows must be in [1, 4096]")
@@ -574,7 +585,7 @@ def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None, 
         if level not in (1, 2):
             raise ValueError("level must be 1 (AVX2/FMA) or 2 (AVX-512)")
         cyf_tile_cap(level)
-    return _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, bool(_TILE_KERNELS)
+    return _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, bool(_TILE_KERNELS), bool(_SHORT_TILES)
 
 
 def tile_kernels():
@@ -583,9 +594,23 @@ def tile_kernels():
     return {2: "avx512", 1: "avx2-fma"}.get(cyf_tile_level(), "sgemm")
 
 
-cdef inline bint _tiled(int lq, int lk) noexcept nogil:
-    # the tiled path for this sequence? (its lengths only: never the thread count)
-    return lq > _ROW_PATH_MAX_Q and lk >= _TILE_MIN_KEYS
+cdef inline void _prefetch_rows(const float* x, long ld, int n, int width) noexcept nogil:
+    # every 64-byte line of rows x[i, 0:width], i < n, into L2
+    cdef int i, c
+    for i in range(n):
+        c = 0
+        while c < width:
+            __builtin_prefetch(x + i * ld + c, 0, 2)
+            c = c + 16
+        __builtin_prefetch(x + i * ld + width - 1, 0, 2)
+
+
+cdef inline bint _tiled(int lq, int lk, bint kernels) noexcept nogil:
+    # the tiled path for this sequence? (its lengths and whether attention_tile.h's kernels
+    # run here: never the thread count, so the forward and the backward agree). With the
+    # kernels the tiled path beats the row path's sgemm calls at any key count
+    # (_SHORT_TILES); without them, only for long keys.
+    return lq > _ROW_PATH_MAX_Q and lk > 0 and (lk >= _TILE_MIN_KEYS or (_SHORT_TILES and kernels))
 
 
 cdef inline int _chunk_rows() noexcept nogil:
@@ -679,7 +704,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
     for b in range(pb.batch):
         lq = q_len[b]
         lk = k_len[b]
-        n_blocks[b] = (lq + chunk - 1) // chunk if probs is None and _tiled(lq, lk) else 0
+        n_blocks[b] = (lq + chunk - 1) // chunk if probs is None and _tiled(lq, lk, kernels) else 0
         if lq > 0 and n_blocks[b] == 0:
             rows_scratch = max(rows_scratch, (block + 2) * max(lk, 1))
         elif lq > 0:
@@ -698,8 +723,9 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
     cdef const float* vp = &v[0, 0] if v.shape[0] else NULL
     failed[0] = 0
     with nogil, parallel(num_threads=max(1, min(n_threads, n_units))):
-        scores = <float*>malloc(sizeof(float) * max(rows_scratch + tile_scratch + kt_scratch, 1))
-        bounds = <int*>malloc(sizeof(int) * 2 * _TILE_ROWS)
+        # this thread's buffers (scratch.h), kept between calls: no fresh pages per call
+        scores = <float*>cyf_scratch_bytes(1, sizeof(float) * max(rows_scratch + tile_scratch + kt_scratch, 1))
+        bounds = <int*>cyf_scratch_bytes(2, sizeof(int) * 2 * _TILE_ROWS)
         if scores == NULL or bounds == NULL:
             failed[0] = 1
         else:
@@ -723,6 +749,13 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
                 lk = k_len[b]
                 if lq == 0:
                     continue
+                if blk == 0 and h + 1 < n_heads and lk > 0:
+                    # the next head's slices of this sequence's rows, into L2 while this head
+                    # computes (rows are d floats apart: the prefetchers miss most of them)
+                    _prefetch_rows(qp + <long>q_start[b] * ldq + (h + 1) * d_k, ldq, lq, d_k)
+                    _prefetch_rows(kp + <long>k_start[b] * ldk + (h + 1) * d_k, ldk, lk, d_k)
+                    _prefetch_rows(vp + <long>k_start[b] * ldv + (h + 1) * d_k, ldv, lk, d_k)
+                    _prefetch_rows(op + <long>q_start[b] * ldo + (h + 1) * d_k, ldo, lq, d_k)
                 mine = _for_item(drop, q_start[b], n_heads, h)
                 lse_row = lse_ptr + <long>h * q.shape[0] + q_start[b] if lse_ptr != NULL else NULL
                 mask_b = pb.mask_of(b) if lk > 0 else NULL
@@ -756,8 +789,7 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
                             lq, lk, d_k, pb.scale, causal, window, mask_b, pb.ldm,
                             probs_ptr + b * probs_bstride + h * probs_hstride if probs_ptr != NULL else NULL,
                             ldp, lse_row, scores, block, &mine)
-        free(scores)
-        free(bounds)
+
     if failed[0]:
         raise MemoryError("attention_forward: could not allocate the score scratch")
 
@@ -901,7 +933,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
     if pb.batch == 0:
         return
     for b in range(pb.batch):
-        if q_len[b] > 0 and _tiled(q_len[b], k_len[b]):
+        if q_len[b] > 0 and _tiled(q_len[b], k_len[b], kernels):
             # s, t, u tiles of whole panels, lse, D and m, and K and V packed in panels
             tile_scratch = 3 * tile_len + 3 * _TILE_ROWS
             if kernels:
@@ -924,8 +956,8 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
     cdef float* dvp = &dv[0, 0] if k.shape[0] else NULL
     failed[0] = 0
     with nogil, parallel(num_threads=max(1, min(n_threads, n_items))):
-        scratch = <float*>malloc(sizeof(float) * max(rows_scratch + tile_scratch + kt_scratch, 1))
-        bounds = <int*>malloc(sizeof(int) * 2 * _TILE_ROWS)
+        scratch = <float*>cyf_scratch_bytes(1, sizeof(float) * max(rows_scratch + tile_scratch + kt_scratch, 1))
+        bounds = <int*>cyf_scratch_bytes(2, sizeof(int) * 2 * _TILE_ROWS)
         if scratch == NULL or bounds == NULL:
             failed[0] = 1
         else:
@@ -946,7 +978,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                 if lk == 0:
                     _zero_block(dqp + <long>q_start[b] * lddq + h * d_k, lddq, lq, d_k)
                     continue
-                if _tiled(lq, lk):
+                if _tiled(lq, lk, kernels):
                     _zero_block(dkp + <long>k_start[b] * lddk + h * d_k, lddk, lk, d_k)
                     _zero_block(dvp + <long>k_start[b] * lddv + h * d_k, lddv, lk, d_k)
                     if kt != NULL:
@@ -976,8 +1008,7 @@ def attention_backward(const float[:, :] q, const float[:, :] k, const float[:, 
                                      dvp + <long>k_start[b] * lddv + h * d_k, lddv,
                                      lq, lk, d_k, pb.scale, causal, window, pb.mask_of(b), pb.ldm,
                                      scratch, scratch + (block + 3) * rows_lk, block, &mine)
-        free(scratch)
-        free(bounds)
+
     if failed[0]:
         raise MemoryError("attention_backward: could not allocate the score scratch")
 

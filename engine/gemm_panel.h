@@ -29,7 +29,7 @@
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
-#include <pthread.h>
+#include "scratch.h"
 #define CYF_PANEL_TARGET __attribute__((target("avx2,fma")))
 
 static int cyf_panel_ok(void) {
@@ -239,46 +239,9 @@ CYF_PANEL_TARGET static void cyf_panel_gemm(const float* xt, int M, const float*
     }
 }
 
-/* A per-thread scratch buffer of at least n floats, 64-byte aligned, kept between calls
- * (the pack of x is rewritten on every GEMM) and freed when the thread exits. */
-typedef struct { float* data; size_t size; } cyf_scratch_t;
-static pthread_key_t cyf_scratch_key;
-static int cyf_scratch_key_ok;
-static pthread_once_t cyf_scratch_once = PTHREAD_ONCE_INIT;
-
-static void cyf_scratch_free(void* p) {
-    cyf_scratch_t* s = (cyf_scratch_t*)p;
-    free(s->data);
-    free(s);
-}
-
-static void cyf_scratch_init(void) {
-    cyf_scratch_key_ok = pthread_key_create(&cyf_scratch_key, cyf_scratch_free) == 0;
-}
-
-/* NULL when out of memory (the caller then takes another path). */
-static float* cyf_scratch(size_t n) {
-    cyf_scratch_t* s;
-    pthread_once(&cyf_scratch_once, cyf_scratch_init);
-    if (!cyf_scratch_key_ok || n == 0) return NULL;
-    s = (cyf_scratch_t*)pthread_getspecific(cyf_scratch_key);
-    if (!s) {
-        s = (cyf_scratch_t*)calloc(1, sizeof *s);
-        if (!s || pthread_setspecific(cyf_scratch_key, s)) {
-            free(s);
-            return NULL;
-        }
-    }
-    if (s->size < n) {
-        void* p = NULL;
-        size_t want = n + n / 4;
-        if (posix_memalign(&p, 64, want * sizeof(float))) return NULL;
-        free(s->data);
-        s->data = (float*)p;
-        s->size = want;
-    }
-    return s->data;
-}
+/* A per-thread scratch buffer of at least n floats (scratch.h, slot 0): the pack of x is
+ * rewritten on every GEMM. NULL when out of memory (the caller then takes another path). */
+static float* cyf_scratch(size_t n) { return (float*)cyf_scratch_bytes(0, n * sizeof(float)); }
 
 #else  /* not x86-64 GCC/clang: no panel kernel */
 enum { CYF_PANEL_AVX2 = 0, CYF_PANEL_AVX512 = 1 };

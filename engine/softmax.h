@@ -54,7 +54,7 @@ CYF_INLINE int cyf_softmax_inplace(float* x, int n, int log) {
  * width keys of which a window or causal bound makes [lo, hi) visible). Entries equal to
  * -inf (masked) get 0. Returns 0 when no entry is finite (the row is all zeros). lse as in
  * cyf_softmax_lse (may be NULL). */
-CYF_CLONES static int cyf_softmax_range(float* x, int lo, int hi, int width, float* lse) {
+CYF_CLONES static int cyf_softmax_range_c(float* x, int lo, int hi, int width, float* lse) {
     if (lo > 0) memset(x, 0, sizeof(float) * (size_t)lo);
     if (width > hi) memset(x + hi, 0, sizeof(float) * (size_t)(width - hi));
     if (hi <= lo) {
@@ -70,7 +70,7 @@ CYF_CLONES static int cyf_softmax_range(float* x, int lo, int hi, int width, flo
  * at the start). x becomes exp(x - m_new) (0 outside [lo, hi) and where masked), *m and *l
  * are updated, and the factor exp(m_old - m_new) by which the row's earlier output must be
  * rescaled is returned (1 when nothing changed, 0 when no key was visible before). */
-CYF_CLONES static float cyf_softmax_online(float* x, int lo, int hi, int width, float* m, float* l) {
+CYF_CLONES static float cyf_softmax_online_c(float* x, int lo, int hi, int width, float* m, float* l) {
     int j, n = hi - lo;
     float mt = -INFINITY, s = 0.0f;
     if (lo > 0) memset(x, 0, sizeof(float) * (size_t)lo);
@@ -116,6 +116,135 @@ CYF_CLONES static void cyf_softmax_from_lse(float* x, int lo, int hi, int width,
 /* log_softmax (log != 0) or softmax of x[0:n] in place. */
 CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
     cyf_softmax_inplace(x, n, log);
+}
+
+/* ---- AVX-512 versions of the two attention forms above ----------------------------------
+ * Score rows are short (tens to hundreds of keys) and of any length: the compiler's
+ * vectorised loops end in a scalar loop whose exps cost as much as the vector part. These
+ * take the whole row in 16-float vectors, the last one masked. exp is cyf_expf's algorithm
+ * on 16 lanes (the same range reduction and polynomial; FMAs where the compiler forms them). */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define CYF_SM512 __attribute__((target("avx512f,avx2,fma")))
+
+CYF_SM512 static inline __m512 cyf_expf16(__m512 x) {
+    const __m512 lo = _mm512_set1_ps(-87.33654f);
+    __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), _mm512_set1_ps(88.72283f));
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 g = _mm512_fnmadd_ps(r, _mm512_set1_ps(0.693359375f), xc);
+    __m512 z, y;
+    __m512i bits;
+    g = _mm512_fnmadd_ps(r, _mm512_set1_ps(-2.12194440e-4f), g);
+    z = _mm512_mul_ps(g, g);
+    y = _mm512_set1_ps(1.9875691500E-4f);
+    y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(1.3981999507E-3f));
+    y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(8.3334519073E-3f));
+    y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(4.1665795894E-2f));
+    y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(1.6666665459E-1f));
+    y = _mm512_fmadd_ps(y, g, _mm512_set1_ps(5.0000001201E-1f));
+    y = _mm512_add_ps(_mm512_fmadd_ps(y, z, g), _mm512_set1_ps(1.0f));
+    bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(r), _mm512_set1_epi32(127)), 23);
+    /* below the range (masked scores included) exactly 0 */
+    return _mm512_maskz_mul_ps(_mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ), y, _mm512_castsi512_ps(bits));
+}
+
+#define CYF_SM_TAIL(n, j) ((n) - (j) >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << ((n) - (j))) - 1))
+
+/* max of y[0:n] (n > 0) */
+CYF_SM512 static inline float cyf_sm_max16(const float* y, int n) {
+    __m512 v = _mm512_set1_ps(-INFINITY);
+    int j;
+    for (j = 0; j < n; j += 16)
+        v = _mm512_max_ps(v, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), CYF_SM_TAIL(n, j), y + j));
+    return _mm512_reduce_max_ps(v);
+}
+
+/* y[0:n] <- exp(y - m); returns their sum */
+CYF_SM512 static inline float cyf_sm_exp16(float* y, int n, float m) {
+    __m512 s = _mm512_setzero_ps(), vm = _mm512_set1_ps(m);
+    int j;
+    for (j = 0; j < n; j += 16) {
+        __mmask16 k = CYF_SM_TAIL(n, j);
+        __m512 e = cyf_expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, y + j), vm));
+        e = _mm512_maskz_mov_ps(k, e);
+        _mm512_mask_storeu_ps(y + j, k, e);
+        s = _mm512_add_ps(s, e);
+    }
+    return _mm512_reduce_add_ps(s);
+}
+
+CYF_SM512 static float cyf_softmax_online_512(float* x, int lo, int hi, int width, float* m, float* l) {
+    int n = hi - lo;
+    float mt, m_old, m_new, alpha, s;
+    float* y = x + lo;
+    if (lo > 0) memset(x, 0, sizeof(float) * (size_t)lo);
+    if (width > hi) memset(x + hi, 0, sizeof(float) * (size_t)(width - hi));
+    if (n <= 0) return 1.0f;
+    mt = cyf_sm_max16(y, n);
+    if (!(mt > -INFINITY)) {
+        memset(y, 0, sizeof(float) * (size_t)n);
+        return 1.0f;
+    }
+    m_old = *m;
+    m_new = mt > m_old ? mt : m_old;
+    alpha = m_old > -INFINITY ? cyf_expf(m_old - m_new) : 0.0f;
+    s = cyf_sm_exp16(y, n, m_new);
+    *l = *l * alpha + s;
+    *m = m_new;
+    return alpha;
+}
+
+CYF_SM512 static int cyf_softmax_range_512(float* x, int lo, int hi, int width, float* lse) {
+    int n = hi - lo, j;
+    float mt, s, inv;
+    float* y = x + lo;
+    if (lo > 0) memset(x, 0, sizeof(float) * (size_t)lo);
+    if (width > hi) memset(x + hi, 0, sizeof(float) * (size_t)(width - hi));
+    if (n <= 0) {
+        if (lse) *lse = -INFINITY;
+        return 0;
+    }
+    mt = cyf_sm_max16(y, n);
+    if (!(mt > -INFINITY)) {
+        memset(y, 0, sizeof(float) * (size_t)n);
+        if (lse) *lse = -INFINITY;
+        return 0;
+    }
+    s = cyf_sm_exp16(y, n, mt);
+    inv = 1.0f / s;
+    for (j = 0; j < n; j += 16) {
+        __mmask16 k = CYF_SM_TAIL(n, j);
+        _mm512_mask_storeu_ps(y + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, y + j), _mm512_set1_ps(inv)));
+    }
+    if (lse) *lse = mt + logf(s);
+    return 1;
+}
+
+static int cyf_sm_avx512(void) {
+    static int known = -1;  /* the same answer from every thread: relaxed atomics suffice */
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#else
+static int cyf_sm_avx512(void) { return 0; }
+#define cyf_softmax_online_512 cyf_softmax_online_c
+#define cyf_softmax_range_512 cyf_softmax_range_c
+#endif
+
+/* the AVX-512 forms where the CPU has them (one answer per process: the same in every thread) */
+static __attribute__((unused)) float cyf_softmax_online(float* x, int lo, int hi, int width, float* m, float* l) {
+    return cyf_sm_avx512() ? cyf_softmax_online_512(x, lo, hi, width, m, l)
+                           : cyf_softmax_online_c(x, lo, hi, width, m, l);
+}
+
+static __attribute__((unused)) int cyf_softmax_range(float* x, int lo, int hi, int width, float* lse) {
+    return cyf_sm_avx512() ? cyf_softmax_range_512(x, lo, hi, width, lse) : cyf_softmax_range_c(x, lo, hi, width, lse);
 }
 
 #endif
