@@ -24,37 +24,63 @@ cdef inline void _insert(float* val, int64_t* idx, int k, float v, int64_t j) no
     idx[p] = j
 
 
-cdef void _topk_row(const float* row, long n, int k, float* val, int64_t* idx) noexcept nogil:
-    cdef long j, c, end
+cdef void _topk_row(const float* row, long n, int k, float* val, int64_t* idx,
+                    const float* offset, long seg) noexcept nogil:
+    # offset != NULL: entry j counts as row[j] + offset[j // seg] (one float addition, as
+    # NumPy's), so a caller need not write the sums out first
+    cdef long j, c, end, s0
     cdef int filled = 0
-    cdef float m, thr
+    cdef float m, thr, o = 0.0
     for c in range(k):
         val[c] = -INFINITY
         idx[c] = -1
     # the first k entries fill the list, so every slot holds a real index even if all are -inf
     for j in range(min(<long>k, n)):
-        _insert(val, idx, filled + 1, row[j], j)
+        if offset != NULL:
+            o = offset[j // seg]
+        _insert(val, idx, filled + 1, row[j] + o, j)
         filled += 1
     j = min(<long>k, n)
     while j < n:
         end = min(j + 16, n)
+        if offset != NULL:  # chunks end at segment boundaries: one offset per chunk
+            s0 = j // seg
+            end = min(end, (s0 + 1) * seg)
+            o = offset[s0]
         thr = val[k - 1]
         m = -INFINITY
         for c in range(j, end):
             if row[c] > m:
                 m = row[c]
-        if m > thr:
+        # rounding is monotone: max(row) + o is the max of the sums
+        if m + o > thr:
             for c in range(j, end):
-                if row[c] > val[k - 1]:
-                    _insert(val, idx, k, row[c], c)
+                if row[c] + o > val[k - 1]:
+                    _insert(val, idx, k, row[c] + o, c)
         j = end
 
 
-def topk(const float[:, ::1] scores, int k, int n_threads=1):
-    """(values [R, k] float32, indices [R, k] int64) of each row's k largest, best first."""
+def topk(const float[:, ::1] scores, int k, int n_threads=1, offsets=None):
+    """(values [R, k] float32, indices [R, k] int64) of each row's k largest, best first.
+
+    ``offsets`` [R, S] (float32): row r is S segments of N / S entries, and entry j of
+    segment s counts as scores[r, j] + offsets[r, s] (beam search: the beams' running
+    scores added to their log-probabilities without writing the sums)."""
     cdef Py_ssize_t rows = scores.shape[0], n = scores.shape[1], r
+    cdef const float[:, ::1] ov
+    cdef const float* op = NULL
+    cdef long seg = 1, ldo = 0
     if k < 1 or k > n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    if offsets is not None:
+        ov = offsets
+        if ov.shape[0] != rows or ov.shape[1] < 1 or n % ov.shape[1]:
+            raise ValueError(f"offsets must be [{rows}, S] with S dividing {n}, got "
+                             f"[{ov.shape[0]}, {ov.shape[1]}]")
+        seg = n // ov.shape[1]
+        ldo = ov.shape[1]
+        if rows:
+            op = &ov[0, 0]
     values = np.empty((rows, k), dtype=np.float32)
     indices = np.empty((rows, k), dtype=np.int64)
     cdef float[:, ::1] vv = values
@@ -63,5 +89,5 @@ def topk(const float[:, ::1] scores, int k, int n_threads=1):
         return values, indices
     with nogil:
         for r in prange(rows, num_threads=max(1, n_threads), schedule='static'):
-            _topk_row(&scores[r, 0], n, k, &vv[r, 0], &iv[r, 0])
+            _topk_row(&scores[r, 0], n, k, &vv[r, 0], &iv[r, 0], op + r * ldo if op != NULL else NULL, seg)
     return values, indices

@@ -636,9 +636,9 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
             lim = prefix.limit[active]
             _mask_rows(logp, np.repeat(gen, K), np.repeat(lim, K), opts, config)
             forced = gen < 0
-        # running score + log p, in place in the step's logits buffer: [n, K * V]
-        logp.reshape(n, K, V)[...] += run_scores[active][:, :, None]
-        cand_vals, cand = topk(logp.reshape(n, K * V), 2 * K, threads.get_num_threads())   # [n, 2K] best first
+        # running score + log p over [n, K * V], summed inside topk (not written out)
+        cand_vals, cand = topk(logp.reshape(n, K * V), 2 * K, threads.get_num_threads(),
+                               offsets=np.ascontiguousarray(run_scores[active]))   # [n, 2K] best first
         parent = cand // V
         tok = (cand % V).astype(np.int32)
         if gen is None:
