@@ -10,8 +10,11 @@ One run of this script
    float32 model, and checks that CTranslate2, transformers and cyformer agree on greedy
    output for two sources (a warning is printed if they do not);
 2. times translating sources of 32 random token ids into exactly 64 generated tokens for
-   every model x batch x mode (greedy, beam 4) x thread count, with each engine in its own
-   subprocess (``decode_compare.py --worker ENGINE ...``, one JSON line on stdout);
+   every model x batch x mode (greedy, beam 4) x thread count, and the encoder alone over
+   64-token sources (mode "encode"; CTranslate2 has no encoder call, so its figure is
+   translate_batch with max_decoding_length=1: the encoder and one greedy step), with each
+   engine in its own subprocess (``decode_compare.py --worker ENGINE ...``, one JSON line
+   on stdout);
 3. prints a markdown table of output tokens per second (batch x 64 / median seconds per
    call) with the cyformer/CT2 and cyformer/HF ratios, and whether the engines' outputs
    agree with cyformer's.
@@ -80,7 +83,10 @@ UNK = 1
 SRC_LEN = 32
 GEN_LEN = 64
 SEED = 0
-MODES = {"greedy": 1, "beam4": 4}
+MODES = {"greedy": 1, "beam4": 4, "encode": 0}
+# "encode": the encoder alone over ENC_LEN-token sources (CTranslate2 has no encoder call: its
+# time is translate_batch with max_decoding_length=1, the encoder and one greedy step)
+ENC_LEN = 64
 ENGINES = ("cyformer", "ct2", "hf")
 ENGINE_NAMES = {"cyformer": "cyformer", "ct2": "CTranslate2", "hf": "transformers"}
 DEFAULT_WORK_DIR = "/tmp/cyformer-decode-bench"
@@ -279,14 +285,16 @@ def worker_cyformer(a) -> Dict:
     model = cyformer.Transformer.from_pretrained(a.model_dir, compute_type=a.compute_type)
     out = []
     for batch, mode in _cases(a):
-        src = source_ids(batch, a.src_len)
+        src = source_ids(batch, ENC_LEN if mode == "encode" else a.src_len)
 
         def call():
+            if mode == "encode":
+                return model.encode(src)
             return model.generate(src, beam_size=MODES[mode], min_length=a.min_length,
                                   max_length=a.max_length, num_hypotheses=1, return_scores=False)
         first, times = _time(call, a.repeat, a.warmup)
         out.append(dict(batch=batch, mode=mode, times=times,
-                        sequences=[r.sequences[0] for r in first]))
+                        sequences=[] if mode == "encode" else [r.sequences[0] for r in first]))
     return dict(engine="cyformer", version=cyformer.__version__, blas=blas_description(),
                 threads=a.threads, compute_type=model.compute_type,
                 kernel=kernel_names()[model.compute_type], cases=out)
@@ -304,9 +312,11 @@ def worker_ct2(a) -> Dict:
                                         intra_threads=intra, inter_threads=1)
     out = []
     for batch, mode in _cases(a):
-        tokens = [[pieces[i] for i in s] for s in source_ids(batch, a.src_len)]
+        tokens = [[pieces[i] for i in s] for s in source_ids(batch, ENC_LEN if mode == "encode" else a.src_len)]
 
         def call():
+            if mode == "encode":
+                return translator.translate_batch(tokens, beam_size=1, max_decoding_length=1, max_batch_size=0)
             return translator.translate_batch(tokens, beam_size=MODES[mode],
                                               min_decoding_length=a.min_length,
                                               max_decoding_length=a.max_length,
@@ -314,7 +324,8 @@ def worker_ct2(a) -> Dict:
                                               return_end_token=True)
         first, times = _time(call, a.repeat, a.warmup)
         out.append(dict(batch=batch, mode=mode, times=times,
-                        sequences=[[vocab.get(p, UNK) for p in r.hypotheses[0]] for r in first]))
+                        sequences=[] if mode == "encode" else
+                        [[vocab.get(p, UNK) for p in r.hypotheses[0]] for r in first]))
     return dict(engine="ct2", version=ctranslate2.__version__, threads=a.threads,
                 intra_threads=intra, compute_type=translator.compute_type, cases=out)
 
@@ -328,8 +339,15 @@ def worker_hf(a) -> Dict:
     model = MarianMTModel.from_pretrained(a.model_dir).eval()
     out = []
     for batch, mode in _cases(a):
-        ids = torch.tensor(source_ids(batch, a.src_len), dtype=torch.long)
+        ids = torch.tensor(source_ids(batch, ENC_LEN if mode == "encode" else a.src_len), dtype=torch.long)
         mask = torch.ones_like(ids)
+        if mode == "encode":
+            def encode():
+                with torch.inference_mode():
+                    return model.get_encoder()(input_ids=ids, attention_mask=mask)
+            first, times = _time(encode, a.repeat, a.warmup)
+            out.append(dict(batch=batch, mode=mode, times=times, sequences=[]))
+            continue
 
         def call():
             with torch.inference_mode():
@@ -544,9 +562,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             for mode in a.modes:
                 for nt in a.threads:
                     got = {e: results.get((name, nt, e), {}).get((batch, mode)) for e in a.engines}
-                    rate = {e: (batch * GEN_LEN / c["median"] if c else None) for e, c in got.items()}
+                    n_tok = ENC_LEN if mode == "encode" else GEN_LEN
+                    rate = {e: (batch * n_tok / c["median"] if c else None) for e, c in got.items()}
                     for e, c in got.items():
-                        if c is None:
+                        if c is None or mode == "encode":
                             continue
                         lengths = sorted({len(s) for s in c["sequences"]})
                         if lengths != [GEN_LEN]:
@@ -559,11 +578,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         tried = ct2c["tried"]
                         intra = str(ct2c["intra"])
                         if len(tried) > 1:
-                            intra += " (" + ", ".join(f"{k}: {batch * GEN_LEN / v:.0f}"
+                            intra += " (" + ", ".join(f"{k}: {batch * n_tok / v:.0f}"
                                                       for k, v in sorted(tried.items())) + ")"
                     agree = []
                     cyc = got.get("cyformer")
-                    if cyc:
+                    if cyc and mode != "encode":
                         n = len(cyc["sequences"])
                         if got.get("hf"):
                             agree.append(f"HF {compare_outputs(cyc['sequences'], got['hf']['sequences'])}/{n}")
@@ -589,6 +608,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"median seconds per call",
         f"- median of {a.repeat} calls after {a.warmup} warm-up call(s); each engine in its own process",
         f"- cyformer BLAS: {blas or 'n/a'}; OPENBLAS_CORETYPE: {coretype}",
+        f"- mode encode: the encoder over {ENC_LEN}-token sources, tok/s = batch x {ENC_LEN} / median seconds "
+        "(CTranslate2: translate_batch with max_decoding_length=1, i.e. the encoder and one greedy step)",
         "- CT2 intra_threads: the setting kept (at T > 1 both 1 and T are tried; tok/s of each in brackets)",
         "- outputs vs cyformer: sequences identical to cyformer's (HF: all 64 tokens; CT2: first 63)",
         f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; total run time {elapsed:.0f} s",
