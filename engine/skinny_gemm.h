@@ -24,9 +24,9 @@ CYF_INLINE void cyf_dot3x3(const float* x0, const float* x1, const float* x2, co
     cyf_v8 a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0}, a20 = {0}, a21 = {0}, a22 = {0};
     for (k = 0; k < K8; k += 8) {
         if (pf && !(k & 15)) {
-            __builtin_prefetch(pf + k, 0, 3);
-            __builtin_prefetch(pf + ldpf + k, 0, 3);
-            __builtin_prefetch(pf + 2 * ldpf + k, 0, 3);
+            __builtin_prefetch(pf + k, 0, 2);
+            __builtin_prefetch(pf + ldpf + k, 0, 2);
+            __builtin_prefetch(pf + 2 * ldpf + k, 0, 2);
         }
         cyf_v8 u0 = *(const cyf_v8u*)(w0 + k), u1 = *(const cyf_v8u*)(w1 + k), u2 = *(const cyf_v8u*)(w2 + k);
         cyf_v8 v0 = *(const cyf_v8u*)(x0 + k), v1 = *(const cyf_v8u*)(x1 + k), v2 = *(const cyf_v8u*)(x2 + k);
@@ -44,12 +44,18 @@ CYF_INLINE void cyf_dot3x3(const float* x0, const float* x1, const float* x2, co
     }
 }
 
-/* the same for 2 x-rows (acc[3 * i + j], i < 2): the tail of a block of rows */
+/* the same for 2 x-rows (acc[3 * i + j], i < 2): the tail of a block of rows, or all of
+ * them (M = 2, 4: beam search over one sentence), so it prefetches as cyf_dot3x3 does */
 CYF_INLINE void cyf_dot2x3(const float* x0, const float* x1, const float* w0, const float* w1,
-                           const float* w2, int K, float acc[9]) {
+                           const float* w2, int K, float acc[9], const float* pf, long ldpf) {
     int k, K8 = K & ~7;
     cyf_v8 a00 = {0}, a01 = {0}, a02 = {0}, a10 = {0}, a11 = {0}, a12 = {0};
     for (k = 0; k < K8; k += 8) {
+        if (pf && !(k & 15)) {
+            __builtin_prefetch(pf + k, 0, 2);
+            __builtin_prefetch(pf + ldpf + k, 0, 2);
+            __builtin_prefetch(pf + 2 * ldpf + k, 0, 2);
+        }
         cyf_v8 u0 = *(const cyf_v8u*)(w0 + k), u1 = *(const cyf_v8u*)(w1 + k), u2 = *(const cyf_v8u*)(w2 + k);
         cyf_v8 v0 = *(const cyf_v8u*)(x0 + k), v1 = *(const cyf_v8u*)(x1 + k);
         a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2;
@@ -105,6 +111,13 @@ CYF_INLINE void cyf_skinny_store(float* out, long ldo, const float* bias, int n,
     }
 }
 
+/* How many blocks of 3 weight rows ahead the multi-row path prefetches: one block ahead is
+ * too close to hide the memory's latency when the matrix streams from memory (the vocabulary
+ * projection in beam search). */
+#ifndef CYF_SKINNY_AHEAD
+#define CYF_SKINNY_AHEAD 2
+#endif
+
 /* out[0:M, n0:n1] (+)= x[0:M, 0:K] w[n0:n1, 0:K]^T (+ bias); rows ldx / ldw / ldo floats apart */
 CYF_CLONES static void cyf_skinny_gemm(const float* x, long ldx, const float* w, long ldw,
                                        const float* bias, float* out, long ldo, int M,
@@ -137,9 +150,10 @@ CYF_CLONES static void cyf_skinny_gemm(const float* x, long ldx, const float* w,
             const float* x0 = x + (long)m * ldx;
             if (mb == 3) {
                 cyf_dot3x3(x0, x0 + ldx, x0 + 2 * ldx, w0, w1, w2, K, acc,
-                           m == 0 && n + 6 <= n1 ? w + (long)(n + 3) * ldw : NULL, ldw);
+                           m == 0 && n + 3 * CYF_SKINNY_AHEAD + 3 <= n1 ? w + (long)(n + 3 * CYF_SKINNY_AHEAD) * ldw : NULL, ldw);
             } else {
-                cyf_dot2x3(x0, x0 + ldx, w0, w1, w2, K, acc);
+                cyf_dot2x3(x0, x0 + ldx, w0, w1, w2, K, acc,
+                           m == 0 && n + 3 * CYF_SKINNY_AHEAD + 3 <= n1 ? w + (long)(n + 3 * CYF_SKINNY_AHEAD) * ldw : NULL, ldw);
             }
             cyf_skinny_store(out + (long)m * ldo, ldo, bias, n, acc, mb, nb, 3, accumulate);
             m += mb;
