@@ -368,3 +368,14 @@ def test_encoder_saves_and_maps_its_quantized_form(tmp_path, compute_type):
     assert model_mod.file_mapped(loaded.embeddings.stored.data)
     np.testing.assert_array_equal(loaded.forward(ids), got)
     np.testing.assert_array_equal(loaded.classify(ids), enc.classify(ids))
+
+
+def test_new_values_replace_the_stored_forms():
+    # init_parameters rewrites every float32 value: the int8 forms are derived again from them
+    model = Transformer(_config(), seed=0)
+    model.set_compute_type("int8")
+    model.init_parameters(seed=5)
+    other = Transformer(_config(), seed=5)
+    other.set_compute_type("int8")
+    src, tgt = _batch()
+    np.testing.assert_array_equal(model.forward(src, tgt), other.forward(src, tgt))

@@ -680,6 +680,9 @@ class ParameterOwner:
                 view[...] = self._stored[name].dequantize()
         self._float_pending = self._float_pending - todo
         self._released = self._released - todo
+        # a source in memory (a file read without mmap) is dropped once copied; a mapped one costs
+        # no memory and stays, for the next time the float32 pages are released
+        self._float_source = {n: v for n, v in self._float_source.items() if n not in todo or v[1]}
 
     def _release_float(self) -> None:
         # give the pages of the converted matrices' float32 copies back to the system; their
@@ -864,7 +867,6 @@ class ParameterOwner:
 
     def init_parameters(self, seed: Optional[int] = 0) -> None:
         """Each tensor from its declared initialiser, drawn in buffer order."""
-        self._weights_changed()   # every value is replaced: nothing pending, nothing from a file
         rng = np.random.default_rng(seed)
         d = self.config.d_model
         for spec in self.weight_specs:
@@ -882,6 +884,7 @@ class ParameterOwner:
                 v[...] = 0.0
             else:
                 raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
+        self._weights_changed()   # every value replaced: nothing pending or from a file, forms again
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         return self.parameters()
