@@ -615,6 +615,8 @@ class ParameterOwner:
                 near = next((n for n in side if n in storable), None)
                 if near is not None:
                     release_pages(old[near])
+        for name in storable:   # and any page mapped further away: nothing reads the map from here on
+            release_pages(old[name])
         self._float_source = {name: ([(0, old[name])], True) for name in storable}
         self._float_pending = frozenset(storable)
         self._released = frozenset()
