@@ -27,7 +27,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 from decode_compare import DEFAULT_WORK_DIR, child_env, ensure_checkpoint  # noqa: E402
 
-PROBE = textwrap.dedent('''
+# The probes' shared part: mem() reads this process's resident memory (VmRSS, and the peak
+# VmHWM) in MiB; ct2_translate runs CTranslate2's greedy batch over ids through its vocabulary.
+PROBE_HEAD = textwrap.dedent('''
     import json, os, sys, time
     def mem():
         out = {}
@@ -36,6 +38,13 @@ PROBE = textwrap.dedent('''
                 if line.startswith(("VmRSS:", "VmHWM:")):
                     out[line.split(":")[0]] = int(line.split()[1]) / 1024
         return out
+    def ct2_translate(tr, model_dir, src):
+        vocab = json.load(open(os.path.join(model_dir, "shared_vocabulary.json")))
+        toks = [[vocab[i] for i in row] for row in src.tolist()]
+        tr.translate_batch(toks, beam_size=1, max_decoding_length=32, min_decoding_length=32)
+''')
+
+PROBE = PROBE_HEAD + textwrap.dedent('''
     engine, model_dir, phase = sys.argv[1], sys.argv[2], sys.argv[3]
     base = mem()
     t0 = time.perf_counter()
@@ -60,9 +69,7 @@ PROBE = textwrap.dedent('''
         elif engine == "ct2":
             tr = ctranslate2.Translator(model_dir, device="cpu", intra_threads=1)
             result["rss_loaded_mb"] = mem()["VmRSS"]
-            vocab = json.load(open(os.path.join(model_dir, "shared_vocabulary.json")))
-            toks = [[vocab[i] for i in row] for row in src.tolist()]
-            tr.translate_batch(toks, beam_size=1, max_decoding_length=32, min_decoding_length=32)
+            ct2_translate(tr, model_dir, src)
         else:
             torch.set_num_threads(1)
             model = transformers.MarianMTModel.from_pretrained(model_dir).eval()
@@ -75,14 +82,19 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-def probe(engine: str, model_dir: str, phase: str, env) -> Optional[Dict]:
-    proc = subprocess.run([sys.executable, "-c", PROBE, engine, model_dir, phase], capture_output=True, text=True,
-                          env=env)
+def run_probe(script: str, args: List[str], env) -> Optional[Dict]:
+    """Run ``script`` in a fresh process with ``args``; its last stdout line as JSON (None when
+    the engine is not installed)."""
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         if "ModuleNotFoundError" in proc.stderr:
             return None
-        raise RuntimeError(f"{engine} {phase} failed:\n{proc.stderr[-1500:]}")
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr[-1500:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def probe(engine: str, model_dir: str, phase: str, env) -> Optional[Dict]:
+    return run_probe(PROBE, [engine, model_dir, phase], env)
 
 
 def cyformer_checkpoint(hf_dir: str, work_dir: str) -> str:

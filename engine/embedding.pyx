@@ -4,11 +4,13 @@
 ``embedding_forward(ids, positions, table, pos_table, scale, out)``:
 ``out[i] = table[ids[i]] * scale + pos_table[positions[i]]`` over packed tokens.
 ``pos_table`` is a learned table or a precomputed sinusoidal one (see
-``sinusoidal_table``); ``None`` adds nothing. Ids and positions are range-checked
+``sinusoidal_table``); ``None`` adds nothing. ``embedding_forward_int8`` and
+``embedding_forward_bf16`` read a quantized table (int8 rows with a float32 scale each, or
+bf16 rows) and dequantize the looked-up rows only, into the float32 activations. Ids and positions are range-checked
 before the parallel loop, so a bad id raises instead of reading out of bounds.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t
+from libc.stdint cimport int8_t, int32_t, uint16_t
 from libc.math cimport sin, cos, pow
 
 cdef extern from "omp_compat.h" nogil:
@@ -17,12 +19,18 @@ cdef extern from "omp_compat.h" nogil:
 import numpy as np
 
 
-def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
-                      const float[:, ::1] table, pos_table, float scale,
-                      float[:, ::1] out, int n_threads=1):
-    """ids, positions: [N] int32; table: [V, d]; pos_table: [P, d] or None; out: [N, d]."""
+cdef extern from "embedding_rows.h" nogil:
+    void cyf_embed_row_i8(const int8_t* q, float f, const float* p, float* o, int d)
+    void cyf_embed_row_i8_packed(const int8_t* q, float f, const float* p, float* o, int d)
+    void cyf_embed_row_bf16(const uint16_t* b, float f, const float* p, float* o, int d)
+
+
+cdef const float* _check_lookup(const int32_t[::1] ids, const int32_t[::1] positions, Py_ssize_t vocab,
+                                Py_ssize_t d, pos_table, float[:, ::1] out) except? NULL:
+    """Shapes and ranges of a lookup (before any parallel loop, so a bad id raises instead of
+    reading out of bounds); the position table's first row, or NULL without one (or empty)."""
     cdef Py_ssize_t n = ids.shape[0], i, bad = -1
-    cdef int d = table.shape[1], vocab = table.shape[0], j, max_pos = 0
+    cdef int max_pos = 0
     cdef const float[:, ::1] pt
     cdef const float* pp = NULL
     cdef int32_t t
@@ -53,6 +61,16 @@ def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
         if bad >= 0:
             raise ValueError(f"position {positions[bad]} is outside the table's [0, {max_pos}); "
                              f"the sequence is longer than max_len")
+    return pp
+
+
+def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
+                      const float[:, ::1] table, pos_table, float scale,
+                      float[:, ::1] out, int n_threads=1):
+    """ids, positions: [N] int32; table: [V, d]; pos_table: [P, d] or None; out: [N, d]."""
+    cdef Py_ssize_t n = ids.shape[0], i
+    cdef int d = table.shape[1]
+    cdef const float* pp = _check_lookup(ids, positions, table.shape[0], d, pos_table, out)
     if n == 0 or d == 0:
         return
     cdef const float* tp = &table[0, 0]
@@ -61,6 +79,70 @@ def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
         for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
             _embed_row(tp + <long>ids[i] * d, pp + <long>positions[i] * d if pp != NULL else NULL,
                        scale, op + i * d, d)
+
+
+def embedding_forward_int8(const int32_t[::1] ids, const int32_t[::1] positions,
+                           const int8_t[:, ::1] table, const float[::1] row_scale, pos_table,
+                           float scale, float[:, ::1] out, int n_threads=1):
+    """``embedding_forward`` over an int8 table [V, d] with one float32 scale per row [V]:
+    ``out[i] = table[ids[i]] * (row_scale[ids[i]] * scale) + pos_table[positions[i]]``, the
+    two scales folded into one float32 (the product and the sum rounded separately)."""
+    cdef Py_ssize_t n = ids.shape[0], i
+    cdef int d = table.shape[1]
+    if row_scale.shape[0] != table.shape[0]:
+        raise ValueError(f"row_scale must have one entry per table row ({table.shape[0]}), "
+                         f"got {row_scale.shape[0]}")
+    cdef const float* pp = _check_lookup(ids, positions, table.shape[0], d, pos_table, out)
+    if n == 0 or d == 0:
+        return
+    cdef const int8_t* tp = &table[0, 0]
+    cdef const float* sp = &row_scale[0]
+    cdef float* op = &out[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
+            cyf_embed_row_i8(tp + <long>ids[i] * d, sp[ids[i]] * scale,
+                             pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
+
+
+def embedding_forward_int8_packed(const int32_t[::1] ids, const int32_t[::1] positions,
+                                  const int8_t[:, ::1] packed, const float[::1] row_scale, int d, pos_table,
+                                  float scale, float[:, ::1] out, int n_threads=1):
+    """``embedding_forward_int8`` over the table [V, d] (V = len(row_scale)) as
+    ``quant.pack_int8`` packs it for the int8 GEMM: a tied output projection and the lookup
+    read one copy."""
+    cdef Py_ssize_t n = ids.shape[0], i
+    cdef long v = row_scale.shape[0], ldp = ((d + 3) // 4) * 64
+    if packed.shape[0] != (v + 15) // 16 or (v and packed.shape[1] != ldp):
+        raise ValueError(f"packed table is [{packed.shape[0]}, {packed.shape[1]}], expected "
+                         f"[{(v + 15) // 16}, {ldp}] for {v} rows of {d}")
+    cdef const float* pp = _check_lookup(ids, positions, v, d, pos_table, out)
+    if n == 0 or d == 0:
+        return
+    cdef const int8_t* tp = &packed[0, 0]
+    cdef const float* sp = &row_scale[0]
+    cdef float* op = &out[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
+            cyf_embed_row_i8_packed(tp + (ids[i] // 16) * ldp + (ids[i] % 16) * 4, sp[ids[i]] * scale,
+                                    pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
+
+
+def embedding_forward_bf16(const int32_t[::1] ids, const int32_t[::1] positions,
+                           const uint16_t[:, ::1] table, pos_table, float scale,
+                           float[:, ::1] out, int n_threads=1):
+    """``embedding_forward`` over a bf16 table [V, d] (uint16 bits): ``out[i] =
+    float(table[ids[i]]) * scale + pos_table[positions[i]]``."""
+    cdef Py_ssize_t n = ids.shape[0], i
+    cdef int d = table.shape[1]
+    cdef const float* pp = _check_lookup(ids, positions, table.shape[0], d, pos_table, out)
+    if n == 0 or d == 0:
+        return
+    cdef const uint16_t* tp = &table[0, 0]
+    cdef float* op = &out[0, 0]
+    with nogil:
+        for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
+            cyf_embed_row_bf16(tp + <long>ids[i] * d, scale,
+                               pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
 
 
 cdef void _embed_row(const float* e, const float* p, float scale, float* o, int d) noexcept nogil:

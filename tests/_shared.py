@@ -93,6 +93,12 @@ class one_blas_thread:
             self._ctx.__exit__(*exc)
 
 
+def max_rel_err(got, want) -> float:
+    """The largest difference relative to the largest value of ``want`` (whole-model outputs of a
+    quantized model against float32)."""
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
 def bad_input_params(cases):
     """(id, call, exception, message pattern) rows -> parameters of a bad-input test."""
     return [pytest.param(*case[1:], id=case[0]) for case in cases]

@@ -13,7 +13,7 @@ from cyformer._engine import quant
 from cyformer.layers import Linear
 from cyformer.layers.linear import StoredWeight, resolve_compute_type
 
-from _shared import f32, make_rng
+from _shared import f32, make_rng, max_rel_err
 
 # Logits of a small seeded model against its float32 self, relative to the largest logit:
 # int8 rounds every weight and activation to 1/254 of its row's range, bf16 to 2^-9.
@@ -38,10 +38,6 @@ def _batch(seed=0):
     src = [list(rng.integers(3, 61, n)) for n in (9, 5, 12)]
     tgt = [[1] + list(rng.integers(3, 61, n - 1)) for n in (7, 4, 10)]
     return src, tgt
-
-
-def _rel_err(got, want):
-    return float(np.abs(got - want).max() / np.abs(want).max())
 
 
 # --------------------------------------------------------------------------------------
@@ -138,9 +134,11 @@ def test_every_linear_layer_is_converted(compute_type, tied):
     assert len(layers) == 2 * 6 + 2 * (2 * 4 + 2) + 1
     assert all(lin.compute_type == compute_type for lin in layers)
     assert model.generator in layers and model.generator.stored is not None
-    # the embedding lookup keeps the float32 table (a tied projection has its own converted copy)
-    assert model.tgt_embed.tokens.dtype == np.float32
-    np.testing.assert_array_equal(model["decoder.embed_tokens.weight"], table)
+    # the lookups read the tables in the same form; a tied projection reads the lookup's one matrix
+    assert model.src_embed.compute_type == model.tgt_embed.compute_type == compute_type
+    assert (model.generator.stored is model.tgt_embed.stored) == tied
+    assert model._stored["decoder.embed_tokens.weight"] is model.tgt_embed.stored
+    np.testing.assert_array_equal(model.tgt_embed.stored.data, StoredWeight.quantize(table, compute_type).data)
 
 
 @pytest.mark.parametrize("compute_type", COMPUTE_TYPES)
@@ -151,8 +149,8 @@ def test_model_logits_close_to_float32(compute_type):
     enc = model.encode(src)
     model.set_compute_type(compute_type, keep_float32=True)
     got = model.forward(src, tgt)
-    assert 0 < _rel_err(got, want) < RTOL[compute_type]
-    assert _rel_err(model.encode(src), enc) < RTOL[compute_type]
+    assert 0 < max_rel_err(got, want) < RTOL[compute_type]
+    assert max_rel_err(model.encode(src), enc) < RTOL[compute_type]
     model.set_compute_type("float32")   # the float32 weights were kept: exactly the model again
     np.testing.assert_array_equal(model.forward(src, tgt), want)
 
@@ -247,12 +245,12 @@ def test_encoder_compute_type(tmp_path):
     want = enc.forward(ids)
     enc.set_compute_type("int8", keep_float32=True)
     assert all(lin.compute_type == "int8" for lin in enc.linear_layers()) and enc.linear_layers()
-    assert _rel_err(enc.forward(ids), want) < INT8_LOGITS_RTOL
+    assert max_rel_err(enc.forward(ids), want) < INT8_LOGITS_RTOL
     enc.set_compute_type("float32")
     enc.save_pretrained(str(tmp_path))
     loaded = Encoder.from_pretrained(str(tmp_path), compute_type="int8")
     assert loaded.compute_type == "int8"
-    assert _rel_err(loaded.forward(ids), want) < INT8_LOGITS_RTOL
+    assert max_rel_err(loaded.forward(ids), want) < INT8_LOGITS_RTOL
 
 
 # --------------------------------------------------------------------------------------
@@ -271,7 +269,7 @@ def test_from_pretrained_compute_type(tmp_path):
     np.testing.assert_array_equal(q.forward(src, tgt), model.forward(src, tgt))
     auto = Transformer.from_pretrained(str(tmp_path), compute_type="auto")
     assert auto.compute_type == resolve_compute_type("auto")
-    assert _rel_err(q.forward(src, tgt), want) < INT8_LOGITS_RTOL
+    assert max_rel_err(q.forward(src, tgt), want) < INT8_LOGITS_RTOL
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +369,9 @@ def test_quantized_checkpoint_round_trip(tmp_path, compute_type, tied):
     code = {"int8": "I8", "bfloat16": "BF16"}[compute_type]
     assert safetensors_metadata(path)["compute_type"] == compute_type
     stored = set(model.storable_matrices())
-    assert len(stored) == 2 * 4 + 2 * 6 + (0 if tied else 1)   # the tied table stays float32
+    # every linear matrix, the source and target tables (a tied projection reads the target's)
+    assert len(stored) == 2 * 4 + 2 * 6 + 2 + (0 if tied else 1)
+    assert {"encoder.embed_tokens.weight", "decoder.embed_tokens.weight"} <= stored
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -406,7 +406,7 @@ def test_quantized_checkpoint_round_trip(tmp_path, compute_type, tied):
     f = Transformer.from_pretrained(str(tmp_path), compute_type="float32")
     assert f.compute_type == "float32"
     ref = Transformer(_config(tie_output=tied), seed=6).forward(src, tgt)
-    assert _rel_err(f.forward(src, tgt), ref) < RTOL[compute_type]
+    assert max_rel_err(f.forward(src, tgt), ref) < RTOL[compute_type]
 
 
 def _bases(a):

@@ -181,3 +181,106 @@ def test_bad_input_leaves_no_partial_embedding():
 def test_embedding_position_past_empty_pos_table():
     with pytest.raises(ValueError, match="position"):
         _emb(positions=(0, 7), P=0)()
+
+
+# --------------------------------------------------------------------------------------
+# quantized tables: int8 rows with a scale each, bf16 rows
+# --------------------------------------------------------------------------------------
+
+def _quantized_case(n, vocab, d, n_pos, seed):
+    from cyformer._engine import quant
+
+    rng = make_rng("emb-q", n, vocab, d, n_pos, seed)
+    w = f32(rng.standard_normal((vocab, d)))
+    w[vocab // 2] = 0.0   # an all-zero row (scale 0)
+    ids = rng.integers(0, vocab, n).astype(np.int32)
+    ids[0] = vocab - 1
+    positions = rng.integers(0, n_pos, n).astype(np.int32)
+    pos_table = f32(rng.standard_normal((n_pos, d)))
+    q, s = quant.quantize_rows(w)
+    return w, q, s, quant.to_bfloat16(w), ids, positions, pos_table
+
+
+@pytest.mark.parametrize("n,vocab,d,n_pos", [(1, 1, 1, 1), (9, 13, 7, 12), (40, 50, 33, 64), (300, 97, 512, 40)])
+@pytest.mark.parametrize("with_pos", [True, False], ids=["pos", "nopos"])
+def test_int8_embedding_is_numpy_dequantization_exactly(n, vocab, d, n_pos, with_pos):
+    from cyformer._engine import quant
+
+    _, q, s, _, ids, positions, pos_table = _quantized_case(n, vocab, d, n_pos, 0)
+    pos_table = pos_table if with_pos else None
+    scale = np.float32(math.sqrt(d))
+    # the row scale and the embedding scale folded into one float32, then one rounding per step
+    want = q[ids].astype(np.float32) * (s[ids] * scale)[:, None]
+    if pos_table is not None:
+        want = want + pos_table[positions]
+    for nt in (1, 2, 3):
+        out = np.full((n, d), np.nan, np.float32)
+        embedding.embedding_forward_int8(ids, positions, q, s, pos_table, scale, out, nt)
+        np.testing.assert_array_equal(out, want)
+        # the same table packed for the int8 GEMM (a tied output projection's layout)
+        out[...] = np.nan
+        embedding.embedding_forward_int8_packed(ids, positions, quant.pack_int8(q), s, d, pos_table, scale, out, nt)
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("n,vocab,d,n_pos", [(1, 1, 1, 1), (40, 50, 33, 64), (300, 97, 512, 40)])
+@pytest.mark.parametrize("with_pos", [True, False], ids=["pos", "nopos"])
+def test_bf16_embedding_is_numpy_widening_exactly(n, vocab, d, n_pos, with_pos):
+    from cyformer._engine import quant
+
+    _, _, _, b, ids, positions, pos_table = _quantized_case(n, vocab, d, n_pos, 1)
+    pos_table = pos_table if with_pos else None
+    scale = np.float32(math.sqrt(d))
+    want = quant.from_bfloat16(b)[ids] * scale
+    if pos_table is not None:
+        want = want + pos_table[positions]
+    for nt in (1, 2):
+        out = np.full((n, d), np.nan, np.float32)
+        embedding.embedding_forward_bf16(ids, positions, b, pos_table, scale, out, nt)
+        np.testing.assert_array_equal(out, want)
+
+
+def test_quantized_embedding_close_to_float32():
+    # the int8 table's rows are within half a step (max|row| / 254) of the float32 rows
+    w, q, s, b, ids, positions, pos_table = _quantized_case(64, 50, 40, 10, 2)
+    out, ref = zeros(64, 40), zeros(64, 40)
+    embedding.embedding_forward(ids, positions, w, pos_table, 3.0, ref)
+    embedding.embedding_forward_int8(ids, positions, q, s, pos_table, 3.0, out)
+    step = 3.0 * np.abs(w[ids]).max(axis=1, keepdims=True) / 127
+    assert (np.abs(out - ref) <= step / 2 * (1 + 1e-5) + 1e-6).all()
+    embedding.embedding_forward_bf16(ids, positions, b, pos_table, 3.0, out)
+    # bf16 keeps 8 significant bits: each token element within 2^-8 of itself (times the scale)
+    assert (np.abs(out - ref) <= 3.0 * np.abs(w[ids]) * 2 ** -8 * (1 + 1e-3) + 1e-6).all()
+
+
+def _q_bad(**change):
+    _, q, s, b, ids, positions, pos_table = _quantized_case(6, 5, 4, 3, 3)
+    args = dict(ids=ids, positions=positions, table=q, row_scale=s, pos_table=pos_table, scale=1.0,
+                out=zeros(6, 4))
+    args.update(change)
+    return lambda: embedding.embedding_forward_int8(**args)
+
+
+def _b_bad(**change):
+    _, _, _, b, ids, positions, pos_table = _quantized_case(6, 5, 4, 3, 3)
+    args = dict(ids=ids, positions=positions, table=b, pos_table=pos_table, scale=1.0, out=zeros(6, 4))
+    args.update(change)
+    return lambda: embedding.embedding_forward_bf16(**args)
+
+
+QUANT_BAD_INPUTS = [
+    ("int8-id-high", _q_bad(ids=np.array([0, 1, 2, 5, 0, 0], np.int32)), ValueError, r"token id 5 .* outside \[0, 5\)"),
+    ("int8-id-negative", _q_bad(ids=np.array([0, -1, 2, 3, 0, 0], np.int32)), ValueError, "token id -1"),
+    ("int8-position", _q_bad(positions=np.array([0, 1, 2, 3, 0, 0], np.int32)), ValueError, "position 3 is outside"),
+    ("int8-scales", _q_bad(row_scale=f32(np.ones(4))), ValueError, "row_scale must have one entry per table row"),
+    ("int8-out-shape", _q_bad(out=zeros(6, 5)), ValueError, r"out must be \[6, 4\]"),
+    ("int8-float-table", _q_bad(table=f32(np.ones((5, 4)))), ValueError, "dtype|type"),
+    ("bf16-id-high", _b_bad(ids=np.array([0, 1, 2, 7, 0, 0], np.int32)), ValueError, r"token id 7 .* outside \[0, 5\)"),
+    ("bf16-pos-columns", _b_bad(pos_table=f32(np.ones((3, 2)))), ValueError, "pos_table has 2 columns"),
+    ("bf16-int8-table", _b_bad(table=np.ones((5, 4), np.int8)), ValueError, "dtype|type"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", bad_input_params(QUANT_BAD_INPUTS))
+def test_quantized_bad_input_raises(call, exc, match):
+    check_bad_input(call, exc, match)

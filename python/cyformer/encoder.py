@@ -30,8 +30,6 @@ from . import threads
 from ._engine.ffn import ACTIVATION_NAMES as ACTIVATIONS
 from .config import JsonConfig
 from .convert.registry import loader_for, register_loader
-from .io import (atomic_write_bytes, load_flat_float32, load_safetensors,
-                 safetensors_header, verify_checkpoint)
 from .layers.base import TrainContext, WeightSpec, derive_layout
 from .layers.embedding import Embeddings, EmbeddingsRecord
 from .layers.heads import (HEADS, POOLER_ACTIVATIONS, POOLINGS as HEAD_POOLINGS, Pooler, SequenceClassificationHead,
@@ -40,8 +38,8 @@ from .layers.linear import resolve_compute_type
 from .layers.norm import LayerNorm, LayerNormRecord
 from .layers.projection import POSITIONALS, FeatureProjection
 from .layers.transformer import Encoder as EncoderStack, StackRecord
-from .model import (Batch, FeatureBatch, ParameterOwner, Workspace, make_batch, make_feature_batch,
-                    require_model_folder)
+from .model import (Batch, FeatureBatch, ParameterOwner, Workspace, load_own_weights, make_batch,
+                    make_feature_batch, require_model_folder)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -600,14 +598,10 @@ class Encoder(ParameterOwner):
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (the flat buffer as the data section)."""
-        import zlib
-        os.makedirs(directory, exist_ok=True)
-        data = memoryview(np.ascontiguousarray(self.params)).cast("B")
-        head = safetensors_header([(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs],
-                                  {"format": MODEL_TYPE, "config": self.config.to_json(),
-                                   "crc32": str(zlib.crc32(data))})
-        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [head, data])
+        """Write ``config.json`` + ``model.safetensors``, each atomically: in float32 the flat
+        buffer as the data section; an encoder in int8 or bfloat16 writes its matrices (the token
+        table included) in that form, as ``Transformer.save_pretrained`` does, loaded mapped."""
+        self._save_weights(directory, {"format": MODEL_TYPE, "config": self.config.to_json()})
         self.config.save(os.path.join(directory, CONFIG_NAME))
 
     @classmethod
@@ -632,7 +626,8 @@ class Encoder(ParameterOwner):
         model = loader_for(model_type, cfg_path, kind="encoder")(folder, raw, mmap=mmap, verify=verify)
         if st is not None:
             model.config.extra["sentence_transformers"] = st.to_extra()
-        if compute_type != "default":   # "default": as the loader made it
+        # "default": as the loader made it, a converted folder's float32 matrices read in now
+        if compute_type != "default" or getattr(model, "_float_source", None):
             model.set_compute_type(compute_type)
         return model
 
@@ -640,16 +635,6 @@ class Encoder(ParameterOwner):
 @register_loader(MODEL_TYPE, kind="encoder")
 def _load_encoder(directory: str, raw, mmap: bool = True, verify: bool = False) -> Encoder:
     config = EncoderConfig.from_dict(raw)
-    path = os.path.join(directory, WEIGHTS_NAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
-    if verify:
-        verify_checkpoint(path)
-    model = Encoder.__new__(Encoder)
-    model._compose(config)
-    flat = load_flat_float32(path, model.layout, mmap=mmap)
-    # our own layout: the mapped file is the parameter buffer; otherwise copy in by name
-    model.params = flat if flat is not None else np.zeros(model._total(), dtype=np.float32)
-    if flat is None:
-        model.load_state_dict(load_safetensors(path, mmap=mmap))
-    return model
+    probe = Encoder.__new__(Encoder)
+    probe._compose(config)   # the layout, without a buffer
+    return load_own_weights(directory, Encoder, config, probe.layout, mmap=mmap, verify=verify)

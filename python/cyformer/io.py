@@ -129,7 +129,12 @@ def read_json(path: str, expect: Optional[type] = None, max_bytes: Optional[int]
     if max_bytes is None:
         max_bytes = MAX_JSON_BYTES
     with open(path, "rb") as f:
-        raw = f.read(max_bytes + 1)   # never more: /dev/zero or a growing file stays bounded
+        # never more than max_bytes + 1: /dev/zero or a growing file stays bounded; a regular
+        # file's size first, so a small file does not cost a max_bytes buffer
+        size = os.fstat(f.fileno()).st_size
+        raw = f.read(min(size, max_bytes) + 1)
+        if len(raw) > size:   # a file that grew, or one that reports no size (/dev/zero, a pipe)
+            raw += f.read(max_bytes + 1 - len(raw))
     if len(raw) > max_bytes:
         raise CheckpointError(f"{path} is larger than {max_bytes} bytes, the limit for a JSON file "
                               f"(not a config or vocabulary?)")

@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import threads
+from ._engine.quant import quantize_rows, to_bfloat16
 from .config import TransformerConfig
 from .convert.registry import loader_for, register_loader
 from .io import (CheckpointError, atomic_write_bytes, load_flat_float32, load_safetensors,
@@ -39,14 +40,15 @@ WEIGHTS_NAME = "model.safetensors"
 TokenBatch = Union[Sequence[Sequence[int]], np.ndarray]
 
 
-def release_pages(a: np.ndarray) -> None:
-    """Hand the whole memory pages inside ``a`` back to the system (madvise MADV_DONTNEED):
-    an anonymous page reads as zeros afterwards, a private file mapping's as the file. The
-    caller no longer needs the values. Nothing happens where madvise is not available."""
+_LIBC: list = []   # [the C library's madvise, or None where there is none], loaded once
+
+
+def _madvise(a: np.ndarray, advice_name: str) -> None:
+    # madvise(advice) over the whole memory pages inside `a`; nothing where it is not available
     import ctypes
     import mmap
 
-    advice = getattr(mmap, "MADV_DONTNEED", None)
+    advice = getattr(mmap, advice_name, None)
     if advice is None or not a.flags.c_contiguous or a.nbytes == 0:
         return
     page = mmap.PAGESIZE
@@ -55,12 +57,106 @@ def release_pages(a: np.ndarray) -> None:
     hi = (start + a.nbytes) // page * page
     if hi <= lo:
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice)
-    except (OSError, AttributeError):
-        pass
+    if not _LIBC:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            fn = None
+        _LIBC.append(fn)
+    if _LIBC[0] is not None:
+        _LIBC[0](ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice)
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Hand the whole memory pages inside ``a`` back to the system (madvise MADV_DONTNEED):
+    an anonymous page reads as zeros afterwards, a private file mapping's as the file. The
+    caller no longer needs the values. Nothing happens where madvise is not available."""
+    _madvise(a, "MADV_DONTNEED")
+
+
+def huge_pages(a: np.ndarray, on: bool) -> None:
+    """Allow (or forbid) transparent huge pages in ``a`` (NumPy asks for them in large arrays):
+    while a buffer is filled sparsely, writing a bias between two matrices left in a file would
+    fault in a whole 2 MiB page of them; once every value is written, huge pages serve the GEMMs."""
+    if not file_mapped(a):
+        _madvise(a, "MADV_HUGEPAGE" if on else "MADV_NOHUGEPAGE")
+
+
+def file_mapped(a) -> bool:
+    """Whether ``a`` is (a view of) a memory map of a file, whose released pages read the file
+    again (``release_pages`` on any other array would zero values still needed)."""
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return True
+        a = getattr(a, "base", None)
+    return False
+
+
+# rows of float32 read (or converted) per block when a matrix is copied from a file or quantized:
+# one block of float32 pages is resident at a time
+_BLOCK_BYTES = 1 << 20
+
+
+def _blocks(parts, k: int):
+    # (first row in the matrix, block of rows) over row blocks [(first row, array)]
+    step = max(1, _BLOCK_BYTES // max(1, 4 * k))
+    for r0, a in parts:
+        for lo in range(0, len(a), step):
+            yield r0 + lo, a[lo:lo + step]
+
+
+def _parts_shape(value) -> Tuple[int, ...]:
+    # the shape of an array, or of the matrix that row blocks [(first row, array)] make up
+    if not isinstance(value, list):
+        return tuple(np.shape(value))
+    rows = max((r0 + len(a) for r0, a in value), default=0)
+    tail = {tuple(np.shape(a)[1:]) for _, a in value}
+    covered = sum(len(a) for _, a in value)
+    if len(tail) != 1 or covered != rows:
+        return (-1,)   # blocks that do not tile a matrix: reported as mis-shaped
+    return (rows, *tail.pop())
+
+
+def copy_blocks(view: np.ndarray, parts, *, release: bool) -> None:
+    """``view`` (a matrix, or any tensor as one part) filled from row blocks [(first row, array)],
+    a block of rows at a time; ``release``: the arrays are private file maps whose pages are
+    handed back as they are read (so copying a file costs one block, not the file, of RSS)."""
+    if view.ndim < 2:   # a bias or a norm: small, in one piece per part
+        for r0, a in parts:
+            view[r0:r0 + len(a)] = a
+            if release:
+                release_pages(a)
+        return
+    k = int(np.prod(view.shape[1:]))
+    for r, blk in _blocks(parts, k):
+        view[r:r + len(blk)] = blk
+        if release:
+            release_pages(blk)
+
+
+def quantize_blocks(shape, parts, compute_type: str, *, release: bool) -> StoredWeight:
+    """The ``compute_type`` form (``StoredWeight``) of the float32 matrix [N, K] that row blocks
+    [(first row, array)] make up, converted a block of rows at a time (the formats are per row,
+    so this is the whole matrix's conversion, bit for bit); ``release``: each block's pages are
+    handed back once converted (a private file map rereads the file, an anonymous buffer zeros)."""
+    n, k = shape
+    if compute_type == "int8":
+        data, scale = np.empty((n, k), np.int8), np.empty(n, np.float32)
+    elif compute_type == "bfloat16":
+        data, scale = np.empty((n, k), np.uint16), None
+    else:
+        raise ValueError(f"no stored form for {compute_type!r}")
+    for r, blk in _blocks(parts, k):
+        rows = np.ascontiguousarray(blk, np.float32)
+        if scale is not None:
+            data[r:r + len(blk)], scale[r:r + len(blk)] = quantize_rows(rows)
+        else:
+            data[r:r + len(blk)] = to_bfloat16(rows)
+        if release:
+            release_pages(blk)
+    # int8: in the layout the int8 body reads (packed: one copy, this array then freed)
+    return StoredWeight.int8(data, scale) if scale is not None else StoredWeight(compute_type, data)
 
 
 # -- composition and parameter layout ------------------------------------------------------
@@ -414,6 +510,7 @@ class ParameterOwner:
         """The flat float32 parameter buffer; assigning a new one rebinds every layer's views.
         (Matrices held only in int8 / bf16 are re-derived into it first, see set_compute_type.)"""
         self._materialize_float()
+        self._file_clean = False
         return self._params
 
     @params.setter
@@ -422,22 +519,34 @@ class ParameterOwner:
         if not isinstance(flat, np.ndarray) or flat.dtype != np.float32 or flat.ndim != 1 or flat.size != total:
             raise ValueError(f"params must be float32 [{total}], got {getattr(flat, 'dtype', type(flat))} "
                              f"{getattr(flat, 'shape', '')}")
+        self._bind_buffer(flat)
+        self._weights_changed()
+
+    def _bind_buffer(self, flat: np.ndarray) -> None:
+        # `flat` becomes the buffer: its views, bound to every layer (which drop their stored forms)
         self._params = flat
         self._views = named_views(flat, self.layout)
         for layer in self._layers():
             if layer is not None:
                 layer.bind(self._views)
-        self._weights_changed()
         self._bound()
 
     def _bound(self) -> None:
         """After the views are (re)bound: derived references a model keeps (none by default)."""
     # weight name -> its form in the compute type (shared by the layers reading it)
     _stored: Dict[str, StoredWeight] = {}
-    # names whose float32 values are only in ``_stored`` (a checkpoint saved in int8 / bf16:
-    # the float32 views stay untouched zero pages until something asks for them)
+    # names whose float32 views do not hold their values: those are in ``_float_source`` (a
+    # folder's tensors, read when asked for) or only in ``_stored`` (a checkpoint saved in int8 /
+    # bf16, or matrices whose float32 pages were released); the views are untouched zero pages
     _float_pending: frozenset = frozenset()
-    _released: frozenset = frozenset()   # of those, the ones this process had in float32 (released)
+    _released: frozenset = frozenset()   # of those, the ones whose float32 values this process dropped
+    # name -> (parts, mapped): the exact float32 values of a pending matrix, as row blocks
+    # [(first row, array)] of a file (a converter's tensors); ``mapped``: the arrays are private
+    # file maps, whose pages may be handed back once read
+    _float_source: Dict[str, Tuple[List[Tuple[int, np.ndarray]], bool]] = {}
+    # the buffer is a private map of a float32 checkpoint that nothing has written: its matrices
+    # can stay in the file as the source of their float32 values (_detach_from_file)
+    _file_clean = False
     _keep_float32 = False
 
     # -- compute type ------------------------------------------------------------------------
@@ -446,92 +555,182 @@ class ParameterOwner:
         """What the linear layers compute in: "float32", "int8" or "bfloat16"."""
         return self._compute_type
 
+    def _roots(self) -> List[Layer]:
+        return [v for v in vars(self).values() if isinstance(v, Layer)]
+
     def linear_layers(self) -> List[Linear]:
         """Every ``Linear`` of the model (the output projection and heads included)."""
-        roots = [v for v in vars(self).values() if isinstance(v, Layer)]
-        return [layer for root in roots for layer in root.walk() if isinstance(layer, Linear)]
+        return [layer for root in self._roots() for layer in root.walk() if isinstance(layer, Linear)]
+
+    def embedding_layers(self) -> List[Embeddings]:
+        """Every token-embedding lookup of the model."""
+        return [layer for root in self._roots() for layer in root.walk() if isinstance(layer, Embeddings)]
 
     def set_compute_type(self, compute_type: str, *, keep_float32: bool = False) -> None:
         """Compute every linear layer in ``compute_type`` (CTranslate2's names): "float32";
         "int8" (weights int8 with a float32 scale per output row, activations quantized per row
         at run time, int32 accumulation); "bfloat16" (bf16 weights, float32 accumulation);
         "auto" (int8 where this CPU has an int8 dot-product instruction set, else float32);
-        "default" (leave it). Each matrix is converted once, a tied output projection included
-        (the embedding lookup keeps the float32 table). A type this CPU cannot run natively
-        is a ValueError naming the missing instruction set.
+        "default" (leave it). The token-embedding tables are held in the same form (int8 rows
+        with a scale each, or bf16) and dequantized row by row on lookup. Each matrix is
+        converted once: a tied output projection and the lookup read one int8 matrix. A type
+        this CPU cannot run natively is a ValueError naming the missing instruction set.
 
-        The float32 copies of the converted matrices are then released (the memory is given
-        back to the system), unless ``keep_float32``: asked for later (``parameters()``,
-        ``set_compute_type("float32")``, training) they are re-derived from the int8 / bf16
-        form, with a warning, since that is not the original float32 (keep_float32=True
-        keeps them, so that float32 can be set back exactly)."""
+        The float32 copies of the converted matrices are released as each is converted (the
+        memory is given back to the system), unless ``keep_float32``. Asked for later
+        (``parameters()``, ``set_compute_type("float32")``, training) they come back exactly
+        when the model has a file to read them from (a float32 checkpoint memory-mapped and not
+        written to, a converted folder such as MarianMT); otherwise they are re-derived from the
+        int8 / bf16 form, with a warning, since that is not the original float32
+        (keep_float32=True keeps them, so that float32 can be set back exactly)."""
         ct = resolve_compute_type(compute_type, default=self._compute_type)
-        if ct != self._compute_type or (ct != "float32" and not self._stored):
-            self._materialize_float()
-            self._apply_compute_type(ct, {})
         self._keep_float32 = keep_float32
+        if ct == "float32" or keep_float32:
+            self._materialize_float()
+        elif self._file_clean:
+            self._detach_from_file()
+        if ct != self._compute_type or (ct != "float32" and not self._stored):
+            self._apply_compute_type(ct, {})
         if ct != "float32" and not keep_float32:
             self._release_float()
 
+    def _detach_from_file(self) -> None:
+        # The buffer maps a float32 checkpoint nothing has written, and the model is about to
+        # compute from int8 / bf16 forms: of the buffer it then reads only the small tensors
+        # (biases, norms, positions), but reading those through the map would fault in the
+        # neighbouring matrices' pages with them (the kernel maps file pages in large folios).
+        # So the small tensors move to a fresh buffer, and the matrices stay in the file as the
+        # source of their exact float32 values (read back block by block if asked for).
+        old, stored = self._views, dict(self._stored)
+        storable = set(self.storable_matrices())
+        flat = np.zeros(self._total(), dtype=np.float32)
+        huge_pages(flat, False)   # filled sparsely
+        self._bind_buffer(flat)
+        names = [n for n, _ in self.layout]
+        for i, name in enumerate(names):
+            if name in storable:
+                continue
+            copy_blocks(self._views[name], [(0, old[name])], release=True)
+            # and the neighbours' pages that reading it mapped
+            for side in (names[i - 1::-1] if i else [], names[i + 1:]):
+                near = next((n for n in side if n in storable), None)
+                if near is not None:
+                    release_pages(old[near])
+        for name in storable:   # and any page mapped further away: nothing reads the map from here on
+            release_pages(old[name])
+        self._float_source = {name: ([(0, old[name])], True) for name in storable}
+        self._float_pending = frozenset(storable)
+        self._released = frozenset()
+        self._file_clean = False
+        self._release_pending_views()
+        if self._compute_type != "float32":   # the layers read the forms they had
+            self._apply_compute_type(self._compute_type, stored)
+
     def _apply_compute_type(self, ct: str, store: Dict[str, StoredWeight]) -> None:
-        # every Linear in `ct`, reading (or adding) the forms of `store`
-        for lin in self.linear_layers():
-            lin.set_compute_type(ct, store)
-        self._stored = store
+        # every matrix of `store` (or converted now, releasing its float32 pages as it goes unless
+        # _keep_float32) in `ct`, then every Linear and lookup reading its form
+        if ct != "float32":
+            for name in self.storable_matrices():
+                form = store.get(name)
+                if form is None or form.dtype != ct:
+                    store[name] = self._convert(name, ct)
+        for layer in (*self.linear_layers(), *self.embedding_layers()):
+            layer.set_compute_type(ct, store)
+        self._stored = store if ct != "float32" else {}
         self._compute_type = ct
 
+    def _convert(self, name: str, ct: str) -> StoredWeight:
+        # `name`'s form in `ct`, from its float32 values: the source's row blocks when pending
+        # (never written into the buffer), else the view; block by block, each block's pages
+        # released once quantized, so a conversion holds one block of float32 at a time
+        release = not self._keep_float32
+        if name in self._float_pending and name not in self._float_source:
+            self._materialize_float([name])   # only another stored form: re-derived (warns if lossy)
+        if name in self._float_pending:
+            parts, mapped = self._float_source[name]
+            return quantize_blocks(self._views[name].shape, parts, ct, release=release and mapped)
+        form = quantize_blocks(self._views[name].shape, [(0, self._views[name])], ct, release=release)
+        if release:
+            self._mark_released([name])
+        return form
+
+    def _mark_released(self, names) -> None:
+        # float32 pages of `names` were handed back: lost unless the model has a source for them
+        lost = frozenset(n for n in names if n not in self._float_source)
+        self._float_pending = self._float_pending | frozenset(names)
+        self._released = self._released | lost
+
     def _materialize_float(self, names=None) -> None:
-        # the float32 values of matrices loaded in (or released to) int8 / bf16, from those
-        # forms: all of them, or those of `names`
+        # the float32 values of pending matrices, into their views: from the source (exact,
+        # block by block), else re-derived from the stored form; all of them, or those of `names`
         todo = self._float_pending if names is None else self._float_pending & frozenset(names)
         if not todo:
             return
-        if todo & self._released:   # (a checkpoint saved in int8 / bf16 never had other values)
-            warnings.warn(f"{len(todo & self._released)} weight matrices are only held in {self._compute_type}: "
+        lossy = todo & self._released
+        if lossy:
+            warnings.warn(f"{len(lossy)} weight matrices are only held in {self._compute_type}: "
                           f"their float32 values are re-derived from that form, not the original float32 "
                           f"(load with compute_type='float32', or set_compute_type(..., keep_float32=True), "
                           f"to keep those)", stacklevel=3)
-        for name in todo:
-            self._views[name][...] = self._stored[name].dequantize()
+        if todo == self._float_pending:
+            huge_pages(self._params, True)   # the buffer is filled whole again
+        for name in [n for n, _ in self.layout if n in todo]:
+            view = self._views[name]
+            if name in self._float_source:
+                parts, mapped = self._float_source[name]
+                copy_blocks(view, parts, release=mapped)
+            else:
+                view[...] = self._stored[name].dequantize()
         self._float_pending = self._float_pending - todo
         self._released = self._released - todo
+        # a source in memory (a file read without mmap) is dropped once copied; a mapped one costs
+        # no memory and stays, for the next time the float32 pages are released
+        self._float_source = {n: v for n, v in self._float_source.items() if n not in todo or v[1]}
 
     def _release_float(self) -> None:
         # give the pages of the converted matrices' float32 copies back to the system; their
-        # values come back from the stored forms if asked for (_materialize_float)
+        # values come back from the file or the stored forms if asked for (_materialize_float)
         names = [n for n in self.storable_matrices() if n in self._stored and n not in self._float_pending]
         for name in names:
             release_pages(self._views[name])
-        self._float_pending = self._float_pending | frozenset(names)
-        self._released = self._released | frozenset(names)
+        self._mark_released(names)
 
     def _weights_changed(self) -> None:
         # the float32 parameters changed (a new buffer, loaded tensors): derive the stored forms again
         self._float_pending = self._released = frozenset()
+        self._float_source = {}
+        self._file_clean = False
         if self._compute_type != "float32":
             self._apply_compute_type(self._compute_type, {})
-            if not self._keep_float32:
-                self._release_float()
 
     def storable_matrices(self) -> List[str]:
-        """The matrices a quantized checkpoint stores in int8 / bf16: those of the linear layers,
-        except a table the embedding lookup also reads (tied: it stays float32 in the file and
-        its projection copy is converted at load)."""
-        tables = {layer.token_name for root in vars(self).values() if isinstance(root, Layer)
-                  for layer in root.walk() if isinstance(layer, Embeddings)}
-        names = {lin.weight_name for lin in self.linear_layers()} - tables
+        """The matrices held (and saved) in int8 / bf16 in those compute types: those of the
+        linear layers and the token-embedding tables, in buffer order."""
+        names = {lin.weight_name for lin in self.linear_layers()}
+        names |= {emb.token_name for emb in self.embedding_layers()}
         return [n for n, _ in self.layout if n in names]
+
+    def float_weight_bytes(self) -> int:
+        """Bytes of the float32 parameters the model computes with (all of them in float32;
+        in int8 / bf16, those outside the stored matrices)."""
+        stored = set(self._stored)
+        return 4 * sum(s.size for s in self.weight_specs if s.name not in stored)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the model computes with: the stored forms (data, scales and the
+        int8 kernels' per-row sums) plus the float32 tensors outside them."""
+        return self.float_weight_bytes() + sum(f.nbytes for f in self._stored.values())
 
     def _checkpoint_tensors(self) -> List[Tuple[str, object, np.ndarray]]:
         """(name, safetensors dtype, array) in buffer order: the stored forms of the matrices in
         the compute type (with their scales), everything else float32."""
         if self._compute_type == "float32":
+            self._materialize_float()
             return [(n, np.float32, self._views[n]) for n, _ in self.layout]
         code = STORED_CODES[self._compute_type]
-        storable = set(self.storable_matrices())
         out = []
         for name, _ in self.layout:
-            form = self._stored.get(name) if name in storable else None
+            form = self._stored.get(name)
             if form is None:
                 out.append((name, np.float32, self._views[name]))
                 continue
@@ -540,15 +739,42 @@ class ParameterOwner:
                 out.append((name + SCALE_SUFFIX, np.float32, form.scale))
         return out
 
+    def _save_weights(self, directory: str, meta: Dict[str, str]) -> None:
+        """``model.safetensors`` in ``directory``, atomically: the flat buffer as the data section
+        in float32 (one write, and one mapping on load), else ``_checkpoint_tensors`` with
+        ``compute_type`` in the metadata; ``meta`` (format, config) and the data's crc32 added."""
+        import zlib
+
+        os.makedirs(directory, exist_ok=True)
+        meta = dict(meta)
+        if self._compute_type == "float32":
+            self._materialize_float()
+            entries = [(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs]
+            chunks = [memoryview(np.ascontiguousarray(self._params)).cast("B")]
+        else:
+            tensors = self._checkpoint_tensors()
+            entries = [(n, code, a.shape) for n, code, a in tensors]
+            chunks = [memoryview(np.ascontiguousarray(a)).cast("B") for _, _, a in tensors if a.size]
+            meta["compute_type"] = self._compute_type
+        crc = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+        # crc32 of the data section: from_pretrained(verify=True) and verify_checkpoint check it
+        meta["crc32"] = str(crc)
+        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [safetensors_header(entries, meta)] + chunks)
+
     def _load_stored(self, path: str, compute_type: str, mmap: bool = True) -> None:
         """Fill the model from a checkpoint saved in ``compute_type`` (int8 / bfloat16): its
         matrices mapped as stored (no copy when ``mmap``), the other tensors copied into the
-        float32 views. Every tensor's dtype and shape, and each int8 matrix's scales, are checked."""
+        float32 views (a storable matrix the file holds in F32, as checkpoints written before
+        the tables were quantized do, is converted from the file). Every tensor's dtype and
+        shape, and each int8 matrix's scales, are checked."""
         code = STORED_CODES[compute_type]
         header, _, _ = read_safetensors_header(path)
         tensors = load_safetensors(path, mmap=mmap, widen_bf16=False)
+        huge_pages(self._params, False)   # the buffer is filled sparsely
         storable = set(self.storable_matrices())
-        problems, store, used = [], {}, set()
+        problems, store, used, source = [], {}, set(), {}
         for name, shape in self.layout:
             info = header.get(name)
             if info is None:
@@ -558,10 +784,10 @@ class ParameterOwner:
             got, dims = info["dtype"], tuple(info["shape"])
             if dims != tuple(shape):
                 problems.append(f"mis-shaped: {name}: expected {list(shape)}, got {list(dims)}")
+            elif got == "F32" and name in storable:
+                source[name] = ([(0, tensors[name])], file_mapped(tensors[name]))
             elif got == "F32":
-                self._views[name][...] = tensors[name]
-                if mmap:   # the copy is the model's; the file's pages need not stay resident
-                    release_pages(tensors[name])
+                copy_blocks(self._views[name], [(0, tensors[name])], release=file_mapped(tensors[name]))
             elif got == code and name in storable:
                 scale = None
                 if code == "I8":
@@ -591,20 +817,52 @@ class ParameterOwner:
             problems.append("unexpected: " + ", ".join(unexpected))
         if problems:
             raise CheckpointError(f"{path}: weights do not match the {self._config_label} — " + " | ".join(problems))
-        self._float_pending = frozenset(store)
-        for name in store:
-            # zeros never read: writing the small tensors between them may have faulted in
-            # whole (huge) pages of the buffer here
-            release_pages(self._views[name])
+        self._float_pending = frozenset(store) | frozenset(source)
+        self._float_source = source
+        self._release_pending_views()
         self._apply_compute_type(compute_type, store)
+
+    def _load_lazily(self, tensors: Mapping[str, object]) -> None:
+        """Fill the model from a folder's tensors, each given as an array or as row blocks
+        [(first row, array)] (a converter's fused matrices): the storable matrices are left in
+        the file (pending, read block by block when the compute type is set: float32 copies them
+        in, int8 / bf16 converts them without a float32 copy); the rest are copied now. The
+        pages of arrays that are file maps are handed back once read."""
+        problems = self._check_tensors({n: _parts_shape(v) for n, v in tensors.items()}, strict=True)
+        if problems:
+            raise CheckpointError(f"weights do not match the {self._config_label} — " + " | ".join(problems))
+        storable = set(self.storable_matrices())
+        source = {}
+        huge_pages(self._params, False)   # the buffer is filled sparsely
+        for name, _ in self.layout:
+            parts = tensors[name] if isinstance(tensors[name], list) else [(0, tensors[name])]
+            for _, a in parts:
+                if not np.issubdtype(np.asarray(a).dtype, np.floating):
+                    raise CheckpointError(f"{name}: expected floating-point weights, got {np.asarray(a).dtype}")
+            mapped = all(file_mapped(a) for _, a in parts)
+            if name in storable:
+                source[name] = (parts, mapped)
+            else:
+                copy_blocks(self._views[name], parts, release=mapped)
+        self._float_source = source
+        self._float_pending = frozenset(source)
+        self._release_pending_views()
+
+    def _release_pending_views(self) -> None:
+        # the pending views are zeros never read, but writing the small tensors between them
+        # may have faulted in whole (transparent huge) pages of the buffer: hand those back
+        for name in self._float_pending:
+            release_pages(self._views[name])
 
     def parameters(self) -> Dict[str, np.ndarray]:
         """Name -> view into ``params`` (writes go to the model)."""
         self._materialize_float()
+        self._file_clean = False   # writable views handed out: the buffer may no longer be the file's
         return dict(self._views)
 
     def __getitem__(self, name: str) -> np.ndarray:
         self._materialize_float([name])
+        self._file_clean = False
         return self._views[name]
 
     @property
@@ -630,16 +888,18 @@ class ParameterOwner:
                 v[...] = 0.0
             else:
                 raise ValueError(f"{spec.name}: unknown initialiser {spec.init!r}")
+        self._weights_changed()   # every value replaced: nothing pending or from a file, forms again
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         return self.parameters()
 
-    def load_state_dict(self, tensors: Mapping[str, np.ndarray], strict: bool = True) -> None:
-        """Copy named tensors into the buffer, reporting missing, unexpected and mis-shaped names."""
-        missing = [n for n, _ in self.layout if n not in tensors]
-        unexpected = sorted(set(tensors) - set(self._views))
-        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(np.shape(tensors[n]))}"
-                      for n, _ in self.layout if n in tensors and np.shape(tensors[n]) != self._views[n].shape]
+    def _check_tensors(self, shapes: Mapping[str, Tuple[int, ...]], strict: bool) -> List[str]:
+        """What does not match the layout among named tensors' ``shapes``: mis-shaped names, and
+        when ``strict`` missing and unexpected ones."""
+        missing = [n for n, _ in self.layout if n not in shapes]
+        unexpected = sorted(set(shapes) - set(self._views))
+        mismatched = [f"{n}: expected {list(self._views[n].shape)}, got {list(shapes[n])}"
+                      for n, _ in self.layout if n in shapes and tuple(shapes[n]) != self._views[n].shape]
         problems = []
         if mismatched:
             problems.append("mis-shaped: " + "; ".join(mismatched))
@@ -647,8 +907,14 @@ class ParameterOwner:
             problems.append("missing: " + ", ".join(missing))
         if strict and unexpected:
             problems.append("unexpected: " + ", ".join(unexpected))
+        return problems
+
+    def load_state_dict(self, tensors: Mapping[str, np.ndarray], strict: bool = True) -> None:
+        """Copy named tensors into the buffer, reporting missing, unexpected and mis-shaped names."""
+        problems = self._check_tensors({n: np.shape(v) for n, v in tensors.items()}, strict)
         if problems:
             raise CheckpointError(f"weights do not match the {self._config_label} — " + " | ".join(problems))
+        self._materialize_float([n for n, _ in self.layout if n not in tensors])   # those stay as they are
         for name, value in tensors.items():
             if name in self._views:
                 arr = np.asarray(value)
@@ -888,25 +1154,7 @@ class Transformer(ParameterOwner):
             from .convert import export_checkpoint
             self._materialize_float()
             return export_checkpoint(self, directory, format)
-        import zlib
-
-        os.makedirs(directory, exist_ok=True)
-        meta = {"format": "cyformer", "config": self.config.to_json()}
-        if self._compute_type == "float32":
-            # The data section is exactly the flat buffer: one write, and one mapping on load.
-            entries = [(w.name, np.dtype(w.dtype), w.shape) for w in self.weight_specs]
-            chunks = [memoryview(np.ascontiguousarray(self.params)).cast("B")]
-        else:
-            tensors = self._checkpoint_tensors()
-            entries = [(n, code, a.shape) for n, code, a in tensors]
-            chunks = [memoryview(np.ascontiguousarray(a)).cast("B") for _, _, a in tensors if a.size]
-            meta["compute_type"] = self._compute_type
-        crc = 0
-        for chunk in chunks:
-            crc = zlib.crc32(chunk, crc)
-        # crc32 of the data section: from_pretrained(verify=True) and verify_checkpoint check it
-        meta["crc32"] = str(crc)
-        atomic_write_bytes(os.path.join(directory, WEIGHTS_NAME), [safetensors_header(entries, meta)] + chunks)
+        self._save_weights(directory, {"format": "cyformer", "config": self.config.to_json()})
         self.config.save(os.path.join(directory, CONFIG_NAME))
 
     @classmethod
@@ -931,7 +1179,8 @@ class Transformer(ParameterOwner):
         raw = read_json(cfg_path, expect=dict)   # bounded size and nesting; CheckpointError names the file
         model_type = raw.get("model_type") if isinstance(raw, dict) else None
         model = loader_for(model_type or "cyformer", cfg_path)(directory, raw, mmap=mmap, verify=verify)
-        if compute_type != "default":   # "default": as the loader made it
+        # "default": as the loader made it, a converted folder's float32 matrices read in now
+        if compute_type != "default" or getattr(model, "_float_source", None):
             model.set_compute_type(compute_type)
         return model
 
@@ -957,12 +1206,14 @@ def load_own_weights(directory: str, model_cls, config, layout, *, mmap: bool, v
         if stored not in STORED_CODES:
             raise CheckpointError(f"{path}: unknown compute_type {stored!r} in the metadata "
                                   f"(written: {', '.join(STORED_CODES)})")
-        model = Transformer.empty(config)
+        model = model_cls.empty(config)
         model._load_stored(path, stored, mmap=mmap)
         return model
     flat = load_flat_float32(path, layout, mmap=mmap)
     if flat is not None:  # our own layout: the mapped file is the parameter buffer
-        return model_cls(config, params=flat)
+        model = model_cls(config, params=flat)
+        model._file_clean = isinstance(flat, np.memmap)   # released pages read the file again
+        return model
     model = model_cls.empty(config)
-    model.load_state_dict(load_safetensors(path, mmap=mmap))
+    model._load_lazily(load_safetensors(path, mmap=mmap))
     return model

@@ -84,8 +84,16 @@ def _strip(name: str) -> str:
 
 def marian_tensors(hf_tensors: Dict[str, np.ndarray], config: TransformerConfig) -> Dict[str, np.ndarray]:
     """Map Marian tensor names onto ours (q/k/v fused; positions and tied copies dropped)."""
+    return {name: (np.concatenate([a for _, a in v], axis=0) if isinstance(v, list) else v)
+            for name, v in marian_parts(hf_tensors, config).items()}
+
+
+def marian_parts(hf_tensors: Dict[str, np.ndarray], config: TransformerConfig) -> Dict[str, object]:
+    """``marian_tensors`` without copies: each of our tensors as the file's array, or for a fused
+    q/k/v matrix or bias as row blocks [(first row, array)] that the loader writes (or quantizes)
+    straight into place, so loading holds no second copy of the model."""
     src = {_strip(k): v for k, v in hf_tensors.items()}
-    out: Dict[str, np.ndarray] = {}
+    out: Dict[str, object] = {}
     used = set()
 
     def take(name: str) -> np.ndarray:
@@ -104,9 +112,10 @@ def marian_tensors(hf_tensors: Dict[str, np.ndarray], config: TransformerConfig)
 
     def attention(ours: str, theirs: str) -> None:
         try:
-            out[f"{ours}.in_proj_weight"] = np.concatenate(
-                [take(f"{theirs}.{p}_proj.weight") for p in "qkv"], axis=0)
-            out[f"{ours}.in_proj_bias"] = np.concatenate([take(f"{theirs}.{p}_proj.bias") for p in "qkv"])
+            for kind in ("weight", "bias"):
+                blocks = [take(f"{theirs}.{p}_proj.{kind}") for p in "qkv"]
+                starts = np.cumsum([0] + [len(b) for b in blocks[:-1]])
+                out[f"{ours}.in_proj_{kind}"] = [(int(r0), b) for r0, b in zip(starts, blocks)]
             out[f"{ours}.out_proj.weight"] = take(f"{theirs}.out_proj.weight")
             out[f"{ours}.out_proj.bias"] = take(f"{theirs}.out_proj.bias")
         except KeyError as e:
@@ -143,11 +152,19 @@ def marian_tensors(hf_tensors: Dict[str, np.ndarray], config: TransformerConfig)
 
 @register_loader("marian")
 def _load_marian_folder(directory: str, raw_config: Dict, mmap: bool = True, verify: bool = False):
-    return load_marian(directory)
+    # the matrices stay in the mapped file until from_pretrained sets the compute type: float32
+    # copies them into the buffer, int8 / bf16 converts them from the file, block by block
+    return _marian_model(directory)
 
 
 def load_marian(directory: str):
-    """Load a Hugging Face MarianMT folder as a ``cyformer.Transformer``."""
+    """Load a Hugging Face MarianMT folder as a float32 ``cyformer.Transformer``."""
+    model = _marian_model(directory)
+    model.set_compute_type("float32")
+    return model
+
+
+def _marian_model(directory: str):
     from ..model import Transformer
 
     hf = read_json(os.path.join(directory, "config.json"), expect=dict)   # bounded size and nesting
@@ -159,7 +176,7 @@ def load_marian(directory: str):
                              f"(re-save with save_pretrained(..., safe_serialization=True))")
         raise FileNotFoundError(f"{directory} has no model.safetensors")
     model = Transformer.empty(config)
-    model.load_state_dict(marian_tensors(load_safetensors(path), config))
+    model._load_lazily(marian_parts(load_safetensors(path), config))
     return model
 
 

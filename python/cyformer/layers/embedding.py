@@ -1,14 +1,21 @@
 """``Embeddings``: token vectors (times a scale, sqrt(d_model) in the paper) plus positions,
-sinusoidal (a fixed table) or learned (``{side}.embed_positions.weight``)."""
+sinusoidal (a fixed table) or learned (``{side}.embed_positions.weight``).
+
+In a compute type other than float32 the token table is read in its stored form
+(``StoredWeight``: int8 rows with one float32 scale each, or bf16 rows), the one object a tied
+output projection reads too; only the looked-up rows are dequantized, into the float32
+activations. Position tables stay float32 (max_len rows: small beside the vocabulary)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-from .._engine.embedding import embedding_backward, embedding_forward, sinusoidal_table
+from .._engine.embedding import (embedding_backward, embedding_forward, embedding_forward_bf16,
+                                 embedding_forward_int8, embedding_forward_int8_packed, sinusoidal_table)
 from .base import Layer, TrainContext, Views, WeightSpec
+from .linear import StoredWeight
 
 
 @dataclass
@@ -35,6 +42,7 @@ class Embeddings(Layer):
                             if positional == "sinusoidal" else None)
         self.tokens: Optional[np.ndarray] = None
         self.positions: Optional[np.ndarray] = self._sinusoidal
+        self.stored: Optional[StoredWeight] = None   # the token table's int8 / bf16 form; None: float32
 
     # the model lays token tables before position tables (the checkpoint order), so the two
     # declarations are separate
@@ -53,13 +61,38 @@ class Embeddings(Layer):
     def bind(self, views: Views) -> None:
         self.tokens = views[self.token_name]
         self.positions = views[self.position_name] if self.position_name is not None else self._sinusoidal
+        self.stored = None   # the model re-derives the compute type's form (set_compute_type)
+
+    @property
+    def compute_type(self) -> str:
+        return "float32" if self.stored is None else self.stored.dtype
+
+    def set_compute_type(self, compute_type: str, store: Dict[str, StoredWeight]) -> None:
+        """Look tokens up in ``compute_type``'s form of the table: the one in ``store`` (shared
+        with a tied output projection's ``Linear``), converted here if ``store`` lacks it."""
+        if compute_type == "float32":
+            self.stored = None
+            return
+        form = store.get(self.token_name)
+        if form is None or form.dtype != compute_type:
+            form = store[self.token_name] = StoredWeight.quantize(self.tokens, compute_type)
+        self.stored = form
 
     def forward(self, ids: np.ndarray, positions: np.ndarray, out: np.ndarray, nt: int) -> None:
         """out[i] = tokens[ids[i]] * scale + positions[positions[i]]; also one decoding step's rows."""
-        embedding_forward(ids, positions, self.tokens, self.positions, self.scale, out, nt)
+        s = self.stored
+        if s is None:
+            embedding_forward(ids, positions, self.tokens, self.positions, self.scale, out, nt)
+        elif s.dtype == "int8" and s.packed is not None:   # the int8 GEMM's layout (tied weights)
+            embedding_forward_int8_packed(ids, positions, s.packed, s.scale, s.shape[1], self.positions,
+                                          self.scale, out, nt)
+        elif s.dtype == "int8":   # the row's scale and ``scale`` folded into one float
+            embedding_forward_int8(ids, positions, s.data, s.scale, self.positions, self.scale, out, nt)
+        else:
+            embedding_forward_bf16(ids, positions, s.data, self.positions, self.scale, out, nt)
 
     def forward_train(self, batch, out: np.ndarray, tc: TrainContext) -> EmbeddingsRecord:
-        embedding_forward(batch.ids, batch.positions, self.tokens, self.positions, self.scale, out, tc.nt)
+        self.forward(batch.ids, batch.positions, out, tc.nt)
         site = tc.site()
         tc.drop(out, self.dropout, site)
         return EmbeddingsRecord(batch, site)
@@ -67,6 +100,9 @@ class Embeddings(Layer):
     def backward(self, rec: EmbeddingsRecord, dout: np.ndarray, tc: TrainContext) -> None:
         """Scatter-add dout (dropout applied in place) into the tables' gradients; the pad row
         gets no gradient from lookups, as nn.Embedding(padding_idx=pad)."""
+        if self.stored is not None:
+            raise RuntimeError(f"{self.token_name}: the model computes in {self.stored.dtype}, which is for "
+                               f"inference; training needs compute_type='float32' (model.set_compute_type)")
         tc.drop(dout, self.dropout, rec.site)
         g = tc.grads
         dpos = g[self.position_name] if self.position_name is not None else None

@@ -66,9 +66,11 @@ class StoredWeight:
     (``data`` int8 [N, K], ``scale`` float32 [N], ``comp`` int32 [N]) or "bfloat16" (``data``
     uint16 [N, K]). ``rows(sl)`` is the same for output rows ``sl`` (per-row formats slice freely).
 
-    int8 on a CPU whose int8 body reads packed weights (``quant.int8_packs()``: the
-    outer-product VNNI512 body) keeps only ``packed`` (``quant.pack_int8``, the same bytes in
-    blocks of 16 rows); ``data`` then unpacks a copy on demand (checkpoints, tests)."""
+    A matrix a ``Linear`` multiplies by is ``pack``ed for the int8 body in use: on a CPU whose
+    body reads packed weights (``quant.int8_packs()``: the outer-product VNNI512 body) the form
+    keeps only ``packed`` (``quant.pack_int8``, the same bytes in blocks of 16 rows), and
+    ``data`` unpacks a copy on demand (checkpoints, tests). A table only looked up stays
+    row-major (memory-mapped from an int8 checkpoint)."""
 
     __slots__ = ("dtype", "_data", "scale", "comp", "packed", "shape")
 
@@ -80,12 +82,17 @@ class StoredWeight:
 
     @classmethod
     def int8(cls, data: np.ndarray, scale: np.ndarray) -> "StoredWeight":
-        """int8 rows with their scales, in the layout the int8 body in use reads."""
-        comp = quant.int8_compensation(data)
-        if quant.int8_packs():
-            return cls("int8", None, scale, comp, packed=quant.pack_int8(np.ascontiguousarray(data)),
-                       shape=data.shape)
-        return cls("int8", data, scale, comp)
+        """int8 rows [N, K] with their scales (row-major: what a lookup or a file holds)."""
+        return cls("int8", data, scale, quant.int8_compensation(data))
+
+    def pack(self) -> "StoredWeight":
+        """For a GEMM: int8 in the layout the int8 body in use reads (``quant.int8_packs``),
+        converted here once and in place, so every reader of this form (a tied embedding
+        lookup too) reads the one packed copy; the row-major array is let go."""
+        if self.dtype == "int8" and self.packed is None and quant.int8_packs():
+            self.packed = quant.pack_int8(np.ascontiguousarray(self._data))
+            self._data = None
+        return self
 
     @classmethod
     def quantize(cls, w: np.ndarray, dtype: str) -> "StoredWeight":
@@ -194,7 +201,7 @@ class Linear(Layer):
         form = store.get(self.weight_name)
         if form is None or form.dtype != compute_type:
             form = store[self.weight_name] = StoredWeight.quantize(self._full, compute_type)
-        self.stored = form.rows(self._rows)
+        self.stored = form.pack().rows(self._rows)
 
     # -- inference / training forward: the same call; training saves x (the caller's array) --
     def forward(self, x: np.ndarray, out: np.ndarray, nt: int, *, bias: bool = True,
