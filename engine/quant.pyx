@@ -314,19 +314,39 @@ def int8_packs():
     return _int8_path == CYF_Q_VNNI512
 
 
-def pack_int8(const int8_t[:, ::1] wq):
-    """The [N, K] int8 weights in the VNNI512 outer-product layout: [ceil(N / 16),
-    ceil(K / 4) * 64] int8, 64-byte aligned (blocks of 16 output rows, 4 bytes of k per lane,
-    zeros past N and K; ``unpack_int8`` inverts it)."""
-    cdef int n = wq.shape[0], k = wq.shape[1]
+def empty_packed_int8(int n, int k):
+    """An uninitialised packed array for an [n, k] matrix (``pack_int8``'s shape, 64-byte
+    aligned), to be filled block by block with ``pack_int8(rows, out=..., row0=...)``."""
     cdef long nblocks = (n + CYF_QP_COLS - 1) // CYF_QP_COLS, size = cyf_qp_size(n, k)
     raw = np.empty(size + 64, np.int8)
     cdef long off = (64 - <long>(raw.ctypes.data % 64)) % 64
-    packed = raw[off:off + size].reshape(nblocks, size // nblocks if nblocks else 0)
-    cdef int8_t[:, ::1] pv = packed
+    return raw[off:off + size].reshape(nblocks, size // nblocks if nblocks else 0)
+
+
+def pack_int8(const int8_t[:, ::1] wq, out=None, int row0=0):
+    """The [N, K] int8 weights in the VNNI512 outer-product layout: [ceil(N / 16),
+    ceil(K / 4) * 64] int8, 64-byte aligned (blocks of 16 output rows, 4 bytes of k per lane,
+    zeros past N and K; ``unpack_int8`` inverts it). ``out`` (``empty_packed_int8`` of a
+    larger matrix): ``wq`` is its rows from ``row0`` on (a multiple of 16; fewer than 16
+    rows in the last block only at the matrix's end), written in place."""
+    cdef int n = wq.shape[0], k = wq.shape[1]
+    cdef long nblocks = (n + CYF_QP_COLS - 1) // CYF_QP_COLS, size = cyf_qp_size(n, k)
+    cdef int8_t[:, ::1] pv
+    if out is None:
+        if row0:
+            raise ValueError("row0 needs out")
+        packed = empty_packed_int8(n, k)
+    else:
+        packed = out
+        pv = packed
+        if row0 < 0 or row0 % CYF_QP_COLS or pv.shape[0] < row0 // CYF_QP_COLS + nblocks \
+                or (nblocks and pv.shape[1] != size // nblocks):
+            raise ValueError(f"rows {row0}:{row0 + n} of {k} do not fit the packed array "
+                             f"[{pv.shape[0]}, {pv.shape[1]}] (row0 a multiple of {CYF_QP_COLS})")
+    pv = packed
     if size:
         with nogil:
-            cyf_qp_pack(&wq[0, 0] if k else NULL, k, n, k, &pv[0, 0])
+            cyf_qp_pack(&wq[0, 0] if k else NULL, k, n, k, &pv[row0 // CYF_QP_COLS, 0])
     return packed
 
 

@@ -372,6 +372,22 @@ def test_pack_int8_layout_and_unpack():
         np.testing.assert_array_equal(quant.unpack_int8(p, n, k, rows=ids), wq[ids])
 
 
+def test_pack_int8_in_blocks_of_rows_equals_the_whole():
+    # a matrix quantized or read a block of rows at a time, packed in place block by block
+    rng = make_rng("int8-pack-blocks")
+    wq = rng.integers(-127, 128, size=(75, 37)).astype(np.int8)
+    out = quant.empty_packed_int8(75, 37)
+    for r in range(0, 75, 32):
+        assert quant.pack_int8(wq[r:r + 32], out=out, row0=r) is out
+    np.testing.assert_array_equal(out, quant.pack_int8(wq))
+    with pytest.raises(ValueError, match="do not fit"):
+        quant.pack_int8(wq[:16], out=out, row0=8)      # not on a block boundary
+    with pytest.raises(ValueError, match="do not fit"):
+        quant.pack_int8(wq[:32], out=out, row0=64)     # past the end
+    with pytest.raises(ValueError, match="needs out"):
+        quant.pack_int8(wq, row0=16)
+
+
 @needs_vnni512
 @pytest.mark.parametrize("m,n,k", SHAPES + [(13, 1152, 384), (7, 100, 3), (600, 70, 40)])
 def test_packed_body_exact_sums_and_bits(m, n, k):

@@ -19,6 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import threads
+from ._engine import quant
 from ._engine.quant import quantize_rows, to_bfloat16
 from .config import TransformerConfig
 from .convert.registry import loader_for, register_loader
@@ -98,9 +99,10 @@ def file_mapped(a) -> bool:
 _BLOCK_BYTES = 1 << 20
 
 
-def _blocks(parts, k: int):
-    # (first row in the matrix, block of rows) over row blocks [(first row, array)]
-    step = max(1, _BLOCK_BYTES // max(1, 4 * k))
+def _blocks(parts, k: int, align: int = 1):
+    # (first row in the matrix, block of rows) over row blocks [(first row, array)]; blocks
+    # of a multiple of ``align`` rows
+    step = max(align, _BLOCK_BYTES // max(1, 4 * k) // align * align)
     for r0, a in parts:
         for lo in range(0, len(a), step):
             yield r0 + lo, a[lo:lo + step]
@@ -141,6 +143,19 @@ def quantize_blocks(shape, parts, compute_type: str, *, release: bool) -> Stored
     so this is the whole matrix's conversion, bit for bit); ``release``: each block's pages are
     handed back once converted (a private file map rereads the file, an anonymous buffer zeros)."""
     n, k = shape
+    blk16 = quant.INT8_PACK_ROWS
+    if compute_type == "int8" and quant.int8_packs() and all(r0 % blk16 == 0 for r0, _ in parts) \
+            and all(len(a) % blk16 == 0 for _, a in parts[:-1]):
+        # straight into the int8 GEMM's packed layout, a block of rows at a time (no row-major
+        # copy of the whole matrix on the way)
+        packed, scale, comp = quant.empty_packed_int8(n, k), np.empty(n, np.float32), np.empty(n, np.int32)
+        for r, blk in _blocks(parts, k, blk16):
+            q, scale[r:r + len(blk)] = quantize_rows(np.ascontiguousarray(blk, np.float32))
+            comp[r:r + len(blk)] = quant.int8_compensation(q)
+            quant.pack_int8(q, out=packed, row0=r)
+            if release:
+                release_pages(blk)
+        return StoredWeight("int8", None, scale, comp, packed=packed, shape=(n, k))
     if compute_type == "int8":
         data, scale = np.empty((n, k), np.int8), np.empty(n, np.float32)
     elif compute_type == "bfloat16":

@@ -67,8 +67,11 @@ INT8_PACK_ROWS: int
 def int8_packs() -> bool:
     """Whether the int8 body in use reads packed weights (the outer-product VNNI512 body)."""
 
-def pack_int8(wq: NDArray[np.int8]) -> NDArray[np.int8]:
-    """[N, K] int8 -> [ceil(N / 16), ceil(K / 4) * 64], 64-byte aligned."""
+def empty_packed_int8(n: int, k: int) -> NDArray[np.int8]:
+    """An uninitialised packed array for an [n, k] matrix (64-byte aligned)."""
+
+def pack_int8(wq: NDArray[np.int8], out: Optional[NDArray[np.int8]] = None, row0: int = 0) -> NDArray[np.int8]:
+    """[N, K] int8 -> [ceil(N / 16), ceil(K / 4) * 64], 64-byte aligned; ``out``: rows from row0 on, in place."""
 
 def unpack_int8(packed: NDArray[np.int8], n: int, k: int, n0: int = 0, n1: Optional[int] = None,
                 rows: Optional[NDArray[np.int64]] = None) -> NDArray[np.int8]:

@@ -90,7 +90,18 @@ class StoredWeight:
         converted here once and in place, so every reader of this form (a tied embedding
         lookup too) reads the one packed copy; the row-major array is let go."""
         if self.dtype == "int8" and self.packed is None and quant.int8_packs():
-            self.packed = quant.pack_int8(np.ascontiguousarray(self._data))
+            from ..model import file_mapped, release_pages   # (model imports this module)
+
+            data, (n, k) = self._data, self.shape
+            if file_mapped(data):   # an int8 checkpoint's pages, handed back a block at a time
+                blk = quant.INT8_PACK_ROWS
+                step = max(blk, (1 << 20) // max(1, k) // blk * blk)
+                self.packed = quant.empty_packed_int8(n, k)
+                for r in range(0, n, step):
+                    quant.pack_int8(np.ascontiguousarray(data[r:r + step]), out=self.packed, row0=r)
+                    release_pages(data[r:r + step])
+            else:
+                self.packed = quant.pack_int8(np.ascontiguousarray(data))
             self._data = None
         return self
 
