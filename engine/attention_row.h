@@ -28,7 +28,7 @@ CYF_INLINE int cyf_row_probs(const float* q, const float* k, long ldk, int lo, i
         float dot = cyf_dot(q, k + (long)(lo + j) * ldk, d_k);
         p[j] = (mask && !mask[lo + j]) ? -INFINITY : dot * scale;
     }
-    return cyf_softmax_lse(p, n, 0, lse);
+    return cyf_softmax_range(p, 0, n, n, lse);   /* AVX-512 rows with masked tails where it runs */
 }
 
 /* Probabilities into scores[0:hi-lo] (before dropout); with threshold != 0, dropout with the

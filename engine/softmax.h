@@ -114,7 +114,7 @@ CYF_CLONES static void cyf_softmax_from_lse(float* x, int lo, int hi, int width,
 }
 
 /* log_softmax (log != 0) or softmax of x[0:n] in place. */
-CYF_CLONES static void cyf_softmax_row(float* x, int n, int log) {
+CYF_CLONES static void cyf_softmax_row_c(float* x, int n, int log) {
     cyf_softmax_inplace(x, n, log);
 }
 
@@ -221,6 +221,40 @@ CYF_SM512 static int cyf_softmax_range_512(float* x, int lo, int hi, int width, 
     return 1;
 }
 
+/* log_softmax (log != 0) or softmax of x[0:n] in place, as cyf_softmax_inplace */
+CYF_SM512 static void cyf_softmax_row_512(float* x, int n, int log) {
+    float m, s = 0.0f, ls;
+    __m512 vs = _mm512_setzero_ps(), vm;
+    int j;
+    if (n <= 0) return;
+    m = cyf_sm_max16(x, n);
+    if (!(m > -INFINITY)) {
+        for (j = 0; j < n; j++) x[j] = log ? -INFINITY : 0.0f;
+        return;
+    }
+    if (!log) {
+        s = cyf_sm_exp16(x, n, m);
+        vm = _mm512_set1_ps(1.0f / s);
+        for (j = 0; j < n; j += 16) {
+            __mmask16 k = CYF_SM_TAIL(n, j);
+            _mm512_mask_storeu_ps(x + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, x + j), vm));
+        }
+        return;
+    }
+    vm = _mm512_set1_ps(m);
+    for (j = 0; j < n; j += 16) {   /* the sum of exp(x - m), x left as it is */
+        __mmask16 k = CYF_SM_TAIL(n, j);
+        vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(k, cyf_expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm))));
+    }
+    ls = logf(_mm512_reduce_add_ps(vs));
+    /* (x - m) - log(s): subtracting m first keeps the precision of large logits */
+    for (j = 0; j < n; j += 16) {
+        __mmask16 k = CYF_SM_TAIL(n, j);
+        __m512 v = _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm), _mm512_set1_ps(ls));
+        _mm512_mask_storeu_ps(x + j, k, v);
+    }
+}
+
 static int cyf_sm_avx512(void) {
     static int known = -1;  /* the same answer from every thread: relaxed atomics suffice */
     int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
@@ -235,12 +269,20 @@ static int cyf_sm_avx512(void) {
 static int cyf_sm_avx512(void) { return 0; }
 #define cyf_softmax_online_512 cyf_softmax_online_c
 #define cyf_softmax_range_512 cyf_softmax_range_c
+#define cyf_softmax_row_512 cyf_softmax_row_c
 #endif
 
 /* the AVX-512 forms where the CPU has them (one answer per process: the same in every thread) */
 static __attribute__((unused)) float cyf_softmax_online(float* x, int lo, int hi, int width, float* m, float* l) {
     return cyf_sm_avx512() ? cyf_softmax_online_512(x, lo, hi, width, m, l)
                            : cyf_softmax_online_c(x, lo, hi, width, m, l);
+}
+
+static __attribute__((unused)) void cyf_softmax_row(float* x, int n, int log) {
+    if (cyf_sm_avx512())
+        cyf_softmax_row_512(x, n, log);
+    else
+        cyf_softmax_row_c(x, n, log);
 }
 
 static __attribute__((unused)) int cyf_softmax_range(float* x, int lo, int hi, int width, float* lse) {
