@@ -458,6 +458,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
     p.add_argument("--repeat", type=int, default=3, help="timed calls per case (after --warmup calls); median reported")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="sweep every engine this many times, alternating, and report each cell's median over "
+                        "the rounds (a drifting machine then affects every engine alike)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--work-dir", default=DEFAULT_WORK_DIR, help="where the checkpoints are built and cached")
     p.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE")
@@ -507,50 +510,59 @@ def main(argv: Optional[List[str]] = None) -> int:
     versions: Dict[str, str] = {}
     compute_types: Dict[str, str] = {"hf": "float32"}
     blas = None
-    for name in a.models:
-        hf_dir, ct2_dir = paths[name]
-        for nt in a.threads:
-            for engine in a.engines:
-                intras = [None]
-                if engine == "ct2":
-                    intras = sorted(set(a.ct2_intra or [1, nt])) if nt > 1 else [1]
-                    intras = [i for i in intras if 1 <= i <= nt] or [nt]
-                for intra in intras:
-                    label = f"{name} {nt}t {ENGINE_NAMES[engine]}" + (f" intra_threads={intra}" if intra else "")
-                    log(f"[{label}] batches {a.batches} modes {a.modes} ...")
-                    t0 = time.perf_counter()
-                    try:
-                        r = run_worker(engine, hf_dir, ct2_dir, nt, a.batches, a.modes, a.repeat, env,
-                                       warmup=a.warmup, intra_threads=intra, compute_type=a.compute_type,
-                                       ct2_compute_type=a.ct2_compute_type)
-                    except Exception as exc:  # noqa: BLE001 - report, keep measuring the rest
-                        failures += 1
-                        log(f"  FAILED: {exc}")
-                        notes.append(f"{label}: failed: {str(exc).strip().splitlines()[-1]}")
-                        continue
-                    versions[engine] = r.get("version", "?")
-                    if r.get("compute_type"):
-                        compute_types[engine] = r["compute_type"] + (f" ({r['kernel']})" if r.get("kernel") else "")
-                    if engine == "cyformer":
-                        blas = r.get("blas", blas)
-                    if engine == "hf":
-                        versions["torch"] = r.get("torch", "?")
-                    for c in r["cases"]:
-                        c["median"] = float(np.median(c["times"]))
-                        c["intra"] = r.get("intra_threads")
-                        key = (c["batch"], c["mode"])
-                        slot = results.setdefault((name, nt, engine), {})
-                        prev = slot.get(key)
-                        c.setdefault("tried", {})[c["intra"]] = c["median"]
-                        if prev is not None:
-                            c["tried"].update(prev["tried"])
-                        if prev is None or c["median"] < prev["median"]:
-                            slot[key] = c
-                        else:
-                            prev["tried"].update(c["tried"])
-                        log(f"  batch {c['batch']:>2} {c['mode']:<6}: {c['median'] * 1e3:9.1f} ms "
-                            f"({c['batch'] * GEN_LEN / c['median']:8.1f} tok/s)")
-                    log(f"  ({time.perf_counter() - t0:.1f} s)")
+    # raw[(model, threads, engine, intra, (batch, mode))] -> (case, [its median in each round])
+    raw: Dict[Tuple, Tuple[Dict, List[float]]] = {}
+    for rnd in range(a.rounds):
+        for name in a.models:
+            hf_dir, ct2_dir = paths[name]
+            for nt in a.threads:
+                for engine in a.engines:
+                    intras = [None]
+                    if engine == "ct2":
+                        intras = sorted(set(a.ct2_intra or [1, nt])) if nt > 1 else [1]
+                        intras = [i for i in intras if 1 <= i <= nt] or [nt]
+                    for intra in intras:
+                        label = f"{name} {nt}t {ENGINE_NAMES[engine]}" + (f" intra_threads={intra}" if intra else "")
+                        if a.rounds > 1:
+                            label += f" round {rnd + 1}/{a.rounds}"
+                        log(f"[{label}] batches {a.batches} modes {a.modes} ...")
+                        t0 = time.perf_counter()
+                        try:
+                            r = run_worker(engine, hf_dir, ct2_dir, nt, a.batches, a.modes, a.repeat, env,
+                                           warmup=a.warmup, intra_threads=intra, compute_type=a.compute_type,
+                                           ct2_compute_type=a.ct2_compute_type)
+                        except Exception as exc:  # noqa: BLE001 - report, keep measuring the rest
+                            failures += 1
+                            log(f"  FAILED: {exc}")
+                            notes.append(f"{label}: failed: {str(exc).strip().splitlines()[-1]}")
+                            continue
+                        versions[engine] = r.get("version", "?")
+                        if r.get("compute_type"):
+                            compute_types[engine] = r["compute_type"] + (f" ({r['kernel']})" if r.get("kernel") else "")
+                        if engine == "cyformer":
+                            blas = r.get("blas", blas)
+                        if engine == "hf":
+                            versions["torch"] = r.get("torch", "?")
+                        for c in r["cases"]:
+                            med = float(np.median(c["times"]))
+                            k = (name, nt, engine, r.get("intra_threads"), (c["batch"], c["mode"]))
+                            raw.setdefault(k, (c, []))[1].append(med)
+                            log(f"  batch {c['batch']:>2} {c['mode']:<6}: {med * 1e3:9.1f} ms "
+                                f"({c['batch'] * GEN_LEN / med:8.1f} tok/s)")
+                        log(f"  ({time.perf_counter() - t0:.1f} s)")
+    # each cell: the median over rounds of each round's median; ct2 keeps its faster intra setting
+    for (name, nt, engine, intra, key), (c, meds) in raw.items():
+        c["median"] = float(np.median(meds))
+        c["intra"] = intra
+        slot = results.setdefault((name, nt, engine), {})
+        prev = slot.get(key)
+        c.setdefault("tried", {})[c["intra"]] = c["median"]
+        if prev is not None:
+            c["tried"].update(prev["tried"])
+        if prev is None or c["median"] < prev["median"]:
+            slot[key] = c
+        else:
+            prev["tried"].update(c["tried"])
     elapsed = time.perf_counter() - started
 
     header = ["model", "batch", "mode", "threads", "cyformer tok/s", "CT2 tok/s", "CT2 intra_threads",
@@ -606,7 +618,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"- sources: {SRC_LEN} random ids in [2, {VOCAB - 2}); exactly {GEN_LEN} generated tokens per "
         f"sequence (cyformer/HF: 63 + forced EOS; CT2: 64 without EOS); tok/s = batch x {GEN_LEN} / "
         f"median seconds per call",
-        f"- median of {a.repeat} calls after {a.warmup} warm-up call(s); each engine in its own process",
+        f"- median of {a.repeat} calls after {a.warmup} warm-up call(s); each engine in its own process"
+        + (f"; {a.rounds} alternating rounds, the median over rounds" if a.rounds > 1 else ""),
         f"- cyformer BLAS: {blas or 'n/a'}; OPENBLAS_CORETYPE: {coretype}",
         f"- mode encode: the encoder over {ENC_LEN}-token sources, tok/s = batch x {ENC_LEN} / median seconds "
         "(CTranslate2: translate_batch with max_decoding_length=1, i.e. the encoder and one greedy step)",
