@@ -83,16 +83,24 @@ def embedding_forward(const int32_t[::1] ids, const int32_t[::1] positions,
 
 def embedding_forward_int8(const int32_t[::1] ids, const int32_t[::1] positions,
                            const int8_t[:, ::1] table, const float[::1] row_scale, pos_table,
-                           float scale, float[:, ::1] out, int n_threads=1):
+                           float scale, float[:, ::1] out, int n_threads=1, bint packed=False):
     """``embedding_forward`` over an int8 table [V, d] with one float32 scale per row [V]:
     ``out[i] = table[ids[i]] * (row_scale[ids[i]] * scale) + pos_table[positions[i]]``, the
-    two scales folded into one float32 (the product and the sum rounded separately)."""
+    two scales folded into one float32 (the product and the sum rounded separately).
+    ``packed``: ``table`` is the [V, d] table (V = len(row_scale), d = out's width) as
+    ``quant.pack_int8`` packs it for the int8 GEMM, so a tied output projection and the lookup
+    read one copy."""
     cdef Py_ssize_t n = ids.shape[0], i
-    cdef int d = table.shape[1]
-    if row_scale.shape[0] != table.shape[0]:
-        raise ValueError(f"row_scale must have one entry per table row ({table.shape[0]}), "
-                         f"got {row_scale.shape[0]}")
-    cdef const float* pp = _check_lookup(ids, positions, table.shape[0], d, pos_table, out)
+    cdef long v = row_scale.shape[0], ldp = 0
+    cdef int d = out.shape[1] if packed else table.shape[1]
+    if packed:
+        ldp = ((d + 3) // 4) * 64
+        if table.shape[0] != (v + 15) // 16 or (v and table.shape[1] != ldp):
+            raise ValueError(f"packed table is [{table.shape[0]}, {table.shape[1]}], expected "
+                             f"[{(v + 15) // 16}, {ldp}] for {v} rows of {d}")
+    elif v != table.shape[0]:
+        raise ValueError(f"row_scale must have one entry per table row ({table.shape[0]}), got {v}")
+    cdef const float* pp = _check_lookup(ids, positions, v, d, pos_table, out)
     if n == 0 or d == 0:
         return
     cdef const int8_t* tp = &table[0, 0]
@@ -100,31 +108,12 @@ def embedding_forward_int8(const int32_t[::1] ids, const int32_t[::1] positions,
     cdef float* op = &out[0, 0]
     with nogil:
         for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
-            cyf_embed_row_i8(tp + <long>ids[i] * d, sp[ids[i]] * scale,
-                             pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
-
-
-def embedding_forward_int8_packed(const int32_t[::1] ids, const int32_t[::1] positions,
-                                  const int8_t[:, ::1] packed, const float[::1] row_scale, int d, pos_table,
-                                  float scale, float[:, ::1] out, int n_threads=1):
-    """``embedding_forward_int8`` over the table [V, d] (V = len(row_scale)) as
-    ``quant.pack_int8`` packs it for the int8 GEMM: a tied output projection and the lookup
-    read one copy."""
-    cdef Py_ssize_t n = ids.shape[0], i
-    cdef long v = row_scale.shape[0], ldp = ((d + 3) // 4) * 64
-    if packed.shape[0] != (v + 15) // 16 or (v and packed.shape[1] != ldp):
-        raise ValueError(f"packed table is [{packed.shape[0]}, {packed.shape[1]}], expected "
-                         f"[{(v + 15) // 16}, {ldp}] for {v} rows of {d}")
-    cdef const float* pp = _check_lookup(ids, positions, v, d, pos_table, out)
-    if n == 0 or d == 0:
-        return
-    cdef const int8_t* tp = &packed[0, 0]
-    cdef const float* sp = &row_scale[0]
-    cdef float* op = &out[0, 0]
-    with nogil:
-        for i in prange(n, num_threads=cyf_row_team(n_threads, n, d), schedule='static'):
-            cyf_embed_row_i8_packed(tp + (ids[i] // 16) * ldp + (ids[i] % 16) * 4, sp[ids[i]] * scale,
-                                    pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
+            if packed:   # row ids[i]: block ids[i] / 16, lane ids[i] % 16 (4 bytes per lane)
+                cyf_embed_row_i8_packed(tp + (ids[i] // 16) * ldp + (ids[i] % 16) * 4, sp[ids[i]] * scale,
+                                        pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
+            else:
+                cyf_embed_row_i8(tp + <long>ids[i] * d, sp[ids[i]] * scale,
+                                 pp + <long>positions[i] * d if pp != NULL else NULL, op + i * d, d)
 
 
 def embedding_forward_bf16(const int32_t[::1] ids, const int32_t[::1] positions,

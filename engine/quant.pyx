@@ -11,11 +11,13 @@ fixed order, so results do not depend on the thread count (bitwise: the int8 sum
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t
-from libc.stdlib cimport free, malloc
 
 import numpy as np
 
 from _common cimport CYFORMER_HAVE_OPENMP
+
+cdef extern from "scratch.h" nogil:
+    void* cyf_scratch_bytes(int slot, size_t nbytes)
 
 cdef extern from "qgemm.h" nogil:
     int CYF_Q_PORTABLE, CYF_Q_AVX2, CYF_Q_AVXVNNI, CYF_Q_VNNI256, CYF_Q_VNNI512
@@ -215,7 +217,8 @@ cdef int _int8_nogil(int path, const float* x, long ldx, int m, int k, const int
                      int accumulate, int32_t* raw, int n_threads, const int8_t* packed=NULL) noexcept nogil:
     # Quantize the rows of x once (rows split between threads), then the GEMM; -1 when out of memory.
     cdef long ldq = ((k + _PACK_ALIGN - 1) // _PACK_ALIGN) * _PACK_ALIGN
-    cdef uint8_t* xq = <uint8_t*>malloc(<size_t>m * ldq + <size_t>m * sizeof(float) + 64)
+    # this thread's buffer (scratch.h), kept between calls: no fresh pages for every GEMM
+    cdef uint8_t* xq = <uint8_t*>cyf_scratch_bytes(0, <size_t>m * ldq + <size_t>m * sizeof(float) + 64)
     cdef float* xs
     cdef int t, i, team = _team(m, n, k, n_threads), shift = cyf_q_shifted(path)
     if xq == NULL:
@@ -250,7 +253,6 @@ cdef int _int8_nogil(int path, const float* x, long ldx, int m, int k, const int
             cyf_q_gemm(path, xq, ldq, xs, 0, m, w, k, ws, comp, bias, out, ldo,
                        _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN),
                        k, accumulate, raw, n)
-    free(xq)
     return 0
 
 
@@ -482,7 +484,7 @@ cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uin
     cdef uint16_t* xb = NULL
     if cyf_b_packs(path):  # the activations rounded to bf16 once per call
         ldp = ((k + 31) // 32) * 32
-        xb = <uint16_t*>malloc(<size_t>m * ldp * sizeof(uint16_t))
+        xb = <uint16_t*>cyf_scratch_bytes(0, <size_t>m * ldp * sizeof(uint16_t))
         if xb == NULL:
             return -1
         for i in range(m):
@@ -498,7 +500,6 @@ cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uin
         for t in prange(team, num_threads=team, schedule='static'):
             cyf_b_gemm(path, xp, ldp, 0, m, w, k, bias, out, ldo,
                        _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN), k, accumulate)
-    free(xb)
     return 0
 
 

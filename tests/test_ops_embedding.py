@@ -219,7 +219,7 @@ def test_int8_embedding_is_numpy_dequantization_exactly(n, vocab, d, n_pos, with
         np.testing.assert_array_equal(out, want)
         # the same table packed for the int8 GEMM (a tied output projection's layout)
         out[...] = np.nan
-        embedding.embedding_forward_int8_packed(ids, positions, quant.pack_int8(q), s, d, pos_table, scale, out, nt)
+        embedding.embedding_forward_int8(ids, positions, quant.pack_int8(q), s, pos_table, scale, out, nt, packed=True)
         np.testing.assert_array_equal(out, want)
 
 

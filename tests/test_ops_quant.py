@@ -464,7 +464,6 @@ PACKED_BAD = [
 
 
 @needs_vnni512
-@pytest.mark.parametrize("name,call,exc,match", PACKED_BAD, ids=[c[0] for c in PACKED_BAD])
-def test_packed_bad_input(name, call, exc, match):
-    with pytest.raises(exc, match=match):
-        call()
+@pytest.mark.parametrize("call,exc,match", bad_input_params(PACKED_BAD))
+def test_packed_bad_input(call, exc, match):
+    check_bad_input(call, exc, match)

@@ -456,3 +456,57 @@ def verify_checkpoint(path: str) -> None:
     if str(crc) != str(want):
         raise CheckpointError(f"{path}: the data does not match its checksum (crc32 {crc}, stored {want}); "
                               f"the file is corrupt")
+
+
+# -- memory pages of mapped and anonymous arrays ---------------------------------------
+_LIBC: list = []   # [the C library's madvise, or None where there is none], loaded once
+
+
+def _madvise(a: np.ndarray, advice_name: str) -> None:
+    # madvise(advice) over the whole memory pages inside `a`; nothing where it is not available
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, advice_name, None)
+    if advice is None or not a.flags.c_contiguous or a.nbytes == 0:
+        return
+    page = mmap.PAGESIZE
+    start = a.ctypes.data
+    lo = -(-start // page) * page
+    hi = (start + a.nbytes) // page * page
+    if hi <= lo:
+        return
+    if not _LIBC:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).madvise
+            fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            fn = None
+        _LIBC.append(fn)
+    if _LIBC[0] is not None:
+        _LIBC[0](ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), advice)
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Hand the whole memory pages inside ``a`` back to the system (madvise MADV_DONTNEED):
+    an anonymous page reads as zeros afterwards, a private file mapping's as the file. The
+    caller no longer needs the values. Nothing happens where madvise is not available."""
+    _madvise(a, "MADV_DONTNEED")
+
+
+def huge_pages(a: np.ndarray, on: bool) -> None:
+    """Allow (or forbid) transparent huge pages in ``a`` (NumPy asks for them in large arrays):
+    while a buffer is filled sparsely, writing a bias between two matrices left in a file would
+    fault in a whole 2 MiB page of them; once every value is written, huge pages serve the GEMMs."""
+    if not file_mapped(a):
+        _madvise(a, "MADV_HUGEPAGE" if on else "MADV_NOHUGEPAGE")
+
+
+def file_mapped(a) -> bool:
+    """Whether ``a`` is (a view of) a memory map of a file, whose released pages read the file
+    again (``release_pages`` on any other array would zero values still needed)."""
+    while a is not None:
+        if isinstance(a, np.memmap):
+            return True
+        a = getattr(a, "base", None)
+    return False

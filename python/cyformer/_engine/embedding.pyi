@@ -24,21 +24,10 @@ def embedding_forward_int8(
     scale: float,
     out: NDArray[np.float32],
     n_threads: int = 1,
+    packed: bool = False,
 ) -> None:
-    """out[i] = table[ids[i]] * (row_scale[ids[i]] * scale) + pos_table[positions[i]]; int8 table [V, d]."""
-
-def embedding_forward_int8_packed(
-    ids: NDArray[np.int32],
-    positions: NDArray[np.int32],
-    packed: NDArray[np.int8],
-    row_scale: NDArray[np.float32],
-    d: int,
-    pos_table: Optional[NDArray[np.float32]],
-    scale: float,
-    out: NDArray[np.float32],
-    n_threads: int = 1,
-) -> None:
-    """embedding_forward_int8 over the table [len(row_scale), d] packed by quant.pack_int8."""
+    """out[i] = table[ids[i]] * (row_scale[ids[i]] * scale) + pos_table[positions[i]]; int8 table [V, d]
+    (``packed``: as quant.pack_int8 packs it, d = out's width)."""
 
 def embedding_forward_bf16(
     ids: NDArray[np.int32],

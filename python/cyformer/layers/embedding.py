@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 
 from .._engine.embedding import (embedding_backward, embedding_forward, embedding_forward_bf16,
-                                 embedding_forward_int8, embedding_forward_int8_packed, sinusoidal_table)
+                                 embedding_forward_int8, sinusoidal_table)
 from .base import Layer, TrainContext, Views, WeightSpec
 from .linear import StoredWeight
 
@@ -73,21 +73,18 @@ class Embeddings(Layer):
         if compute_type == "float32":
             self.stored = None
             return
-        form = store.get(self.token_name)
-        if form is None or form.dtype != compute_type:
-            form = store[self.token_name] = StoredWeight.quantize(self.tokens, compute_type)
-        self.stored = form
+        self.stored = StoredWeight.shared(store, self.token_name, self.tokens, compute_type)
 
     def forward(self, ids: np.ndarray, positions: np.ndarray, out: np.ndarray, nt: int) -> None:
         """out[i] = tokens[ids[i]] * scale + positions[positions[i]]; also one decoding step's rows."""
         s = self.stored
         if s is None:
             embedding_forward(ids, positions, self.tokens, self.positions, self.scale, out, nt)
-        elif s.dtype == "int8" and s.packed is not None:   # the int8 GEMM's layout (tied weights)
-            embedding_forward_int8_packed(ids, positions, s.packed, s.scale, s.shape[1], self.positions,
-                                          self.scale, out, nt)
-        elif s.dtype == "int8":   # the row's scale and ``scale`` folded into one float
-            embedding_forward_int8(ids, positions, s.data, s.scale, self.positions, self.scale, out, nt)
+        elif s.dtype == "int8":   # the row's scale and ``scale`` folded into one float; packed:
+            # the int8 GEMM's layout (a tied output projection's)
+            packed = s.packed is not None
+            embedding_forward_int8(ids, positions, s.packed if packed else s.data, s.scale, self.positions,
+                                   self.scale, out, nt, packed=packed)
         else:
             embedding_forward_bf16(ids, positions, s.data, self.positions, self.scale, out, nt)
 

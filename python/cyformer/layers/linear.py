@@ -19,6 +19,7 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 
 from .._engine import quant
+from ..io import file_mapped, release_pages
 from .._engine.linear import linear_backward, linear_forward
 from .base import Layer, Views, WeightSpec
 
@@ -90,8 +91,6 @@ class StoredWeight:
         converted here once and in place, so every reader of this form (a tied embedding
         lookup too) reads the one packed copy; the row-major array is let go."""
         if self.dtype == "int8" and self.packed is None and quant.int8_packs():
-            from ..model import file_mapped, release_pages   # (model imports this module)
-
             data, (n, k) = self._data, self.shape
             if file_mapped(data):   # an int8 checkpoint's pages, handed back a block at a time
                 blk = quant.INT8_PACK_ROWS
@@ -113,6 +112,16 @@ class StoredWeight:
         if dtype == "bfloat16":
             return cls("bfloat16", quant.to_bfloat16(w))
         raise ValueError(f"no stored form for {dtype!r}")
+
+    @classmethod
+    def shared(cls, store: Dict[str, "StoredWeight"], name: str, matrix: np.ndarray,
+               compute_type: str) -> "StoredWeight":
+        """``name``'s form in ``compute_type`` from ``store`` (the one every layer reading that
+        matrix shares), converted from ``matrix`` and put there when ``store`` lacks it."""
+        form = store.get(name)
+        if form is None or form.dtype != compute_type:
+            form = store[name] = cls.quantize(matrix, compute_type)
+        return form
 
     @property
     def data(self) -> np.ndarray:
@@ -209,9 +218,7 @@ class Linear(Layer):
         if compute_type == "float32":
             self.stored = None
             return
-        form = store.get(self.weight_name)
-        if form is None or form.dtype != compute_type:
-            form = store[self.weight_name] = StoredWeight.quantize(self._full, compute_type)
+        form = StoredWeight.shared(store, self.weight_name, self._full, compute_type)
         self.stored = form.pack().rows(self._rows)
 
     # -- inference / training forward: the same call; training saves x (the caller's array) --
