@@ -50,6 +50,8 @@ cdef extern from "attention_row.h" nogil:
                        float* out, int lo, int hi, int d_k, float scale, const uint8_t* mask,
                        float* scores, float* dropped, uint64_t seed, uint64_t first,
                        uint32_t threshold, float inv_keep, float* lse)
+    int cyf_row_level()
+    void cyf_row_cap(int level)
     void cyf_attend_row_backward(const float* q, const float* k, long ldk, const float* v, long ldv,
                                  const float* dout, float* dq, float* dk, long lddk, float* dv, long lddv,
                                  int lo, int hi, int d_k, float scale, const uint8_t* mask,
@@ -84,6 +86,8 @@ cdef int _BLOCK_ROWS = 32
 # Up to this many queries per sequence (incremental decoding), or keys (short sequences in
 # training), take the per-row path: a GEMM call per tiny block costs more than its arithmetic.
 cdef int _ROW_PATH_MAX_Q = 4
+# keys (and values) of the next one-head lane prefetched while a lane runs (decoding)
+cdef int _PREFETCH_KEYS = 64
 cdef int _ROW_PATH_MAX_K = 16
 # The tiled path: sequences with at least _TILE_MIN_KEYS keys (and more than
 # _ROW_PATH_MAX_Q queries). A [_TILE_ROWS, _TILE_KEYS] score tile (and, in the backward, its
@@ -588,6 +592,27 @@ def _tile_config(rows=None, keys=None, min_keys=None, chunk=None, kernels=None, 
     return _TILE_ROWS, _TILE_KEYS, _TILE_MIN_KEYS, _TILE_CHUNK, bool(_TILE_KERNELS), bool(_SHORT_TILES)
 
 
+def row_kernels(level=None):
+    """The body of the row path (one query row against a range of keys: decoding, short
+    sequences) on this CPU: "avx512" (attention_row.h, for head widths a multiple of 16 up
+    to 128) or "portable". ``level`` 0 forces the portable body and 2 allows AVX-512 again
+    (tests). Not thread-safe: call it only while no attention call is running."""
+    if level is not None:
+        if level not in (0, 2):
+            raise ValueError("level must be 0 (portable) or 2 (AVX-512 where the CPU has it)")
+        cyf_row_cap(level)
+    return "avx512" if cyf_row_level() == 2 else "portable"
+
+
+def _prefetch_keys(keys=None):
+    """How many keys (and values) of the next one-head lane the row path prefetches while a
+    lane runs (decoding), after setting it (bench/ tunes it; 0: none)."""
+    global _PREFETCH_KEYS
+    if keys is not None:
+        _PREFETCH_KEYS = max(int(keys), 0)
+    return _PREFETCH_KEYS
+
+
 def tile_kernels():
     """The kernels multiplying the tiles of long sequences on this CPU: "avx512" or
     "avx2-fma" (attention_tile.h, for head widths divisible by 8), or "sgemm"."""
@@ -756,6 +781,11 @@ def attention_forward(const float[:, :] q, const float[:, :] k, const float[:, :
                     _prefetch_rows(kp + <long>k_start[b] * ldk + (h + 1) * d_k, ldk, lk, d_k)
                     _prefetch_rows(vp + <long>k_start[b] * ldv + (h + 1) * d_k, ldv, lk, d_k)
                     _prefetch_rows(op + <long>q_start[b] * ldo + (h + 1) * d_k, ldo, lq, d_k)
+                elif n_heads == 1 and blk == 0 and lq <= _ROW_PATH_MAX_Q and b + 1 < pb.batch:
+                    # decoding's one-head lanes: the next lane's keys and values (another
+                    # block of the cache, which the prefetchers cannot guess) while this one runs
+                    _prefetch_rows(kp + <long>k_start[b + 1] * ldk, ldk, min(k_len[b + 1], _PREFETCH_KEYS), d_k)
+                    _prefetch_rows(vp + <long>k_start[b + 1] * ldv, ldv, min(k_len[b + 1], _PREFETCH_KEYS), d_k)
                 mine = _for_item(drop, q_start[b], n_heads, h)
                 lse_row = lse_ptr + <long>h * q.shape[0] + q_start[b] if lse_ptr != NULL else NULL
                 mask_b = pb.mask_of(b) if lk > 0 else NULL

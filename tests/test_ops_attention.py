@@ -56,6 +56,13 @@ ATTN_SCENARIOS = {
     "custom_scale": dict(q=[6, 3], H=3, dk=4, scale=0.3),
     "dk1": dict(q=[4, 7], H=5, dk=1),
     "single_head": dict(q=[9], H=1, dk=24, causal=True),
+    # head widths the AVX-512 row body takes (multiples of 16 up to 128): decoding's one query
+    # against 1-47 keys (one block of 16, a tail, several blocks), short rows, masks, windows
+    "decode_dk64": dict(q=[1, 1, 1, 1], k=[1, 15, 16, 33], H=2, dk=64, causal=True),
+    "cross_dk16_mask": dict(q=[3, 2], k=[17, 40], H=2, dk=16, mask="batch"),
+    "short_dk32": dict(q=[4, 2], k=[9, 16], H=3, dk=32),
+    "decode_dk128_window": dict(q=[1, 1], k=[20, 47], H=1, dk=128, causal=True, window=5),
+    "decode_dk48": dict(q=[1, 1, 1], k=[2, 31, 18], H=2, dk=48),
 }
 
 
@@ -594,14 +601,19 @@ def ref_lse(q, k, q_start, q_len, k_start, k_len, H, causal=False, window=-1, ma
     return lse
 
 
-@pytest.fixture(autouse=True, params=[True, False], ids=["short_tiles", "row_paths"])
+@pytest.fixture(autouse=True, params=[(True, 2), (False, 2), (False, 0)],
+                ids=["short_tiles", "row_paths", "row_paths_portable"])
 def _paths_for_short_keys(request):
-    """Every test twice: with sequences of few keys on the tiled kernels (the default where
-    they run) and on the row and block paths."""
+    """Every test three times: with sequences of few keys on the tiled kernels (the default
+    where they run), on the row and block paths with the row body this CPU runs best (AVX-512
+    where it has it: ``attention.row_kernels``), and with the portable row body."""
+    short_keys, row_level = request.param
     saved = attention._tile_config()[5]
-    attention._tile_config(short_keys=request.param)
+    attention._tile_config(short_keys=short_keys)
+    attention.row_kernels(row_level)
     yield
     attention._tile_config(short_keys=saved)
+    attention.row_kernels(2)
 
 
 @pytest.fixture
@@ -852,3 +864,51 @@ def test_attention_rejects_reversed_or_overlapping_rows():
             attention.attention_forward(bad, q, q, out, start, one, start, one, 2)
         with pytest.raises(ValueError, match="contiguous"):
             attention.attention_forward(q, q, bad, out, start, one, start, one, 2)
+
+
+def test_row_kernels_names_the_cpu_path():
+    # the AVX-512 row body where the CPU has AVX-512F (the scenarios above then run both bodies)
+    from cyformer.sysinfo import cpu_features
+
+    want = "avx512" if "avx512f" in cpu_features() else "portable"
+    assert attention.row_kernels(2) == want
+    assert attention.row_kernels(0) == "portable"
+    assert attention.row_kernels(2) == want
+    with pytest.raises(ValueError, match="level"):
+        attention.row_kernels(1)
+
+
+@pytest.mark.parametrize("d_k", [16, 32, 64, 80, 128])
+def test_decoding_lanes_match_numpy_on_both_row_bodies(d_k):
+    # decoding's layout: rows * heads one-head lanes of one query, each over its own block of a
+    # head-major cache [lanes, capacity, d_k]; every key count from 1 to 40 (blocks of 16 and tails)
+    if attention.row_kernels(2) != "avx512":
+        pytest.skip("the AVX-512 row body needs AVX-512F, which this CPU lacks")
+    rng = make_rng("decode-lanes", d_k)
+    lanes, cap = 40, 48
+    keys = f32(rng.standard_normal((lanes, cap, d_k)))
+    values = f32(rng.standard_normal((lanes, cap, d_k)))
+    q = f32(rng.standard_normal((lanes, d_k)))
+    seq = np.arange(lanes, dtype=np.int32)
+    one = np.ones(lanes, np.int32)
+    start = (seq * cap).astype(np.int32)
+    length = (seq + 1).astype(np.int32)
+    want = np.empty((lanes, d_k))
+    for i in range(lanes):
+        k64, v64 = keys[i, :length[i]].astype(np.float64), values[i, :length[i]].astype(np.float64)
+        s = k64 @ q[i].astype(np.float64) / math.sqrt(d_k)
+        p = np.exp(s - s.max())
+        want[i] = (p / p.sum()) @ v64
+    outs = {}
+    for level in (2, 0):
+        attention.row_kernels(level)
+        for nt in (1, 2):
+            out = zeros(lanes, d_k)
+            attention.attention_forward(q, keys.reshape(-1, d_k), values.reshape(-1, d_k), out, seq, one,
+                                        start, length, 1, n_threads=nt)
+            outs[level, nt] = out
+    attention.row_kernels(2)
+    for out in outs.values():
+        assert_close(out, want)
+    for level in (2, 0):   # each body's sums in one fixed order: bitwise the same at 1 and 2 threads
+        np.testing.assert_array_equal(outs[level, 1], outs[level, 2])
