@@ -10,6 +10,15 @@
 #include "vec.h"
 #include "expf.h"
 
+/* log(sum_j exp(x[j] - m)) over x[0:n] */
+CYF_INLINE float cyf_log_sum_exp_c(const float* x, int n, float m) {
+    int j;
+    float s = 0.0f;
+    CYF_SIMD_SUM(s)
+    for (j = 0; j < n; j++) s += cyf_expf(x[j] - m);
+    return logf(s);
+}
+
 /* softmax (log == 0) or log-softmax of x[0:n] in place; with lse != NULL, *lse receives the
  * row's log-sum-exp, max + log(sum exp(x - max)) (-inf when no entry is finite). Returns 0
  * (and writes zeros, or -inf for log) when no entry is finite. Loops index from 0 so they
@@ -26,9 +35,7 @@ CYF_INLINE int cyf_softmax_lse(float* x, int n, int log, float* lse) {
         return 0;
     }
     if (log) {
-        CYF_SIMD_SUM(s)
-        for (j = 0; j < n; j++) s += cyf_expf(x[j] - m);
-        float ls = logf(s);
+        float ls = cyf_log_sum_exp_c(x, n, m);   /* shared with cyf_log_stats_c */
         /* (x - m) - log(s): subtracting m first keeps the precision of large logits */
         for (j = 0; j < n; j++) x[j] = (x[j] - m) - ls;
         if (lse) *lse = m + ls;
@@ -116,6 +123,21 @@ CYF_CLONES static void cyf_softmax_from_lse(float* x, int lo, int hi, int width,
 /* log_softmax (log != 0) or softmax of x[0:n] in place. */
 CYF_CLONES static void cyf_softmax_row_c(float* x, int n, int log) {
     cyf_softmax_inplace(x, n, log);
+}
+
+/* The two numbers of x[0:n]'s log-softmax without writing it: *m = max, *ls = log(sum
+ * exp(x - m)), so that log_softmax(x)[j] = (x[j] - m) - ls with the same arithmetic as
+ * cyf_softmax_row_c (beam search's fused top-k reads them). Returns 0 when no entry is
+ * finite. */
+CYF_CLONES static int cyf_log_stats_c(const float* x, int n, float* m, float* ls) {
+    int j;
+    float mx = -INFINITY;
+    CYF_SIMD_MAX(mx)
+    for (j = 0; j < n; j++) mx = x[j] > mx ? x[j] : mx;
+    if (!(mx > -INFINITY)) return 0;
+    *m = mx;
+    *ls = cyf_log_sum_exp_c(x, n, mx);
+    return 1;
 }
 
 /* ---- AVX-512 versions of the two attention forms above ----------------------------------
@@ -222,17 +244,40 @@ CYF_SM512 static int cyf_softmax_range_512(float* x, int lo, int hi, int width, 
 }
 
 /* log_softmax (log != 0) or softmax of x[0:n] in place, as cyf_softmax_inplace */
+/* As cyf_log_stats_c, in the order of cyf_softmax_row_512's log-softmax. */
+CYF_SM512 static int cyf_log_stats_512(const float* x, int n, float* m, float* ls) {
+    __m512 vs = _mm512_setzero_ps(), vm;
+    float mx;
+    int j;
+    if (n <= 0) return 0;
+    mx = cyf_sm_max16(x, n);
+    if (!(mx > -INFINITY)) return 0;
+    vm = _mm512_set1_ps(mx);
+    for (j = 0; j < n; j += 16) {   /* the sum of exp(x - m), x left as it is */
+        __mmask16 k = CYF_SM_TAIL(n, j);
+        vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(k, cyf_expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm))));
+    }
+    *m = mx;
+    *ls = logf(_mm512_reduce_add_ps(vs));
+    return 1;
+}
+
 CYF_SM512 static void cyf_softmax_row_512(float* x, int n, int log) {
     float m, s = 0.0f, ls;
-    __m512 vs = _mm512_setzero_ps(), vm;
+    __m512 vm;
     int j;
     if (n <= 0) return;
-    m = cyf_sm_max16(x, n);
-    if (!(m > -INFINITY)) {
-        for (j = 0; j < n; j++) x[j] = log ? -INFINITY : 0.0f;
-        return;
-    }
-    if (!log) {
+    if (log) {
+        if (!cyf_log_stats_512(x, n, &m, &ls)) {
+            for (j = 0; j < n; j++) x[j] = -INFINITY;
+            return;
+        }
+    } else {
+        m = cyf_sm_max16(x, n);
+        if (!(m > -INFINITY)) {
+            for (j = 0; j < n; j++) x[j] = 0.0f;
+            return;
+        }
         s = cyf_sm_exp16(x, n, m);
         vm = _mm512_set1_ps(1.0f / s);
         for (j = 0; j < n; j += 16) {
@@ -242,11 +287,6 @@ CYF_SM512 static void cyf_softmax_row_512(float* x, int n, int log) {
         return;
     }
     vm = _mm512_set1_ps(m);
-    for (j = 0; j < n; j += 16) {   /* the sum of exp(x - m), x left as it is */
-        __mmask16 k = CYF_SM_TAIL(n, j);
-        vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(k, cyf_expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm))));
-    }
-    ls = logf(_mm512_reduce_add_ps(vs));
     /* (x - m) - log(s): subtracting m first keeps the precision of large logits */
     for (j = 0; j < n; j += 16) {
         __mmask16 k = CYF_SM_TAIL(n, j);
@@ -270,6 +310,7 @@ static int cyf_sm_avx512(void) { return 0; }
 #define cyf_softmax_online_512 cyf_softmax_online_c
 #define cyf_softmax_range_512 cyf_softmax_range_c
 #define cyf_softmax_row_512 cyf_softmax_row_c
+#define cyf_log_stats_512 cyf_log_stats_c
 #endif
 
 /* the AVX-512 forms where the CPU has them (one answer per process: the same in every thread) */
@@ -283,6 +324,11 @@ static __attribute__((unused)) void cyf_softmax_row(float* x, int n, int log) {
         cyf_softmax_row_512(x, n, log);
     else
         cyf_softmax_row_c(x, n, log);
+}
+
+/* m and ls of a row's log-softmax, as cyf_softmax_row computes them (0: no finite entry) */
+static __attribute__((unused)) int cyf_log_stats(const float* x, int n, float* m, float* ls) {
+    return cyf_sm_avx512() ? cyf_log_stats_512(x, n, m, ls) : cyf_log_stats_c(x, n, m, ls);
 }
 
 static __attribute__((unused)) int cyf_softmax_range(float* x, int lo, int hi, int width, float* lse) {

@@ -355,6 +355,19 @@ def _mask_logprobs(logp: np.ndarray, step: int, opts: GenerationOptions, config)
         logp[:, config.eos_id] = -np.inf
 
 
+def _banned(step: int, opts: GenerationOptions, config) -> Optional[List[int]]:
+    """The tokens ``_mask_logprobs`` sets to -inf at ``step``, for the fused log-softmax top-k
+    (``topk(log_softmax=True, banned=...)``); None at the forced-EOS step, which it replaces."""
+    if config.forced_eos and step == opts.max_length - 1:
+        return None
+    banned = []
+    if opts.suppress_pad and config.pad_id != config.eos_id:
+        banned.append(config.pad_id)
+    if step < opts.min_length:
+        banned.append(config.eos_id)
+    return banned
+
+
 def _mask_rows(logp: np.ndarray, gen: np.ndarray, limit: np.ndarray, opts: GenerationOptions, config) -> None:
     """``_mask_logprobs`` with a step per row: ``gen`` [R] is the index of the token each row
     generates next (negative inside a target prefix), ``limit`` [R] its last allowed + 1."""
@@ -489,24 +502,30 @@ def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[
         logits = model.decode_step(state, tokens, attention=attn)
         if procs is not None:   # on the raw logits, as HF's greedy search and sampling
             procs(logits, hist[alive, :step + 1] if hist is not None else None)
-        softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
-        if prefix is None:
-            _mask_logprobs(logits, step, opts, config)
+        banned = _banned(step, opts, config) if rng is None and prefix is None else None
+        if banned is not None:   # greedy: log-softmax, masks and argmax in one read of the logits
+            picked, chosen = topk(logits, 1, threads.get_num_threads(), log_softmax=True, banned=banned)
+            picked, chosen = picked[:, 0], chosen[:, 0]
             forced = None
         else:
-            gen = step - prefix.length[alive]
-            _mask_rows(logits, gen, prefix.limit[alive], opts, config)
-            forced = gen < 0
-        if rng is None:
-            chosen = logits.argmax(axis=1)
-        elif forced is None or not forced.any():
-            chosen = _sample(logits, opts, rng)
-        else:   # rows inside their prefix draw nothing, so a prefix does not shift the random stream
-            chosen = np.zeros(len(alive), dtype=np.int64)
-            free = np.flatnonzero(~forced)
-            if free.size:
-                chosen[free] = _sample(logits[free], opts, rng)
-        picked = logits[np.arange(len(chosen)), chosen]
+            softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
+            if prefix is None:
+                _mask_logprobs(logits, step, opts, config)
+                forced = None
+            else:
+                gen = step - prefix.length[alive]
+                _mask_rows(logits, gen, prefix.limit[alive], opts, config)
+                forced = gen < 0
+            if rng is None:
+                chosen = logits.argmax(axis=1)
+            elif forced is None or not forced.any():
+                chosen = _sample(logits, opts, rng)
+            else:   # rows inside their prefix draw nothing, so a prefix does not shift the random stream
+                chosen = np.zeros(len(alive), dtype=np.int64)
+                free = np.flatnonzero(~forced)
+                if free.size:
+                    chosen[free] = _sample(logits[free], opts, rng)
+            picked = logits[np.arange(len(chosen)), chosen]
         if forced is not None and forced.any():
             chosen[forced] = prefix.ids[alive[forced], step]
             picked[forced] = 0.0
@@ -620,7 +639,9 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
         n = len(active)
         attn = np.zeros((n * K, heads, s_max), dtype=np.float32) if want_attn else None
         logp = model.decode_step(state, tokens, attention=attn)
-        softmax_forward(logp, log=True, n_threads=threads.get_num_threads())
+        banned = _banned(step, opts, config) if procs is None and prefix is None else None
+        if banned is None:
+            softmax_forward(logp, log=True, n_threads=threads.get_num_threads())
         if procs is not None:   # on the log-probabilities, as HF's beam search
             hist = None
             if history:
@@ -628,7 +649,9 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
                 hist[:, 0] = config.decoder_start_id
                 hist[:, 1:] = run_hist[active, :, :step].reshape(n * K, step)
             procs(logp, hist)
-        if prefix is None:
+        if banned is not None:   # the log-softmax and masks happen inside topk
+            gen = None
+        elif prefix is None:
             _mask_logprobs(logp, step, opts, config)
             gen = None
         else:
@@ -636,9 +659,11 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
             lim = prefix.limit[active]
             _mask_rows(logp, np.repeat(gen, K), np.repeat(lim, K), opts, config)
             forced = gen < 0
-        # running score + log p over [n, K * V], summed inside topk (not written out)
+        # running score + log p over [n, K * V], summed inside topk (not written out); without
+        # logits processors or a prefix, the log-softmax and masks too (one read of the logits)
         cand_vals, cand = topk(logp.reshape(n, K * V), 2 * K, threads.get_num_threads(),
-                               offsets=np.ascontiguousarray(run_scores[active]))   # [n, 2K] best first
+                               offsets=np.ascontiguousarray(run_scores[active]),
+                               log_softmax=banned is not None, banned=banned)   # [n, 2K] best first
         parent = cand // V
         tok = (cand % V).astype(np.int32)
         if gen is None:
