@@ -383,3 +383,24 @@ def test_new_values_replace_the_stored_forms():
     other.set_compute_type("int8")
     src, tgt = _batch()
     np.testing.assert_array_equal(model.forward(src, tgt), other.forward(src, tgt))
+
+
+def test_import_loads_the_kernels_blas_without_scipy_linalg():
+    # `import cyformer` maps SciPy's BLAS for the kernels (scipy.linalg.cython_blas) without
+    # importing the scipy.linalg package (25 MB resident that no kernel uses); the kernels'
+    # BLAS calls work, and a later `import scipy.linalg` still works
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, cyformer\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg was imported'\n"
+            "assert 'scipy.linalg.cython_blas' in sys.modules\n"
+            "from cyformer._engine.linear import linear_forward\n"
+            "x = np.ones((300, 64), np.float32); w = np.ones((32, 64), np.float32)\n"
+            "out = np.empty((300, 32), np.float32); linear_forward(x, w, None, out)\n"
+            "assert (out == 64).all()\n"
+            "import scipy.linalg\n"
+            "from scipy.linalg import cython_blas\n"
+            "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -67,5 +67,10 @@ def attention_backward(
     sequences a pass that recomputes them.
     """
 
+def row_kernels(level: Optional[int] = None) -> str:
+    """The row path's body (decoding's one query per lane, short sequences): "avx512" (head
+    widths a multiple of 16 up to 128) or "portable"; ``level`` 0 forces portable, 2 allows AVX-512."""
+
+
 def tile_kernels() -> str:
     """The kernels multiplying the tiles of long sequences on this CPU: "avx512", "avx2-fma" or "sgemm"."""
