@@ -100,3 +100,24 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("call,exc,match", bad_input_params(BAD_INPUTS))
 def test_bad_input_raises(call, exc, match):
     check_bad_input(call, exc, match)
+
+
+@pytest.mark.parametrize("rows,v", [(1, 1), (3, 17), (16, 32000), (5, 100)])
+def test_log_softmax_stats_give_the_written_log_softmax_bitwise(rows, v):
+    # greedy decoding scores its pick as (x - m) - ls without writing the log-softmax
+    from cyformer._engine.softmax import log_softmax_stats
+
+    rng = np.random.default_rng(rows * 1000 + v)
+    x = (rng.standard_normal((rows, v)) * 4).astype(np.float32)
+    x[0, ::2] = -np.inf
+    if rows > 2:
+        x[2, :] = -np.inf   # no finite entry: all -inf
+    want = x.copy()
+    softmax.softmax_forward(want, log=True, n_threads=1)
+    before = x.copy()
+    for nt in (1, 2):
+        m, ls = log_softmax_stats(x, nt)
+        with np.errstate(invalid="ignore"):
+            got = (x - m[:, None]) - ls[:, None]
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, before)

@@ -54,7 +54,7 @@ from typing import Any, Dict, Iterator, List, Optional
 import numpy as np
 
 from ._engine.search import topk
-from ._engine.softmax import softmax_forward
+from ._engine.softmax import log_softmax_stats, softmax_forward
 from . import threads
 
 
@@ -355,6 +355,29 @@ def _mask_logprobs(logp: np.ndarray, step: int, opts: GenerationOptions, config)
         logp[:, config.eos_id] = -np.inf
 
 
+def _greedy_pick(logits: np.ndarray, gen: np.ndarray, limit: np.ndarray, opts: GenerationOptions,
+                 config) -> tuple:
+    """Greedy search's choice per row, as HF's: the argmax of the logits (after the logits
+    processors) with ``_mask_rows``' masks; ``gen`` [R] / ``limit`` [R] as there. Returns
+    (token ids [R] int64, their log-probabilities [R] float32, bitwise the log-softmax's; zeros
+    unless ``opts.return_scores``). The log-softmax is never written, and its statistics only
+    computed for scores. ``logits`` is overwritten."""
+    rows = logits.shape[0]
+    if opts.return_scores:
+        m, ls = log_softmax_stats(logits, threads.get_num_threads())
+    if opts.suppress_pad and config.pad_id != config.eos_id:
+        logits[:, config.pad_id] = -np.inf
+    logits[gen < opts.min_length, config.eos_id] = -np.inf
+    chosen = logits.argmax(axis=1)
+    picked = ((logits[np.arange(rows), chosen] - m) - ls if opts.return_scores
+              else np.zeros(rows, np.float32))
+    if config.forced_eos:   # a row at its last position can only produce EOS, which then scores 0
+        last = gen == limit - 1
+        chosen[last] = config.eos_id
+        picked[last] = 0.0
+    return chosen, picked
+
+
 def _banned(step: int, opts: GenerationOptions, config) -> Optional[List[int]]:
     """The tokens ``_mask_logprobs`` sets to -inf at ``step``, for the fused log-softmax top-k
     (``topk(log_softmax=True, banned=...)``); None at the forced-EOS step, which it replaces."""
@@ -502,11 +525,13 @@ def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[
         logits = model.decode_step(state, tokens, attention=attn)
         if procs is not None:   # on the raw logits, as HF's greedy search and sampling
             procs(logits, hist[alive, :step + 1] if hist is not None else None)
-        banned = _banned(step, opts, config) if rng is None and prefix is None else None
-        if banned is not None:   # greedy: log-softmax, masks and argmax in one read of the logits
-            picked, chosen = topk(logits, 1, threads.get_num_threads(), log_softmax=True, banned=banned)
-            picked, chosen = picked[:, 0], chosen[:, 0]
-            forced = None
+        if rng is None:
+            if prefix is None:
+                gen, limit, forced = np.full(len(alive), step), np.full(len(alive), opts.max_length), None
+            else:
+                gen, limit = step - prefix.length[alive], prefix.limit[alive]
+                forced = gen < 0
+            chosen, picked = _greedy_pick(logits, gen, limit, opts, config)
         else:
             softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
             if prefix is None:
@@ -516,9 +541,7 @@ def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[
                 gen = step - prefix.length[alive]
                 _mask_rows(logits, gen, prefix.limit[alive], opts, config)
                 forced = gen < 0
-            if rng is None:
-                chosen = logits.argmax(axis=1)
-            elif forced is None or not forced.any():
+            if forced is None or not forced.any():
                 chosen = _sample(logits, opts, rng)
             else:   # rows inside their prefix draw nothing, so a prefix does not shift the random stream
                 chosen = np.zeros(len(alive), dtype=np.int64)
@@ -915,13 +938,17 @@ def _token_stream(model, state, prefix: _Prefix, opts: GenerationOptions) -> Ite
         logits = model.decode_step(state, token)
         if procs is not None:
             procs(logits, hist[:, :step + 1] if procs.needs_history else None)
-        softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
         gen = step - p_len
         if gen < 0:
             chosen = int(prefix.ids[0, step])
+        elif rng is None:
+            ids, log_probs = _greedy_pick(logits, np.array([gen]), np.array([limit]),
+                                          dataclasses.replace(opts, return_scores=True), config)
+            chosen, log_prob = int(ids[0]), float(log_probs[0])
         else:
+            softmax_forward(logits, log=True, n_threads=threads.get_num_threads())
             _mask_rows(logits, np.array([gen]), np.array([limit]), opts, config)
-            chosen = int(logits.argmax(axis=1)[0] if rng is None else _sample(logits, opts, rng)[0])
+            chosen = int(_sample(logits, opts, rng)[0])
             log_prob = float(logits[0, chosen])
         if hist is not None:
             hist[0, step + 1] = chosen

@@ -168,6 +168,8 @@ def engine_info() -> Dict[str, object]:
         "auto_compute_type": resolve_compute_type("auto"),
         # the tiles of attention over long keys: "avx512", "avx2-fma" (attention_tile.h) or "sgemm"
         "attention_tiles": attention.tile_kernels(),
+        # one query row against its keys (decoding, short rows): "avx512" or "portable" (attention_row.h)
+        "attention_rows": attention.row_kernels(),
     }
 
 
@@ -216,6 +218,10 @@ def format_info(data: Optional[Dict[str, object]] = None) -> List[str]:
         lines.append("attention over long keys (tiled, online softmax): " + {
             "avx512": "AVX-512 tile kernels", "avx2-fma": "AVX2/FMA tile kernels"}.get(
             eng["attention_tiles"], "sgemm tiles (no AVX2/FMA)"))
+    if "attention_rows" in eng:
+        lines.append("attention rows (decoding's one query per head): " + (
+            "AVX-512 body (head widths a multiple of 16, up to 128)" if eng["attention_rows"] == "avx512"
+            else "portable body"))
     lib = blas["library"]
     lines.append(f"BLAS (scipy.linalg.cython_blas): {blas['description']}")
     if lib:
