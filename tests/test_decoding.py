@@ -200,3 +200,23 @@ def test_bad_sources(trained):
         model.generate([[3], []])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         model.generate([[3, 999]])
+
+
+def test_decoding_caches_are_reused_and_results_unchanged(trained, sources):
+    # generate keeps its self-attention caches for the next call (the model's CachePool), so a
+    # call over buffers dirty from another call (other shapes, beams) decodes as over fresh ones
+    _, model = trained
+    model.release_decoding_memory()
+    fresh = [model.generate(sources, beam_size=k, num_hypotheses=k, max_length=20, return_scores=True)
+             for k in (1, 3)]
+    model.release_decoding_memory()
+    assert model.release_decoding_memory() == 0
+    model.generate(sources[:2], beam_size=4, max_length=25)   # leaves larger, dirty buffers
+    assert model._decoding_pool().nbytes > 0
+    for k, want in zip((1, 3), fresh):
+        got = model.generate(sources, beam_size=k, num_hypotheses=k, max_length=20, return_scores=True)
+        assert [r.sequences for r in got] == [r.sequences for r in want]
+        assert [r.scores for r in got] == [r.scores for r in want]
+    pool = model._decoding_pool()
+    assert len(pool._free) <= 2 * model.config.n_decoder_layers   # one call's caches at most
+    assert model.release_decoding_memory() > 0 and pool.nbytes == 0

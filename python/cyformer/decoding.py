@@ -573,6 +573,7 @@ def _greedy_or_sample(model, src, src_lengths, opts: GenerationOptions) -> List[
             state.select(keep)
             alive = alive[keep]
         tokens = chosen[keep].astype(np.int32)
+    state.release()   # the caches go back to the model's pool for the next call
     results = []
     for b in range(batch):
         seq = sequences[b]
@@ -762,6 +763,7 @@ def _beam_search(model, src, src_lengths, opts: GenerationOptions) -> List[Gener
         tokens = next_tok[still].reshape(-1).astype(np.int32)
         active = active[still]
 
+    state.release()   # the caches go back to the model's pool for the next call
     results = []
     for b in range(B):
         count = min(opts.num_hypotheses, K)
@@ -855,6 +857,7 @@ def _alternatives(model, src, src_lengths, opts: GenerationOptions) -> List[Gene
         picks.append([(int(t), float(first[b, t])) for t in cand
                       if np.isfinite(first[b, t]) and first[b, t] >= floor])
 
+    state.release()   # the caches go back to the model's pool, for the continuations below
     # continue every (sentence, alternative) with room left
     jobs = [(b, j) for b in range(B) for j in range(len(picks[b])) if prefix.limit[b] > 1]
     cont: Dict[tuple, GenerationResult] = {}

@@ -27,7 +27,7 @@ from .io import (CheckpointError, atomic_write_bytes, file_mapped, huge_pages, l
                  read_safetensors_header, release_pages, safetensors_header, safetensors_metadata,
                  verify_checkpoint)
 from .layers.projection import FeatureProjection
-from .layers import (Decoder, DecoderState, Embeddings, EmbeddingsRecord, Encoder, Layer, Linear, StackRecord,
+from .layers import (CachePool, Decoder, DecoderState, Embeddings, EmbeddingsRecord, Encoder, Layer, Linear, StackRecord,
                      TrainContext, WeightSpec, derive_layout, named_views)
 from .layers.linear import StoredWeight, resolve_compute_type
 
@@ -999,7 +999,22 @@ class Transformer(ParameterOwner):
             memory = self._encode_packed(batch, self._workspace(), nt)
             cache = self.decoder.memory_cache(memory, batch, nt)
         rows_src = np.repeat(np.arange(batch.size, dtype=np.int32), rows_per_source)
-        return DecoderState(self.config, cache, batch, rows_src, max_steps)
+        return DecoderState(self.config, cache, batch, rows_src, max_steps, pool=self._decoding_pool())
+
+    def _decoding_pool(self) -> CachePool:
+        """The self-attention cache buffers kept between decoding calls (``DecoderState.release``
+        gives a finished call's back; ``release_decoding_memory`` drops them)."""
+        pool = self.__dict__.get("_cache_pool")
+        if pool is None:
+            pool = self.__dict__.setdefault("_cache_pool", CachePool(2 * self.config.n_decoder_layers))
+        return pool
+
+    def release_decoding_memory(self) -> int:
+        """Drop the decoding caches kept for the next ``generate`` call; returns their bytes."""
+        pool = self._decoding_pool()
+        held = pool.nbytes
+        pool.clear()
+        return held
 
     def decode_step(self, state: "DecoderState", tokens, attention: Optional[np.ndarray] = None) -> np.ndarray:
         """Feed one token per row at position ``state.length``; return logits [R, tgt_vocab].

@@ -14,12 +14,12 @@ from .heads import (HEADS, POOLER_ACTIVATIONS, POOLINGS, Pooler, SequenceClassif
                     TokenClassificationHead, TokenHeadRecord, pool, pool_backward)
 from .linear import Linear
 from .norm import LayerNorm, LayerNormRecord
-from .transformer import (Decoder, DecoderLayer, DecoderLayerRecord, DecoderState, Encoder, EncoderLayer,
+from .transformer import (CachePool, Decoder, DecoderLayer, DecoderLayerRecord, DecoderState, Encoder, EncoderLayer,
                           EncoderLayerRecord, StackRecord, StepLanes, SublayerConnection, SublayerRecord)
 
 __all__ = ["Layer", "WeightSpec", "TrainContext", "derive_layout", "named_views", "mix_seed",
            "Linear", "LayerNorm", "MultiHeadAttention", "FeedForward", "Embeddings",
-           "SublayerConnection", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "DecoderState",
+           "SublayerConnection", "EncoderLayer", "DecoderLayer", "Encoder", "Decoder", "DecoderState", "CachePool",
            "StepLanes", "AttentionRecord", "FeedForwardRecord", "EmbeddingsRecord", "LayerNormRecord",
            "SublayerRecord", "EncoderLayerRecord", "DecoderLayerRecord", "StackRecord",
            "HEADS", "POOLINGS", "POOLER_ACTIVATIONS", "Pooler", "SequenceClassificationHead", "TokenClassificationHead",

@@ -13,6 +13,7 @@ the cache).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
 from typing import Iterable, List, Optional
 
 import numpy as np
@@ -388,8 +389,10 @@ class DecoderState:
     ``self_start``, ``cross_start`` and ``cross_len``.
     """
 
-    def __init__(self, config: TransformerConfig, memory_cache, src, rows_src: np.ndarray, max_steps: int):
+    def __init__(self, config: TransformerConfig, memory_cache, src, rows_src: np.ndarray, max_steps: int,
+                 pool: Optional["CachePool"] = None):
         self.config = config
+        self._pool = pool
         h, d = config.n_heads, config.d_model
         self.cross_keys = [k for k, _ in memory_cache]
         self.cross_values = [v for _, v in memory_cache]
@@ -442,7 +445,8 @@ class DecoderState:
         rows = max(self.rows, 1)
         for cache in (self.keys, self.values):
             for i in range(self.config.n_decoder_layers):
-                grown = np.empty((rows, self.config.n_heads, capacity, self._d_k), dtype=np.float32)
+                shape = (rows, self.config.n_heads, capacity, self._d_k)
+                grown = self._pool.take(shape) if self._pool is not None else np.empty(shape, np.float32)
                 if i < len(cache):
                     grown[:, :, :self.length] = cache[i][:rows, :, :self.length]
                     cache[i] = grown
@@ -450,6 +454,12 @@ class DecoderState:
                     cache.append(grown)
         self.capacity = capacity
         self._self_start = self.arange * capacity
+
+    def release(self) -> None:
+        """Hand the caches back to the pool they came from (the state is unusable after)."""
+        if self._pool is not None:
+            self._pool.give(self.keys + self.values)
+        self.keys, self.values, self._pool = [], [], None
 
     def select(self, index) -> None:
         """Keep rows ``index`` (in that order): beam reordering and dropping finished rows."""
@@ -474,3 +484,41 @@ class DecoderState:
         self.src_len = self.src_len[index]
         self.rows = n
         self._lanes()
+
+
+class CachePool:
+    """Self-attention cache buffers kept from one decoding call for the next (one per model).
+
+    A buffer is handed out whole to one DecoderState (``take``) and comes back when that call
+    is done (``give``), so no two calls share one. Why: the caches are tens to hundreds of MB
+    (rows x heads x steps x d_k x layers), and fresh pages cost a page fault and a zeroing
+    each, which on a virtual machine took a tenth of a batched beam search. The pool keeps
+    the buffers of the last finished call only (``clear`` drops them)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep          # buffers kept: the caches of one call (2 per decoder layer)
+        self._free: List[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple) -> np.ndarray:
+        n = int(np.prod(shape))
+        with self._lock:
+            fits = [i for i, b in enumerate(self._free) if b.size >= n]
+            buf = self._free.pop(min(fits, key=lambda i: self._free[i].size)) if fits else None
+        if buf is None:
+            buf = np.empty(n, dtype=np.float32)
+        return buf[:n].reshape(shape)
+
+    def give(self, arrays: List[np.ndarray]) -> None:
+        flat = [a.base if a.base is not None else a.reshape(-1) for a in arrays]
+        with self._lock:
+            self._free = sorted(self._free + flat, key=lambda b: b.size, reverse=True)[:self.keep]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free = []
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(b.nbytes for b in self._free)
