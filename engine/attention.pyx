@@ -604,15 +604,6 @@ def row_kernels(level=None):
     return "avx512" if cyf_row_level() == 2 else "portable"
 
 
-def _prefetch_keys(keys=None):
-    """How many keys (and values) of the next one-head lane the row path prefetches while a
-    lane runs (decoding), after setting it (bench/ tunes it; 0: none)."""
-    global _PREFETCH_KEYS
-    if keys is not None:
-        _PREFETCH_KEYS = max(int(keys), 0)
-    return _PREFETCH_KEYS
-
-
 def tile_kernels():
     """The kernels multiplying the tiles of long sequences on this CPU: "avx512" or
     "avx2-fma" (attention_tile.h, for head widths divisible by 8), or "sgemm"."""

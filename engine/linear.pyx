@@ -233,7 +233,7 @@ PANEL_BODIES = ("avx512", "avx2")
 
 def panel_body():
     """The panel kernel's body in use: "avx512" (zmm, run-time choice where the CPU has
-    AVX-512F) or "avx2"."""
+    AVX-512F and AVX-512VL) or "avx2"."""
     return "avx512" if cyf_panel_body() == CYF_PANEL_AVX512 else "avx2"
 
 
@@ -247,7 +247,7 @@ def set_panel_body(name):
     if name not in PANEL_BODIES:
         raise ValueError(f"panel body must be one of {PANEL_BODIES}, got {name!r}")
     if not cyf_panel_set_body(CYF_PANEL_AVX512 if name == "avx512" else CYF_PANEL_AVX2):
-        raise ValueError(f"panel body {name!r} needs {'AVX-512F' if name == 'avx512' else 'AVX2 and FMA'}, "
+        raise ValueError(f"panel body {name!r} needs {'AVX-512F and AVX-512VL' if name == 'avx512' else 'AVX2 and FMA'}, "
                          f"which this CPU does not have")
     return old
 

@@ -17,78 +17,31 @@ cdef extern from "softmax.h" nogil:
     int cyf_log_stats(const float* x, int n, float* m, float* ls)
 
 
-cdef inline void _insert(float* val, int64_t* idx, int k, float v, int64_t j) noexcept nogil:
-    # val[0:k] sorted descending; place v after every entry >= v (ties: earlier index first)
-    cdef int p = k - 1
-    while p > 0 and val[p - 1] < v:
-        val[p] = val[p - 1]
-        idx[p] = idx[p - 1]
-        p -= 1
-    val[p] = v
-    idx[p] = j
-
-
-cdef void _topk_row(const float* row, long n, int k, float* val, int64_t* idx,
-                    const float* offset, long seg) noexcept nogil:
-    # offset != NULL: entry j counts as row[j] + offset[j // seg] (one float addition, as
-    # NumPy's), so a caller need not write the sums out first
-    cdef long j, c, end, s0
-    cdef int filled = 0
-    cdef float m, thr, o = 0.0
-    for c in range(k):
-        val[c] = -INFINITY
-        idx[c] = -1
-    # the first k entries fill the list, so every slot holds a real index even if all are -inf
-    for j in range(min(<long>k, n)):
-        if offset != NULL:
-            o = offset[j // seg]
-        _insert(val, idx, filled + 1, row[j] + o, j)
-        filled += 1
-    j = min(<long>k, n)
-    while j < n:
-        end = min(j + 16, n)
-        if offset != NULL:  # chunks end at segment boundaries: one offset per chunk
-            s0 = j // seg
-            end = min(end, (s0 + 1) * seg)
-            o = offset[s0]
-        thr = val[k - 1]
-        m = -INFINITY
-        for c in range(j, end):
-            if row[c] > m:
-                m = row[c]
-        # rounding is monotone: max(row) + o is the max of the sums
-        if m + o > thr:
-            for c in range(j, end):
-                if row[c] + o > val[k - 1]:
-                    _insert(val, idx, k, row[c] + o, c)
-        j = end
-
-
 cdef extern from "topk.h" nogil:
-    void cyf_topk_scan_log(const float* row, long base, long seg, int k, float* val, int64_t* idx,
-                           int* filled, float m, float ls, float o, const int32_t* banned, int n_banned)
+    void cyf_topk_scan(const float* row, long base, long seg, int k, float* val, int64_t* idx,
+                       int* filled, float m, float ls, float o, const int32_t* banned, int n_banned)
 
 
-cdef void _topk_row_log(const float* row, long n, int k, float* val, int64_t* idx,
-                        const float* offset, long seg, const int32_t* banned, int n_banned) noexcept nogil:
-    # Entry j of segment s = j // seg counts as ((row[j] - m_s) - ls_s) + offset[s]: segment
-    # s's log-softmax (cyf_log_stats: the arithmetic of softmax_forward(log=True)) plus its
-    # offset, -inf at the banned columns of every segment; the same values and order as
-    # log-softmax, masking and _topk_row, reading each segment from memory once (the
-    # statistics pass leaves it in cache for the scan, topk.h).
+cdef void _topk_row(const float* row, long n, int k, float* val, int64_t* idx, const float* offset,
+                    long seg, bint log_softmax, const int32_t* banned, int n_banned) noexcept nogil:
+    # Entry j of segment s = j // seg counts as ((row[j] - m_s) - ls_s) + offset[s], -inf at the
+    # banned columns of every segment (topk.h): with log_softmax, m_s and ls_s are segment s's
+    # log-softmax statistics (cyf_log_stats, the arithmetic of softmax_forward(log=True)), so
+    # the values are the written log-softmax plus the offset; without, m_s = ls_s = 0 and the
+    # value is row[j] + offset[s] (one float addition, as NumPy's: x - 0 is x exactly).
     cdef long c, s0
     cdef int filled = 0
-    cdef float m, ls, o = 0.0
+    cdef float m = 0.0, ls = 0.0, o = 0.0
     for c in range(k):
         val[c] = -INFINITY
         idx[c] = -1
     for s0 in range(n // seg):
-        if not cyf_log_stats(row + s0 * seg, <int>seg, &m, &ls):
+        if log_softmax and not cyf_log_stats(row + s0 * seg, <int>seg, &m, &ls):
             m = 0.0
             ls = INFINITY   # no finite entry: every value -inf, as the log-softmax writes
         if offset != NULL:
             o = offset[s0]
-        cyf_topk_scan_log(row, s0 * seg, seg, k, val, idx, &filled, m, ls, o, banned, n_banned)
+        cyf_topk_scan(row, s0 * seg, seg, k, val, idx, &filled, m, ls, o, banned, n_banned)
 
 
 def topk(const float[:, ::1] scores, int k, int n_threads=1, offsets=None, bint log_softmax=False,
@@ -107,7 +60,7 @@ def topk(const float[:, ::1] scores, int k, int n_threads=1, offsets=None, bint 
     cdef Py_ssize_t rows = scores.shape[0], n = scores.shape[1], r
     cdef const float[:, ::1] ov
     cdef const float* op = NULL
-    cdef long seg = 1, ldo = 0
+    cdef long seg = n, ldo = 0   # without offsets the row is one segment
     cdef int32_t[::1] bv
     cdef const int32_t* bp = NULL
     cdef int n_banned = 0
@@ -124,8 +77,6 @@ def topk(const float[:, ::1] scores, int k, int n_threads=1, offsets=None, bint 
         ldo = ov.shape[1]
         if rows:
             op = &ov[0, 0]
-    elif log_softmax:
-        seg = n
     if log_softmax:
         if seg > 2147483647:
             raise ValueError("log_softmax segments must have fewer than 2**31 entries")
@@ -142,13 +93,8 @@ def topk(const float[:, ::1] scores, int k, int n_threads=1, offsets=None, bint 
     cdef int64_t[:, ::1] iv = indices
     if rows == 0:
         return values, indices
-    if log_softmax:
-        with nogil:
-            for r in prange(rows, num_threads=max(1, n_threads), schedule='static'):
-                _topk_row_log(&scores[r, 0], n, k, &vv[r, 0], &iv[r, 0], op + r * ldo if op != NULL else NULL,
-                              seg, bp, n_banned)
-        return values, indices
     with nogil:
         for r in prange(rows, num_threads=max(1, n_threads), schedule='static'):
-            _topk_row(&scores[r, 0], n, k, &vv[r, 0], &iv[r, 0], op + r * ldo if op != NULL else NULL, seg)
+            _topk_row(&scores[r, 0], n, k, &vv[r, 0], &iv[r, 0], op + r * ldo if op != NULL else NULL, seg,
+                      log_softmax, bp, n_banned)
     return values, indices

@@ -1,8 +1,9 @@
-/* The scan of beam search's fused top-k (search.pyx, topk(log_softmax=True)) over one
- * segment of a score row: entry c counts as ((row[c] - m) - ls) + o, its log-probability
- * (the arithmetic of the log-softmax rows in softmax.h) plus the beam's running score, -inf
- * at the banned columns. val[0:k] / idx[0:k] is the running list, best first, ties by lower
- * index (as search.pyx's _insert); *filled counts the entries placed while it fills.
+/* The scan of search.pyx's top-k over one segment of a score row: entry c counts as
+ * ((row[c] - m) - ls) + o, -inf at the banned columns. For beam search's fused top-k
+ * (topk(log_softmax=True)) m and ls are the segment's log-softmax statistics (the arithmetic
+ * of the log-softmax rows in softmax.h) and o the beam's running score; for a plain top-k
+ * m = ls = 0, and the value is row[c] + o exactly. val[0:k] / idx[0:k] is the running
+ * list, best first, ties by lower index (a stable sort); *filled counts the entries placed while it fills.
  *
  * Chunks of 16 entries whose largest raw score cannot enter the list are skipped: rounding
  * is monotone, so the chunk's max gives its largest value. A clone per ISA (vec.h): the
@@ -33,7 +34,7 @@ CYF_INLINE int cyf_topk_banned(long c, const int32_t* banned, int n_banned) {
 }
 
 /* entries [base, base + seg) of row; column c - base is what banned lists */
-CYF_CLONES static void cyf_topk_scan_log(const float* row, long base, long seg, int k, float* val, int64_t* idx,
+CYF_CLONES static void cyf_topk_scan(const float* row, long base, long seg, int k, float* val, int64_t* idx,
                                          int* filled, float m, float ls, float o, const int32_t* banned,
                                          int n_banned) {
     long j = base, c, stop = base + seg;

@@ -387,7 +387,7 @@ def test_new_values_replace_the_stored_forms():
 
 def test_import_loads_the_kernels_blas_without_scipy_linalg():
     # `import cyformer` maps SciPy's BLAS for the kernels (scipy.linalg.cython_blas) without
-    # importing the scipy.linalg package (25 MB resident that no kernel uses); the kernels'
+    # importing the scipy.linalg package (resident memory that no kernel uses); the kernels'
     # BLAS calls work, and a later `import scipy.linalg` still works
     import subprocess
     import sys

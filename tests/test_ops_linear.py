@@ -285,7 +285,7 @@ def test_bad_input_raises(call, exc, match):
 # the panel kernel's AVX-512 body
 # --------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not linear.panel_body_supported("avx512"), reason="this CPU lacks AVX-512F")
+@pytest.mark.skipif(not linear.panel_body_supported("avx512"), reason="this CPU lacks AVX-512F or AVX-512VL")
 @pytest.mark.parametrize("m,n,k", [(8, 7, 33), (9, 13, 64), (16, 12, 256), (17, 6, 40), (24, 25, 9),
                                    (32, 31, 130), (33, 8, 512), (47, 11, 40), (64, 100, 70), (250, 19, 16)])
 @pytest.mark.parametrize("strided", [False, True], ids=["contig", "strided"])

@@ -3,6 +3,7 @@
 ``linear_paths`` is the one Python module: it forces ``linear_forward`` onto one of its kernels
 for the tests and benchmarks of each path.
 """
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -10,8 +11,8 @@ import sys
 
 def _load_cython_blas() -> None:
     """Load ``scipy.linalg.cython_blas`` (the kernels' BLAS) without ``scipy.linalg``'s
-    package: importing that package loads all of SciPy's linear algebra, 25 MB of resident
-    memory and a quarter of a second that no kernel uses. The extension itself needs only
+    package: importing that package loads all of SciPy's linear algebra, which no kernel
+    uses (its cost is in bench/RESULTS.md, issue 10's memory). The extension itself needs only
     SciPy's BLAS library; its module is put where the kernels' Cython imports look for it.
     Any surprise (another SciPy layout, a frozen build) falls back to the plain import."""
     name = "scipy.linalg.cython_blas"

@@ -492,7 +492,7 @@ class CachePool:
     A buffer is handed out whole to one DecoderState (``take``) and comes back when that call
     is done (``give``), so no two calls share one. Why: the caches are tens to hundreds of MB
     (rows x heads x steps x d_k x layers), and fresh pages cost a page fault and a zeroing
-    each, which on a virtual machine took a tenth of a batched beam search. The pool keeps
+    each, a visible share of a batched beam search on a virtual machine. The pool keeps
     the buffers of the last finished call only (``clear`` drops them)."""
 
     def __init__(self, keep: int):
