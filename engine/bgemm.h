@@ -6,7 +6,9 @@
  *   to bf16 once per call (cyf_b_pack, round to nearest even) so both operands are bf16; the
  *   instruction adds each pair of products into float32 lanes;
  * - F32: the weights are widened to float32 in the kernel (a shift) and multiplied with the
- *   float32 activations as they are (any CPU; target_clones picks AVX-512 / AVX2 / SSE2).
+ *   float32 activations as they are (any CPU; target_clones picks AVX-512 / AVX2 / SSE2);
+ * - AMX: TDPBF16PS tiles (bgemm_amx.h) for GEMMs of 16 rows and more, the AVX512BF16 body
+ *   below that; the activations are rounded the same way.
  * The two bodies differ in the activation rounding, so each is tested against its own
  * float64 reference. Tiles of up to 4 x 4 rows in dot-product form as in qgemm.h; every
  * output is one sum in a fixed order, whatever the split of rows or columns between threads.
@@ -19,7 +21,7 @@
 
 #include "vec.h"
 
-enum { CYF_B_F32 = 0, CYF_B_AVX512BF16 = 1, CYF_B_NPATHS = 2 };
+enum { CYF_B_F32 = 0, CYF_B_AVX512BF16 = 1, CYF_B_AMX = 2, CYF_B_NPATHS = 3 };
 #define CYF_B_MR 4
 #define CYF_B_NR 4
 
@@ -143,10 +145,16 @@ static int cyf_b_cpu_has(int path) {
 static int cyf_b_cpu_has(int path) { return path == CYF_B_F32; }
 #endif
 
+static int cyf_ba_status(void);
+#include "amx.h"
+
 static int cyf_b_supported(int path) {
-    static int known[CYF_B_NPATHS] = {-1, -1};
+    static int known[CYF_B_NPATHS] = {-1, -1, -1};
     int v;
     if (path < 0 || path >= CYF_B_NPATHS) return 0;
+    if (path == CYF_B_AMX)   /* the tiles, or their model when a test asks for it */
+        return CYF_B_HAVE_X86 && cyf_b_supported(CYF_B_AVX512BF16) &&
+               (cyf_amx_emulate || cyf_ba_status() == CYF_AMX_OK);
     v = __atomic_load_n(&known[path], __ATOMIC_RELAXED);
     if (v < 0) {
         v = cyf_b_cpu_has(path);
@@ -155,10 +163,15 @@ static int cyf_b_supported(int path) {
     return v;
 }
 
-static int cyf_b_best(void) { return cyf_b_supported(CYF_B_AVX512BF16) ? CYF_B_AVX512BF16 : CYF_B_F32; }
+/* the tiles where the hardware has them (never the model), else AVX512BF16, else F32 */
+static int cyf_b_best(void) {
+    if (!cyf_b_supported(CYF_B_AVX512BF16)) return CYF_B_F32;
+    return cyf_ba_status() == CYF_AMX_OK ? CYF_B_AMX : CYF_B_AVX512BF16;
+}
 
-/* whether the body reads bf16 activations (the caller packs them with cyf_bf16_round_row) */
-static int cyf_b_packs(int path) { return path == CYF_B_AVX512BF16; }
+/* whether the body reads bf16 activations (the caller packs them with cyf_bf16_round_row; the
+ * AMX tiles' own packing is cyf_ba_pack, for 16 rows and more) */
+static int cyf_b_packs(int path) { return path == CYF_B_AVX512BF16 || path == CYF_B_AMX; }
 
 /* Rows m0..m1, columns n0..n1 of out; x is the float32 rows (ldx floats apart) or, for a body
  * that packs, their bf16 copy (ldx uint16 apart). */
@@ -172,7 +185,7 @@ static void cyf_b_gemm(int path, const void* x, long ldx, int m0, int m1, const 
     long chunk = (256L * 1024) / ((long)esize * (ldx > 0 ? ldx : 1));
     int mc, m, n, j;
 #if CYF_B_HAVE_X86
-    if (path == CYF_B_AVX512BF16) tile = cyf_b_tile_bf16;
+    if (path == CYF_B_AVX512BF16 || path == CYF_B_AMX) tile = cyf_b_tile_bf16;
 #endif
     if (chunk < CYF_B_MR) chunk = CYF_B_MR;
     chunk -= chunk % CYF_B_MR;
@@ -189,5 +202,7 @@ static void cyf_b_gemm(int path, const void* x, long ldx, int m0, int m1, const 
         }
     }
 }
+
+#include "bgemm_amx.h"
 
 #endif

@@ -17,7 +17,9 @@
  *   saturation; with u = q + 128 two products reach 2 * 255 * 127 and would saturate, so this
  *   body uses the sign trick instead: |w| (unsigned, <= 127) times sign(w) * q (signed,
  *   |.| <= 127), two products at most 2 * 127 * 127 = 32258 < 32767: exact, no compensation;
- * - PORTABLE: plain C over the signed values (any CPU).
+ * - PORTABLE: plain C over the signed values (any CPU);
+ * - AMX: TDPBUSD tiles over the packed weights (qgemm_amx.h) for 16 rows and more, the packed
+ *   VNNI512 body below that (and the VNNI512 tile over row-major weights).
  *
  * Tiles of up to 4 activation rows x 4 weight rows, dot-product form over k; a short block
  * repeats its last row (same work, results dropped). Tails of k use masked loads (AVX-512) or
@@ -33,7 +35,7 @@
 #include "vec.h"
 
 enum { CYF_Q_PORTABLE = 0, CYF_Q_AVX2 = 1, CYF_Q_AVXVNNI = 2, CYF_Q_VNNI256 = 3, CYF_Q_VNNI512 = 4,
-       CYF_Q_NPATHS = 5 };
+       CYF_Q_AMX = 5, CYF_Q_NPATHS = 6 };
 
 /* rows of a tile (activation rows x weight rows) */
 #define CYF_Q_MR 4
@@ -41,7 +43,7 @@ enum { CYF_Q_PORTABLE = 0, CYF_Q_AVX2 = 1, CYF_Q_AVXVNNI = 2, CYF_Q_VNNI256 = 3,
 
 /* the activation packing of a body: shifted (u8 = q + 128) for the vpdpbusd bodies */
 static int cyf_q_shifted(int path) {
-    return path == CYF_Q_VNNI512 || path == CYF_Q_VNNI256 || path == CYF_Q_AVXVNNI;
+    return path == CYF_Q_VNNI512 || path == CYF_Q_VNNI256 || path == CYF_Q_AVXVNNI || path == CYF_Q_AMX;
 }
 
 /* ---- quantization (shared by every body) ------------------------------------------------ */
@@ -272,10 +274,16 @@ static int cyf_q_cpu_has(int path) {
 static int cyf_q_cpu_has(int path) { return path == CYF_Q_PORTABLE; }
 #endif
 
+static int cyf_qa_status(void);
+#include "amx.h"
+
 static int cyf_q_supported(int path) {
-    static int known[CYF_Q_NPATHS] = {-1, -1, -1, -1, -1};  /* relaxed atomics: one answer */
+    static int known[CYF_Q_NPATHS] = {-1, -1, -1, -1, -1, -1};  /* relaxed atomics: one answer */
     int v;
     if (path < 0 || path >= CYF_Q_NPATHS) return 0;
+    if (path == CYF_Q_AMX)   /* the tiles, or their model when a test asks for it */
+        return CYF_Q_HAVE_X86 && cyf_q_supported(CYF_Q_VNNI512) &&
+               (cyf_amx_emulate || cyf_qa_status() == CYF_AMX_OK);
     v = __atomic_load_n(&known[path], __ATOMIC_RELAXED);
     if (v < 0) {
         v = cyf_q_cpu_has(path);
@@ -284,11 +292,15 @@ static int cyf_q_supported(int path) {
     return v;
 }
 
-/* The one run-time decision: the widest body this CPU runs. zmm VNNI first (Zen 4 splits a
- * zmm instruction in two halves, which still halves the instruction count). */
+/* The one run-time decision: the widest body this CPU runs: the tiles (the hardware's, never
+ * the model), then zmm VNNI (Zen 4 splits a zmm instruction in two halves, which still halves
+ * the instruction count). */
 static int cyf_q_best(void) {
     static const int order[] = {CYF_Q_VNNI512, CYF_Q_VNNI256, CYF_Q_AVXVNNI, CYF_Q_AVX2};
     int i;
+#if CYF_Q_HAVE_X86
+    if (cyf_q_supported(CYF_Q_VNNI512) && cyf_qa_status() == CYF_AMX_OK) return CYF_Q_AMX;
+#endif
     for (i = 0; i < 4; i++)
         if (cyf_q_supported(order[i])) return order[i];
     return CYF_Q_PORTABLE;
@@ -297,6 +309,7 @@ static int cyf_q_best(void) {
 static cyf_q_tile_fn cyf_q_tile(int path) {
 #if CYF_Q_HAVE_X86
     switch (path) {
+    case CYF_Q_AMX:   /* row-major weights: the VNNI512 tile */
     case CYF_Q_VNNI512: return cyf_q_tile_vnni512;
     case CYF_Q_VNNI256: return cyf_q_tile_vnni256;
     case CYF_Q_AVXVNNI: return cyf_q_tile_avxvnni;
@@ -570,5 +583,7 @@ static void cyf_q_quantize_row(const float* x, int K, uint8_t* q, float* scale, 
 #endif
     cyf_q_quantize_row_c(x, K, q, scale, shift);
 }
+
+#include "qgemm_amx.h"
 
 #endif

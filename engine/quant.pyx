@@ -20,7 +20,14 @@ cdef extern from "scratch.h" nogil:
     void* cyf_scratch_bytes(int slot, size_t nbytes)
 
 cdef extern from "qgemm.h" nogil:
-    int CYF_Q_PORTABLE, CYF_Q_AVX2, CYF_Q_AVXVNNI, CYF_Q_VNNI256, CYF_Q_VNNI512
+    int CYF_Q_PORTABLE, CYF_Q_AVX2, CYF_Q_AVXVNNI, CYF_Q_VNNI256, CYF_Q_VNNI512, CYF_Q_AMX
+    int CYF_QA_MIN_ROWS
+    int cyf_qa_status()
+    int cyf_qa_selfcheck(int model)
+    void cyf_qpa_gemm(int path, const uint8_t* xq, long ldq, const float* xs, int m0, int m1,
+                      const int8_t* p, const float* ws, const int32_t* comp, const float* bias,
+                      float* out, long ldo, int n0, int n1, int K, int accumulate, int32_t* raw,
+                      long ldr)
     int cyf_q_shifted(int path)
     int cyf_q_supported(int path)
     int cyf_q_best()
@@ -38,8 +45,20 @@ cdef extern from "qgemm.h" nogil:
                      const float* ws, const int32_t* comp, const float* bias, float* out, long ldo,
                      int n0, int n1, int K, int accumulate, int32_t* raw, long ldr)
 
+cdef extern from "amx.h" nogil:
+    int CYF_AMX_OK, CYF_AMX_NO_CPU, CYF_AMX_NO_XCR0, CYF_AMX_NO_PERM, CYF_AMX_BAD_SELFCHECK
+    int cyf_amx_emulate
+    long cyf_amx_ops, cyf_amx_faults
+
 cdef extern from "bgemm.h" nogil:
-    int CYF_B_F32, CYF_B_AVX512BF16
+    int CYF_B_F32, CYF_B_AVX512BF16, CYF_B_AMX
+    int CYF_BA_MIN_ROWS
+    int cyf_ba_status()
+    int cyf_ba_selfcheck(int model)
+    long cyf_ba_size(int M, int K)
+    void cyf_ba_pack(const float* x, long ldx, int M, int K, int b0, int b1, uint16_t* xp)
+    void cyf_ba_gemm(const uint16_t* xp, int m0, int m1, const uint16_t* w, long ldw, const float* bias,
+                     float* out, long ldo, int n0, int n1, int K, int accumulate)
     int cyf_b_supported(int path)
     int cyf_b_best()
     int cyf_b_packs(int path)
@@ -49,17 +68,21 @@ cdef extern from "bgemm.h" nogil:
                     int accumulate)
 
 # Paths by name, widest first, with the instruction sets each needs (for error messages).
-INT8_PATHS = ("vnni512", "vnni256", "avxvnni", "avx2", "portable")
-INT8_ISA = {"vnni512": "AVX-512 VNNI (avx512f, avx512bw, avx512_vnni)",
+INT8_PATHS = ("amx", "vnni512", "vnni256", "avxvnni", "avx2", "portable")
+INT8_ISA = {"amx": "AMX int8 tiles (amx_tile, amx_int8) and AVX-512 VNNI",
+            "vnni512": "AVX-512 VNNI (avx512f, avx512bw, avx512_vnni)",
             "vnni256": "AVX-512 VNNI on 256-bit registers (avx512vl, avx512_vnni)",
             "avxvnni": "AVX-VNNI (avx_vnni)", "avx2": "AVX2", "portable": "nothing"}
-BF16_PATHS = ("avx512bf16", "f32")
-BF16_ISA = {"avx512bf16": "AVX-512 BF16 (avx512f, avx512bw, avx512_bf16)", "f32": "nothing"}
+BF16_PATHS = ("amx", "avx512bf16", "f32")
+BF16_ISA = {"amx": "AMX bf16 tiles (amx_tile, amx_bf16) and AVX-512 BF16",
+            "avx512bf16": "AVX-512 BF16 (avx512f, avx512bw, avx512_bf16)", "f32": "nothing"}
+# the fewest rows of a GEMM (int8: of one thread's share) that the AMX bodies run on the tiles
+AMX_MIN_ROWS = CYF_QA_MIN_ROWS
 # rows of a packed int8 block (pack_int8)
 INT8_PACK_ROWS = 16
-cdef dict _INT8_CODE = {"vnni512": CYF_Q_VNNI512, "vnni256": CYF_Q_VNNI256, "avxvnni": CYF_Q_AVXVNNI,
+cdef dict _INT8_CODE = {"amx": CYF_Q_AMX, "vnni512": CYF_Q_VNNI512, "vnni256": CYF_Q_VNNI256, "avxvnni": CYF_Q_AVXVNNI,
                         "avx2": CYF_Q_AVX2, "portable": CYF_Q_PORTABLE}
-cdef dict _BF16_CODE = {"avx512bf16": CYF_B_AVX512BF16, "f32": CYF_B_F32}
+cdef dict _BF16_CODE = {"amx": CYF_B_AMX, "avx512bf16": CYF_B_AVX512BF16, "f32": CYF_B_F32}
 
 cdef int _int8_path = cyf_q_best()
 cdef int _bf16_path = cyf_b_best()
@@ -119,8 +142,60 @@ cdef int _forced(str kind, name, str best, supported, dict isa, dict codes) exce
     if name is None:
         name = best
     if not supported(name):
+        if name == "amx" and supported("avx512bf16" if kind == "bf16" else "vnni512"):
+            raise ValueError(f"{kind} path 'amx' needs {isa[name]}: {amx_status(kind)}")
         raise ValueError(f"{kind} path {name!r} needs {isa[name]}, which this CPU does not have")
     return codes[name]
+
+
+cdef dict _AMX_STATE = {}
+
+
+def amx_status(str kind="int8"):
+    """Whether the AMX tiles of ``kind`` ("int8" or "bf16") run here: "available", or why not
+    (the CPU lacks them, the OS does not enable or grant their state, or the hardware body
+    failed its self-check against exact sums)."""
+    if kind not in ("int8", "bf16"):
+        raise ValueError(f"kind must be 'int8' or 'bf16', got {kind!r}")
+    if not _AMX_STATE:
+        _AMX_STATE.update({CYF_AMX_OK: "available", CYF_AMX_NO_CPU: "this CPU has no AMX tiles",
+                           CYF_AMX_NO_XCR0: "the OS does not enable the tile state (XCR0)",
+                           CYF_AMX_NO_PERM: "the kernel did not grant the tile state (arch_prctl)",
+                           CYF_AMX_BAD_SELFCHECK: "the tiles failed cyformer's self-check; not used"})
+    return _AMX_STATE[cyf_qa_status() if kind == "int8" else cyf_ba_status()]
+
+
+def set_amx_emulation(bint on):
+    """Run the AMX bodies on cyformer's software model of the tiles (tests on CPUs without
+    AMX: the same tile bodies, each tile operation done in C); returns the previous setting.
+    Turning it off where the hardware lacks tiles moves an "amx" path back to the default."""
+    global cyf_amx_emulate, _int8_path, _bf16_path
+    old = bool(cyf_amx_emulate)
+    cyf_amx_emulate = 1 if on else 0
+    if not on:
+        if _int8_path == CYF_Q_AMX and not cyf_q_supported(CYF_Q_AMX):
+            _int8_path = cyf_q_best()
+        if _bf16_path == CYF_B_AMX and not cyf_b_supported(CYF_B_AMX):
+            _bf16_path = cyf_b_best()
+    return old
+
+
+def amx_model_counts():
+    """(operations, faults) of the software model so far: a fault is a tile shape the
+    hardware would reject."""
+    return int(cyf_amx_ops), int(cyf_amx_faults)
+
+
+def amx_selfcheck(str kind="int8", bint model=True):
+    """Run the AMX body's self-check (exact sums of a 37 x 40 x 203 case with every tail) on
+    the model or, where the CPU has tiles, on the hardware."""
+    if kind not in ("int8", "bf16"):
+        raise ValueError(f"kind must be 'int8' or 'bf16', got {kind!r}")
+    if not (int8_path_supported("vnni512") if kind == "int8" else bf16_path_supported("avx512bf16")):
+        raise ValueError(f"the AMX {kind} body needs {INT8_ISA['vnni512'] if kind == 'int8' else BF16_ISA['avx512bf16']}")
+    if not model and amx_status(kind) != "available":
+        raise ValueError(f"AMX {kind}: {amx_status(kind)}")
+    return bool(cyf_qa_selfcheck(model) if kind == "int8" else cyf_ba_selfcheck(model))
 
 
 def set_int8_path(name):
@@ -230,18 +305,18 @@ cdef int _int8_nogil(int path, const float* x, long ldx, int m, int k, const int
     else:
         for i in range(m):
             cyf_q_quantize_row(x + i * ldx, k, xq + i * ldq, xs + i, shift)
-    if packed != NULL:  # the weights in the outer-product layout (VNNI512, shifted activations)
+    if packed != NULL:  # the weights in the outer-product layout (VNNI512 or AMX, shifted activations)
         if team == 1:
-            cyf_qp_gemm(xq, ldq, xs, 0, m, packed, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
+            cyf_qpa_gemm(path, xq, ldq, xs, 0, m, packed, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
         elif m >= _SPLIT_ROWS * team:
             for t in prange(team, num_threads=team, schedule='static'):
-                cyf_qp_gemm(xq, ldq, xs, _split(m, team, t, _ROW_ALIGN), _split(m, team, t + 1, _ROW_ALIGN),
-                            packed, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
+                cyf_qpa_gemm(path, xq, ldq, xs, _split(m, team, t, _ROW_ALIGN), _split(m, team, t + 1, _ROW_ALIGN),
+                             packed, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
         else:
             for t in prange(team, num_threads=team, schedule='static'):
-                cyf_qp_gemm(xq, ldq, xs, 0, m, packed, ws, comp, bias, out, ldo,
-                            _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN),
-                            k, accumulate, raw, n)
+                cyf_qpa_gemm(path, xq, ldq, xs, 0, m, packed, ws, comp, bias, out, ldo,
+                             _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN),
+                             k, accumulate, raw, n)
     elif team == 1:
         cyf_q_gemm(path, xq, ldq, xs, 0, m, w, k, ws, comp, bias, out, ldo, 0, n, k, accumulate, raw, n)
     elif m >= _SPLIT_ROWS * team:
@@ -312,8 +387,13 @@ def int8_linear_forward(const float[:, :] x, const int8_t[:, ::1] weight, const 
 
 def int8_packs():
     """Whether the int8 body in use reads the weights packed (``pack_int8``): the
-    outer-product VNNI512 body."""
-    return _int8_path == CYF_Q_VNNI512
+    outer-product VNNI512 body and the AMX tiles."""
+    return _int8_path == CYF_Q_VNNI512 or _int8_path == CYF_Q_AMX
+
+
+cdef int _packed_path():
+    # the body that reads packed weights: the tiles when they are in use, else VNNI512
+    return CYF_Q_AMX if _int8_path == CYF_Q_AMX else CYF_Q_VNNI512
 
 
 def empty_packed_int8(int n, int k):
@@ -397,8 +477,9 @@ def int8_packed_linear_forward(const float[:, :] x, const int8_t[:, ::1] packed,
                                const int32_t[::1] w_comp, bias, float[:, :] out, bint accumulate=False,
                                int n_threads=1):
     """As ``int8_linear_forward`` with the weights packed by ``pack_int8`` (N = len(w_scale));
-    needs the VNNI512 body's instruction sets (``int8_path_supported("vnni512")``)."""
-    cdef int m = x.shape[0], k = x.shape[1], n = w_scale.shape[0], rc
+    needs the VNNI512 body's instruction sets (``int8_path_supported("vnni512")``). With the
+    AMX body in use the tiles take the GEMMs of ``AMX_MIN_ROWS`` rows (per thread) and more."""
+    cdef int m = x.shape[0], k = x.shape[1], n = w_scale.shape[0], rc, path = _packed_path()
     cdef const float* bias_ptr
     if not cyf_q_supported(CYF_Q_VNNI512):
         raise ValueError(f"packed int8 weights need {INT8_ISA['vnni512']}, which this CPU does not have")
@@ -410,7 +491,7 @@ def int8_packed_linear_forward(const float[:, :] x, const int8_t[:, ::1] packed,
         return
     cdef long ldx = _ldf(x, "x"), ldo = _ldf(out, "out")
     with nogil:
-        rc = _int8_nogil(CYF_Q_VNNI512, &x[0, 0], ldx, m, k, NULL, n, &w_scale[0], &w_comp[0], bias_ptr,
+        rc = _int8_nogil(path, &x[0, 0], ldx, m, k, NULL, n, &w_scale[0], &w_comp[0], bias_ptr,
                          &out[0, 0], ldo, accumulate, NULL, n_threads, &packed[0, 0])
     if rc:
         raise MemoryError("int8 linear: cannot allocate the packed activations")
@@ -419,8 +500,8 @@ def int8_packed_linear_forward(const float[:, :] x, const int8_t[:, ::1] packed,
 def int8_accumulators(const float[:, :] x, const int8_t[:, ::1] weight, w_comp=None, int n_threads=1,
                       bint packed=False):
     """The exact int32 sums sum_k quant(x)[m, k] * weight[n, k] [M, N] as the current body
-    computes them (tests compare them with NumPy's integer product); ``packed``: the
-    outer-product VNNI512 body over ``pack_int8(weight)``."""
+    computes them (tests compare them with NumPy's integer product); ``packed``: the body
+    that reads ``pack_int8(weight)`` (the AMX tiles when they are in use, else VNNI512)."""
     cdef int m = x.shape[0], k = x.shape[1], n = weight.shape[0], rc
     cdef const int8_t[:, ::1] pv
     cdef const int32_t[::1] cv
@@ -443,7 +524,7 @@ def int8_accumulators(const float[:, :] x, const int8_t[:, ::1] weight, w_comp=N
             raise ValueError(f"packed int8 weights need {INT8_ISA['vnni512']}, which this CPU does not have")
         pv = pack_int8(weight)
         pp = &pv[0, 0]
-        path = CYF_Q_VNNI512
+        path = _packed_path()
     with nogil:
         rc = _int8_nogil(path, &x[0, 0], ldx, m, k, &weight[0, 0], n, &onev[0], &cv[0], NULL,
                          &dummy[0, 0], 0, False, &rv[0, 0], n_threads, pp)
@@ -478,10 +559,32 @@ def from_bfloat16(a):
 cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uint16_t* w, int n,
                      const float* bias, float* out, long ldo, int accumulate,
                      int n_threads) noexcept nogil:
-    cdef int t, i, team = _team(m, n, k, n_threads)
+    cdef int t, i, team = _team(m, n, k, n_threads), nblk
     cdef const void* xp = x
     cdef long ldp = ldx
     cdef uint16_t* xb = NULL
+    if path == CYF_B_AMX and m >= CYF_BA_MIN_ROWS and k > 0:
+        # the tiles: the activations in pairs of k, rows split between threads at multiples of 16
+        xb = <uint16_t*>cyf_scratch_bytes(0, <size_t>cyf_ba_size(m, k) * sizeof(uint16_t))
+        if xb == NULL:
+            return -1
+        nblk = (m + 15) // 16
+        if team > 1 and nblk >= 2 * team:
+            for t in prange(team, num_threads=team, schedule='static'):
+                cyf_ba_pack(x, ldx, m, k, _split(nblk, team, t, 1), _split(nblk, team, t + 1, 1), xb)
+        else:
+            cyf_ba_pack(x, ldx, m, k, 0, nblk, xb)
+        if team == 1:
+            cyf_ba_gemm(xb, 0, m, w, k, bias, out, ldo, 0, n, k, accumulate)
+        elif m >= _SPLIT_ROWS * team:
+            for t in prange(team, num_threads=team, schedule='static'):
+                cyf_ba_gemm(xb, _split(m, team, t, 16), _split(m, team, t + 1, 16), w, k, bias, out, ldo,
+                            0, n, k, accumulate)
+        else:
+            for t in prange(team, num_threads=team, schedule='static'):
+                cyf_ba_gemm(xb, 0, m, w, k, bias, out, ldo, _split(n, team, t, _COL_ALIGN),
+                            _split(n, team, t + 1, _COL_ALIGN), k, accumulate)
+        return 0
     if cyf_b_packs(path):  # the activations rounded to bf16 once per call
         ldp = ((k + 31) // 32) * 32
         xb = <uint16_t*>cyf_scratch_bytes(0, <size_t>m * ldp * sizeof(uint16_t))

@@ -76,7 +76,7 @@ def test_linear_bfloat16_against_float64():
     out = np.zeros((6, 37), np.float32)
     lin.forward(x, out, 1)
     w = quant.from_bfloat16(lin.stored.data).astype(np.float64)
-    xr = quant.from_bfloat16(quant.to_bfloat16(x)) if quant.bf16_path() == "avx512bf16" else x
+    xr = quant.from_bfloat16(quant.to_bfloat16(x)) if quant.bf16_path() in ("amx", "avx512bf16") else x
     np.testing.assert_allclose(out, xr.astype(np.float64) @ w.T + lin.bias, rtol=1e-5, atol=1e-5)
     lin.set_compute_type("float32", {})
     assert lin.stored is None and lin.compute_type == "float32"
@@ -209,6 +209,39 @@ def test_decoding_with_a_compute_type(compute_type):
     assert greedy[0].sequences[0][0] == int(np.argmax(logits[0, 0]))
     sampled = model.generate(src, beam_size=1, sampling_topk=5, seed=3, max_length=6)
     assert len(sampled) == 3
+
+
+@pytest.mark.parametrize("compute_type", COMPUTE_TYPES)
+def test_amx_model_runs_the_whole_model(compute_type):
+    # The AMX bodies (on the software model of the tiles where the CPU has none) under a whole
+    # model: its GEMMs of 16 rows and more (encoder, teacher-forced decoder, the memory's
+    # projections) go to the tiles. int8: the same bits as the VNNI512 body. bf16: the kernels
+    # agree to float32 accumulation order (test_ops_quant), but an activation a last bit apart
+    # can round to the neighbouring bf16 value in the next layer, 2^-8 apart: the logits agree
+    # to that, and the greedy tokens are the same.
+    from cyformer._engine.linear_paths import AMX_MODEL, forced_bf16_path, forced_int8_path
+
+    if not quant.int8_path_supported("vnni512"):
+        pytest.skip(f"the AMX model's stores need {quant.INT8_ISA['vnni512']}")
+    forced = forced_int8_path if compute_type == "int8" else forced_bf16_path
+    below = "vnni512" if compute_type == "int8" else "avx512bf16"
+    model = Transformer(_config(), seed=7)
+    src, tgt = _batch(3)
+    model.set_compute_type(compute_type)
+    with forced(below):
+        want = model.forward(src, tgt)
+        want_tokens = model.generate(src, beam_size=1, max_length=8)
+    with forced(AMX_MODEL):
+        ops = quant.amx_model_counts()
+        got = model.forward(src, tgt)
+        got_tokens = model.generate(src, beam_size=1, max_length=8)
+        ops1 = quant.amx_model_counts()
+    assert ops1[0] > ops[0] and ops1[1] == ops[1]   # tiles ran, none in a shape the CPU rejects
+    if compute_type == "int8":
+        np.testing.assert_array_equal(got, want)
+    else:
+        assert max_rel_err(got, want) < 2.0 ** -8
+    assert [r.sequences for r in got_tokens] == [r.sequences for r in want_tokens]
 
 
 def test_training_refuses_a_quantized_model():

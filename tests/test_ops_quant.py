@@ -1,7 +1,9 @@
 """The quantized linear kernels (cyformer._engine.quant): int8 with per-row scales on every body
 this CPU runs against a NumPy reference doing the same integer arithmetic (exact int32 sums),
 bf16 on every body against float64 of its own rounded operands; threads against one thread
-(bitwise); bad input. A body this CPU lacks is skipped, naming its instruction set."""
+(bitwise); bad input. A body this CPU lacks is skipped, naming its instruction set. The AMX
+bodies also run on cyformer's software model of the tiles ("amx-model", wherever the CPU has
+the AVX-512 instructions of their stores), and on the tiles themselves where the CPU has them."""
 import math
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from _shared import bad_input_params, check_bad_input, f32, make_rng
 from cyformer._engine import quant
-from cyformer._engine.linear_paths import forced_bf16_path, forced_int8_path
+from cyformer._engine.linear_paths import AMX_MODEL, forced_bf16_path, forced_int8_path
 
 # The dequantized int8 result against the reference's float32 arithmetic: the same operations,
 # so equal up to the rounding of a contracted multiply-add (a -march=native build).
@@ -19,13 +21,20 @@ DEQUANT_ATOL = 1e-6
 BF16_RTOL = 1e-5
 
 
-def _path_param(paths, supported, isa):
-    return [pytest.param(p, marks=pytest.mark.skipif(not supported(p), reason=f"this CPU lacks {isa[p]}"))
-            for p in paths]
+def _path_param(paths, supported, isa, kind, model_needs):
+    def reason(p):
+        return f"AMX: {quant.amx_status(kind)}" if p == "amx" and supported(model_needs) else f"this CPU lacks {isa[p]}"
+    params = [pytest.param(p, marks=pytest.mark.skipif(not supported(p), reason=reason(p))) for p in paths]
+    return params + [pytest.param(AMX_MODEL, marks=pytest.mark.skipif(
+        not supported(model_needs), reason=f"the AMX model's stores need {isa[model_needs]}"))]
 
 
-INT8_PARAMS = _path_param(quant.INT8_PATHS, quant.int8_path_supported, quant.INT8_ISA)
-BF16_PARAMS = _path_param(quant.BF16_PATHS, quant.bf16_path_supported, quant.BF16_ISA)
+INT8_PARAMS = _path_param(quant.INT8_PATHS, quant.int8_path_supported, quant.INT8_ISA, "int8", "vnni512")
+BF16_PARAMS = _path_param(quant.BF16_PATHS, quant.bf16_path_supported, quant.BF16_ISA, "bf16", "avx512bf16")
+# the bodies that read packed int8 weights
+PACKED_BODIES = [p for p in INT8_PARAMS if p.values[0] in ("amx", "vnni512", AMX_MODEL)]
+# the bf16 bodies that round the activations to bf16 (the F32 body keeps them)
+BF16_ROUNDING = ("amx", "avx512bf16", AMX_MODEL)
 
 SHAPES = [(1, 1, 1), (1, 7, 5), (3, 9, 70), (2, 4, 64), (4, 5, 31), (5, 6, 129), (1, 13, 300),
           (17, 33, 200), (8, 3, 33), (9, 16, 63), (6, 12, 256), (33, 40, 65), (64, 130, 512)]
@@ -242,7 +251,7 @@ INT8_BAD = [
                                                    np.zeros((2, 3), np.float32)), ValueError, "bias"),
     ("x-cols-strided", lambda: quant.int8_linear_forward(f32(np.ones((2, 16)))[:, ::2], _WQ, _WS, None, None,
                                                          np.zeros((2, 3), np.float32)), ValueError, "contiguous"),
-    ("path-name", lambda: quant.set_int8_path("amx"), ValueError, "int8 path must be one of"),
+    ("path-name", lambda: quant.set_int8_path("amx-fp16"), ValueError, "int8 path must be one of"),
 ]
 
 
@@ -281,7 +290,7 @@ def test_bf16_body_matches_float64(path, m, n, k, accumulate):
     with forced_bf16_path(path):
         quant.bf16_linear_forward(x, wb, b, out, accumulate=accumulate)
     # the AVX512BF16 body rounds the activations to bf16 too; the F32 body keeps them
-    xr = quant.from_bfloat16(quant.to_bfloat16(x)) if path == "avx512bf16" else x
+    xr = quant.from_bfloat16(quant.to_bfloat16(x)) if path in BF16_ROUNDING else x
     prod = xr.astype(np.float64) @ quant.from_bfloat16(wb).astype(np.float64).T
     want = prod + b + (out0 if accumulate else 0)
     scale = np.abs(xr).astype(np.float64) @ np.abs(quant.from_bfloat16(wb)).astype(np.float64).T
@@ -324,7 +333,7 @@ BF16_BAD = [
                                                        np.zeros((2, 3), np.float32)), ValueError, "mismatch"),
     ("out-shape", lambda: quant.bf16_linear_forward(_X, np.ones((3, 8), np.uint16), None,
                                                     np.zeros((3, 3), np.float32)), ValueError, "out is"),
-    ("path-name", lambda: quant.set_bf16_path("amx"), ValueError, "bf16 path must be one of"),
+    ("path-name", lambda: quant.set_bf16_path("amx-fp16"), ValueError, "bf16 path must be one of"),
 ]
 
 
@@ -388,16 +397,17 @@ def test_pack_int8_in_blocks_of_rows_equals_the_whole():
         quant.pack_int8(wq, row0=16)
 
 
-@needs_vnni512
-@pytest.mark.parametrize("m,n,k", SHAPES + [(13, 1152, 384), (7, 100, 3), (600, 70, 40)])
-def test_packed_body_exact_sums_and_bits(m, n, k):
+@pytest.mark.parametrize("body", PACKED_BODIES)
+@pytest.mark.parametrize("m,n,k", SHAPES + [(13, 1152, 384), (7, 100, 3), (600, 70, 40), (48, 16, 1024)])
+def test_packed_body_exact_sums_and_bits(body, m, n, k):
     _, x, w, b = _case(("int8-packed",), m, n, k)
     wq, ws = quant.quantize_rows(w)
     comp = quant.int8_compensation(wq)
     want, want_out = ref_int8_linear(x, wq, ws, b)
-    np.testing.assert_array_equal(quant.int8_accumulators(x, wq, comp, packed=True), want)
     out = np.full((m, n), np.nan, np.float32)
-    quant.int8_packed_linear_forward(x, quant.pack_int8(wq), ws, comp, b, out)
+    with forced_int8_path(body):
+        np.testing.assert_array_equal(quant.int8_accumulators(x, wq, comp, packed=True), want)
+        quant.int8_packed_linear_forward(x, quant.pack_int8(wq), ws, comp, b, out)
     np.testing.assert_allclose(out, want_out, rtol=DEQUANT_RTOL, atol=DEQUANT_ATOL)
     # the same float operations as the row-major bodies' store: the same bits
     same = np.zeros((m, n), np.float32)
@@ -406,41 +416,45 @@ def test_packed_body_exact_sums_and_bits(m, n, k):
     np.testing.assert_array_equal(out, same)
 
 
-@needs_vnni512
-def test_packed_body_extreme_values():
+@pytest.mark.parametrize("body", PACKED_BODIES)
+def test_packed_body_extreme_values(body):
     rng = make_rng("int8-packed-extreme")
-    m, n, k = 7, 40, 1001
+    m, n, k = 37, 40, 1001
     x = f32(rng.choice([-1.0, 1.0], size=(m, k)))
     wq = rng.choice(np.array([-127, 127], np.int8), size=(n, k))
-    got = quant.int8_accumulators(x, wq, packed=True)
+    with forced_int8_path(body):
+        got = quant.int8_accumulators(x, wq, packed=True)
     np.testing.assert_array_equal(got, (127 * x.astype(np.int64)) @ wq.astype(np.int64).T)
 
 
-@needs_vnni512
+@pytest.mark.parametrize("body", PACKED_BODIES)
 @pytest.mark.parametrize("m", [1, 4, 40, 200])  # columns split (few rows) and rows split
-def test_packed_body_threads_bitwise(m):
+def test_packed_body_threads_bitwise(body, m):
     _, x, w, b = _case(("int8-packed-threads",), m, 300, 256)
     wq, ws = quant.quantize_rows(w)
     comp, p = quant.int8_compensation(wq), quant.pack_int8(wq)
     outs = []
-    for nt in (1, 2, 3):
-        out = np.zeros((m, 300), np.float32)
-        quant.int8_packed_linear_forward(x, p, ws, comp, b, out, n_threads=nt)
-        outs.append(out)
+    with forced_int8_path(body):
+        for nt in (1, 2, 3):
+            out = np.zeros((m, 300), np.float32)
+            quant.int8_packed_linear_forward(x, p, ws, comp, b, out, n_threads=nt)
+            outs.append(out)
     for o in outs[1:]:
         np.testing.assert_array_equal(o, outs[0])
 
 
-@needs_vnni512
-def test_packed_body_accumulate_strided():
-    rng, x, w, b = _case(("int8-packed-views",), 7, 21, 90)
+@pytest.mark.parametrize("body", PACKED_BODIES)
+@pytest.mark.parametrize("m", [7, 37])
+def test_packed_body_accumulate_strided(body, m):
+    rng, x, w, b = _case(("int8-packed-views",), m, 21, 90)
     wq, ws = quant.quantize_rows(w)
     comp, p = quant.int8_compensation(wq), quant.pack_int8(wq)
     x = f32(np.pad(x, ((0, 0), (2, 3))))[:, 2:92]
-    obuf = f32(rng.standard_normal((7, 25)))
+    obuf = f32(rng.standard_normal((m, 25)))
     out, before = obuf[:, 1:22], obuf.copy()
     out0 = out.copy()
-    quant.int8_packed_linear_forward(x, p, ws, comp, b, out, accumulate=True)
+    with forced_int8_path(body):
+        quant.int8_packed_linear_forward(x, p, ws, comp, b, out, accumulate=True)
     np.testing.assert_allclose(out, ref_int8_linear(x, wq, ws, b, out0)[1], rtol=DEQUANT_RTOL, atol=DEQUANT_ATOL)
     np.testing.assert_array_equal(obuf[:, 0], before[:, 0])
     np.testing.assert_array_equal(obuf[:, 22:], before[:, 22:])
@@ -467,3 +481,95 @@ PACKED_BAD = [
 @pytest.mark.parametrize("call,exc,match", bad_input_params(PACKED_BAD))
 def test_packed_bad_input(call, exc, match):
     check_bad_input(call, exc, match)
+
+
+# --------------------------------------------------------------------------------------
+# AMX: the tiles from 16 rows, the software model, the hardware against the model
+# --------------------------------------------------------------------------------------
+
+needs_amx_model = pytest.mark.skipif(not (quant.int8_path_supported("vnni512") and quant.bf16_path_supported("avx512bf16")),
+                                     reason="the AMX model's stores need AVX-512 VNNI and AVX-512 BF16")
+
+
+def test_amx_status_says_why():
+    for kind in ("int8", "bf16"):
+        status = quant.amx_status(kind)
+        assert status == "available" or any(w in status for w in ("no AMX", "OS", "kernel", "self-check"))
+        paths = quant.INT8_PATHS if kind == "int8" else quant.BF16_PATHS
+        assert "amx" in paths
+        if status == "available":   # the dispatch takes the tiles first
+            assert (quant.best_int8_path() if kind == "int8" else quant.best_bf16_path()) == "amx"
+    with pytest.raises(ValueError, match="kind"):
+        quant.amx_status("fp16")
+
+
+@needs_amx_model
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_amx_model_selfcheck(kind):
+    ops, faults = quant.amx_model_counts()
+    assert quant.amx_selfcheck(kind, model=True)
+    ops1, faults1 = quant.amx_model_counts()
+    assert ops1 > ops and faults1 == faults
+
+
+def _run(kind, m, n=40, k=100):
+    _, x, w, b = _case(("amx-rows", kind), m, n, k)
+    out = np.zeros((m, n), np.float32)
+    if kind == "int8":
+        wq, ws = quant.quantize_rows(w)
+        quant.int8_packed_linear_forward(x, quant.pack_int8(wq), ws, quant.int8_compensation(wq), b, out)
+    else:
+        quant.bf16_linear_forward(x, quant.to_bfloat16(w), b, out)
+    return out
+
+
+@needs_amx_model
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_amx_tiles_from_16_rows_without_faults(kind):
+    forced = forced_int8_path if kind == "int8" else forced_bf16_path
+    with forced(AMX_MODEL):
+        ops, faults = quant.amx_model_counts()
+        _run(kind, quant.AMX_MIN_ROWS - 1)
+        assert quant.amx_model_counts() == (ops, faults)   # fewer rows: the AVX-512 body
+        _run(kind, quant.AMX_MIN_ROWS)
+        ops1, faults1 = quant.amx_model_counts()
+        assert ops1 > ops and faults1 == faults
+
+
+@needs_amx_model
+def test_amx_emulation_off_restores_the_dispatch():
+    old = quant.set_amx_emulation(True)
+    try:
+        quant.set_int8_path("amx")
+        quant.set_bf16_path("amx")
+    finally:
+        quant.set_amx_emulation(old)
+    if quant.amx_status("int8") != "available":
+        assert quant.int8_path() == quant.best_int8_path() != "amx"
+    if quant.amx_status("bf16") != "available":
+        assert quant.bf16_path() == quant.best_bf16_path() != "amx"
+    quant.set_int8_path(None)
+    quant.set_bf16_path(None)
+
+
+needs_amx_hw = pytest.mark.skipif(
+    not (quant.amx_status("int8") == "available" and quant.amx_status("bf16") == "available"),
+    reason=f"AMX: {quant.amx_status('int8')}")
+
+
+@needs_amx_hw
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_amx_instructions_match_the_model(kind):
+    # the hardware tiles against the model over shapes with every tail: int8 bit for bit, bf16
+    # to float32 accumulation (the hardware's order of the pair additions is its own)
+    assert quant.amx_selfcheck(kind, model=False)
+    forced = forced_int8_path if kind == "int8" else forced_bf16_path
+    for m, n, k in [(16, 16, 64), (37, 40, 203), (100, 130, 512), (600, 70, 40)]:
+        with forced("amx"):
+            hw = _run(kind, m, n, k)
+        with forced(AMX_MODEL):
+            model = _run(kind, m, n, k)
+        if kind == "int8":
+            np.testing.assert_array_equal(hw, model)
+        else:
+            np.testing.assert_allclose(hw, model, rtol=1e-5, atol=1e-5)

@@ -46,18 +46,43 @@ def _forcing(setter, name: str) -> Iterator[None]:
         setter(old)
 
 
-def forced_int8_path(name: str):
-    """Run the int8 kernels (``quant.int8_linear_forward``) on body ``name`` of
-    ``quant.INT8_PATHS``; ValueError naming the instruction set when this CPU lacks it."""
+# The AMX bodies on cyformer's software model of the tiles (quant.set_amx_emulation): what the
+# tests of the AMX bodies run on CPUs without tiles. It needs what the bodies' other
+# instructions need (AVX-512 VNNI / AVX-512 BF16).
+AMX_MODEL = "amx-model"
+
+
+@contextlib.contextmanager
+def _forcing_amx_model(setter, real_path_supported) -> Iterator[None]:
     from . import quant
 
+    if not real_path_supported:
+        raise ValueError(f"{AMX_MODEL} needs the instruction sets of the AMX bodies' stores, which this CPU lacks")
+    emulating = quant.set_amx_emulation(True)
+    try:
+        with _forcing(setter, "amx"):
+            yield
+    finally:
+        quant.set_amx_emulation(emulating)
+
+
+def forced_int8_path(name: str):
+    """Run the int8 kernels (``quant.int8_linear_forward``) on body ``name`` of
+    ``quant.INT8_PATHS`` or on ``AMX_MODEL``; ValueError naming the instruction set when this
+    CPU lacks it."""
+    from . import quant
+
+    if name == AMX_MODEL:
+        return _forcing_amx_model(quant.set_int8_path, quant.int8_path_supported("vnni512"))
     return _forcing(quant.set_int8_path, name)
 
 
 def forced_bf16_path(name: str):
-    """Run the bf16 kernels on body ``name`` of ``quant.BF16_PATHS``."""
+    """Run the bf16 kernels on body ``name`` of ``quant.BF16_PATHS`` or on ``AMX_MODEL``."""
     from . import quant
 
+    if name == AMX_MODEL:
+        return _forcing_amx_model(quant.set_bf16_path, quant.bf16_path_supported("avx512bf16"))
     return _forcing(quant.set_bf16_path, name)
 
 

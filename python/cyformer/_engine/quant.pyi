@@ -10,6 +10,7 @@ INT8_PATHS: Tuple[str, ...]
 INT8_ISA: Dict[str, str]
 BF16_PATHS: Tuple[str, ...]
 BF16_ISA: Dict[str, str]
+AMX_MIN_ROWS: int
 
 def int8_path() -> str:
     """The int8 kernel body in use (``INT8_PATHS``)."""
@@ -104,3 +105,15 @@ def bf16_linear_forward(
     n_threads: int = 1,
 ) -> None:
     """out[M, N] (+)= x @ weight^T + bias, bf16 weights, float32 accumulation."""
+
+def amx_status(kind: str = "int8") -> str:
+    """Whether the AMX tiles of ``kind`` ("int8" or "bf16") run here: "available", or why not."""
+
+def set_amx_emulation(on: bool) -> bool:
+    """Run the AMX bodies on cyformer's software model of the tiles; returns the previous setting."""
+
+def amx_model_counts() -> Tuple[int, int]:
+    """(operations, faults) of the software model so far."""
+
+def amx_selfcheck(kind: str = "int8", model: bool = True) -> bool:
+    """The AMX body's self-check (exact sums of a 37 x 40 x 203 case) on the model or the hardware."""

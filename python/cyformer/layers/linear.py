@@ -28,7 +28,8 @@ COMPUTE_TYPES = ("float32", "int8", "bfloat16")
 # and "default" (what the checkpoint holds: float32 unless it was saved quantized).
 COMPUTE_TYPE_CHOICES = COMPUTE_TYPES + ("auto", "default")
 # int8 bodies that run natively (the portable one is a correctness fallback, slower than float32)
-_NATIVE_INT8 = ("vnni512", "vnni256", "avxvnni", "avx2")
+_NATIVE_INT8 = ("amx", "vnni512", "vnni256", "avxvnni", "avx2")
+_NATIVE_BF16 = ("amx", "avx512bf16")
 
 
 def resolve_compute_type(compute_type: str, default: str = "float32") -> str:
@@ -46,7 +47,7 @@ def resolve_compute_type(compute_type: str, default: str = "float32") -> str:
     if compute_type == "int8" and quant.best_int8_path() not in _NATIVE_INT8:
         raise ValueError("compute_type='int8' needs AVX2 (or AVX-512 VNNI / AVX-VNNI), which this CPU does not "
                          "have; use compute_type='float32' (or 'auto')")
-    if compute_type == "bfloat16" and quant.best_bf16_path() != "avx512bf16":
+    if compute_type == "bfloat16" and quant.best_bf16_path() not in _NATIVE_BF16:
         raise ValueError(f"compute_type='bfloat16' needs {quant.BF16_ISA['avx512bf16']}, which this CPU does "
                          f"not have; use compute_type='int8', 'float32' or 'auto'")
     return compute_type
@@ -58,8 +59,18 @@ def kernel_names() -> Dict[str, str]:
 
     panel = f"panel kernel ({linear.panel_body()})" if linear.panel_kernel_available() else "skinny kernel"
     return {"float32": f"{panel}, BLAS sgemm for many rows",
-            "int8": f"{quant.int8_path()} ({quant.INT8_ISA[quant.int8_path()]})",
-            "bfloat16": f"{quant.bf16_path()} ({quant.BF16_ISA[quant.bf16_path()]})"}
+            "int8": _quant_kernel(quant.int8_path(), quant.INT8_ISA, "int8", "vnni512"),
+            "bfloat16": _quant_kernel(quant.bf16_path(), quant.BF16_ISA, "bf16", "avx512bf16")}
+
+
+def _quant_kernel(path: str, isa: Dict[str, str], kind: str, below: str) -> str:
+    # "amx (...) from 16 rows, <below> for fewer", or the body and, where AMX is not used, why
+    if path == "amx":
+        return f"amx ({isa['amx']}) from {quant.AMX_MIN_ROWS} rows, {below} ({isa[below]}) for fewer"
+    text = f"{path} ({isa[path]})"
+    if path == below:   # an AVX-512 CPU: say why the tiles are not in use
+        text += f"; AMX: {quant.amx_status(kind)}"
+    return text
 
 
 class StoredWeight:
