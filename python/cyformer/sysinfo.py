@@ -16,8 +16,8 @@ from typing import Dict, List, Optional
 from ._version import __version__
 
 # Flags worth knowing for a float32 GEMM/attention engine, in the order printed.
-_X86_FEATURES = ["sse4_2", "avx", "f16c", "fma", "avx2", "avx512f", "avx512bw", "avx512vl",
-                 "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16"]
+_X86_FEATURES = ["sse4_2", "avx", "f16c", "fma", "avx2", "avx_vnni", "avx512f", "avx512bw", "avx512vl",
+                 "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
 _ARM_FEATURES = ["asimd", "fphp", "asimdhp", "sve", "sve2", "bf16", "i8mm"]
 
 CORETYPE_NOTE = ("forcing a core type can cost speed on CPUs where OpenBLAS would pick a better "
