@@ -14,7 +14,7 @@ import numpy as np
 
 
 cdef extern from "softmax.h" nogil:
-    int cyf_log_stats(const float* x, int n, float* m, float* ls)
+    int cyf_log_stats_ahead(const float* x, int n, float* m, float* ls, const float* ahead)
 
 
 cdef extern from "topk.h" nogil:
@@ -36,7 +36,9 @@ cdef void _topk_row(const float* row, long n, int k, float* val, int64_t* idx, c
         val[c] = -INFINITY
         idx[c] = -1
     for s0 in range(n // seg):
-        if log_softmax and not cyf_log_stats(row + s0 * seg, <int>seg, &m, &ls):
+        # the next segment (or the next row's first: rows are processed in order) is fetched
+        # into L2 while this one's exps run
+        if log_softmax and not cyf_log_stats_ahead(row + s0 * seg, <int>seg, &m, &ls, row + (s0 + 1) * seg):
             m = 0.0
             ls = INFINITY   # no finite entry: every value -inf, as the log-softmax writes
         if offset != NULL:

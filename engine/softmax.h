@@ -245,7 +245,10 @@ CYF_SM512 static int cyf_softmax_range_512(float* x, int lo, int hi, int width, 
 
 /* log_softmax (log != 0) or softmax of x[0:n] in place, as cyf_softmax_inplace */
 /* As cyf_log_stats_c, in the order of cyf_softmax_row_512's log-softmax. */
-CYF_SM512 static int cyf_log_stats_512(const float* x, int n, float* m, float* ls) {
+/* ahead (or NULL): the n floats read next (the fused top-k's next segment), fetched into L2
+ * while the exps, which are bound by arithmetic, run: that row's max pass then reads L2, not
+ * memory. The same arithmetic either way. */
+CYF_SM512 static int cyf_log_stats_512(const float* x, int n, float* m, float* ls, const float* ahead) {
     __m512 vs = _mm512_setzero_ps(), vm;
     float mx;
     int j;
@@ -255,6 +258,7 @@ CYF_SM512 static int cyf_log_stats_512(const float* x, int n, float* m, float* l
     vm = _mm512_set1_ps(mx);
     for (j = 0; j < n; j += 16) {   /* the sum of exp(x - m), x left as it is */
         __mmask16 k = CYF_SM_TAIL(n, j);
+        if (ahead) _mm_prefetch((const char*)(ahead + j), _MM_HINT_T1);
         vs = _mm512_add_ps(vs, _mm512_maskz_mov_ps(k, cyf_expf16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + j), vm))));
     }
     *m = mx;
@@ -268,7 +272,7 @@ CYF_SM512 static void cyf_softmax_row_512(float* x, int n, int log) {
     int j;
     if (n <= 0) return;
     if (log) {
-        if (!cyf_log_stats_512(x, n, &m, &ls)) {
+        if (!cyf_log_stats_512(x, n, &m, &ls, NULL)) {
             for (j = 0; j < n; j++) x[j] = -INFINITY;
             return;
         }
@@ -310,7 +314,7 @@ static int cyf_sm_avx512(void) { return 0; }
 #define cyf_softmax_online_512 cyf_softmax_online_c
 #define cyf_softmax_range_512 cyf_softmax_range_c
 #define cyf_softmax_row_512 cyf_softmax_row_c
-#define cyf_log_stats_512 cyf_log_stats_c
+#define cyf_log_stats_512(x, n, m, ls, ahead) cyf_log_stats_c(x, n, m, ls)
 #endif
 
 /* the AVX-512 forms where the CPU has them (one answer per process: the same in every thread) */
@@ -328,7 +332,13 @@ static __attribute__((unused)) void cyf_softmax_row(float* x, int n, int log) {
 
 /* m and ls of a row's log-softmax, as cyf_softmax_row computes them (0: no finite entry) */
 static __attribute__((unused)) int cyf_log_stats(const float* x, int n, float* m, float* ls) {
-    return cyf_sm_avx512() ? cyf_log_stats_512(x, n, m, ls) : cyf_log_stats_c(x, n, m, ls);
+    return cyf_sm_avx512() ? cyf_log_stats_512(x, n, m, ls, NULL) : cyf_log_stats_c(x, n, m, ls);
+}
+
+/* the same, fetching the n floats at ahead (read next) into L2 meanwhile */
+static __attribute__((unused)) int cyf_log_stats_ahead(const float* x, int n, float* m, float* ls,
+                                                       const float* ahead) {
+    return cyf_sm_avx512() ? cyf_log_stats_512(x, n, m, ls, ahead) : cyf_log_stats_c(x, n, m, ls);
 }
 
 static __attribute__((unused)) int cyf_softmax_range(float* x, int lo, int hi, int width, float* lse) {
