@@ -16,12 +16,18 @@
  * (cyf_qa_selfcheck, cyf_ba_selfcheck), so a CPU whose tiles disagree falls back.
  *
  * Linux hands out the tile state (8 KiB per thread) only on request: arch_prctl
- * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), once per process, for every thread.
+ * (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), once per process, for every thread. The request
+ * is made when the dispatch is first decided (at import); once granted, a later sigaltstack
+ * smaller than the signal frame with tile state fails, so CYFORMER_AMX=0 skips it (no tiles).
+ *
+ * Tile registers and the tile configuration are caller-saved: the bodies call no function
+ * between configuring the tiles and releasing them (the copies of tails are inline).
  */
 #ifndef CYFORMER_AMX_H
 #define CYFORMER_AMX_H
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -36,7 +42,7 @@
 enum { CYF_AMX_INT8 = 0, CYF_AMX_BF16 = 1 };
 /* why the tiles are unavailable (cyf_amx_os_state, then the bodies' self-checks) */
 enum { CYF_AMX_OK = 0, CYF_AMX_NO_CPU = 1, CYF_AMX_NO_XCR0 = 2, CYF_AMX_NO_PERM = 3,
-       CYF_AMX_BAD_SELFCHECK = 4 };
+       CYF_AMX_BAD_SELFCHECK = 4, CYF_AMX_OFF = 5 };
 
 #define CYF_AMX_ARCH_REQ_XCOMP_PERM 0x1023
 #define CYF_AMX_XFEATURE_XTILEDATA 18
@@ -60,9 +66,12 @@ static int cyf_amx_hw(int kind) {
 static int cyf_amx_os_state(int kind) {
     static int known[2] = {-1, -1};
     int v = __atomic_load_n(&known[kind & 1], __ATOMIC_RELAXED);
+    const char* env = getenv("CYFORMER_AMX");
     if (v >= 0) return v;
 #if CYF_AMX_HAVE_X86
-    if (!cyf_amx_hw(kind)) {
+    if (env && strcmp(env, "0") == 0) {   /* the user's opt-out: no tile-state request at all */
+        v = CYF_AMX_OFF;
+    } else if (!cyf_amx_hw(kind)) {
         v = CYF_AMX_NO_CPU;
     } else {
         unsigned a, b, c, d, lo, hi;
@@ -81,6 +90,7 @@ static int cyf_amx_os_state(int kind) {
         }
     }
 #else
+    (void)env;
     v = CYF_AMX_NO_CPU;
 #endif
     __atomic_store_n(&known[kind & 1], v, __ATOMIC_RELAXED);
@@ -205,51 +215,65 @@ static float cyf_amx_bf16_daz(const uint8_t* p) {
     return f;
 }
 
-/* ... and on a pair of bf16 into float32, each product added in turn, denormal results
- * flushed to zero (TDPBF16PS); the product of two bf16 is exact in float32 */
-static void cyf_amx_pair_bf16(uint8_t* c, const uint8_t* a, const uint8_t* b) {
-    float acc;
+/* a float32 addition with denormal results flushed to zero (the tile instructions' FTZ) */
+static float cyf_amx_add_ftz(float a, float b) {
+    float f = a + b;
     uint32_t u;
-    int i;
-    memcpy(&acc, c, 4);
-    for (i = 0; i < 2; i++) {
-        acc += cyf_amx_bf16_daz(a + 2 * i) * cyf_amx_bf16_daz(b + 2 * i);
-        memcpy(&u, &acc, 4);
-        if (!(u & 0x7f800000u)) u &= 0x80000000u;
-        memcpy(&acc, &u, 4);
-    }
-    memcpy(c, &acc, 4);
+    memcpy(&u, &f, 4);
+    if (!(u & 0x7f800000u)) u &= 0x80000000u;
+    memcpy(&f, &u, 4);
+    return f;
 }
 
-/* TDPBUSD (bf16 = 0) or TDPBF16PS (bf16 = 1): C[m, n] += sum_k A[m, group k] . B[k, group n] */
-static void cyf_amx_m_dot(cyf_amx_model* s, int c, int a, int b, int bf16) {
+/* TDPBUSD: C[m, n] += sum_k A[m, group k] . B[k, group n], in int32 with wrap-around */
+static void cyf_amx_m_dpbusd(cyf_amx_model* s, int c, int a, int b) {
     int m, n, k, M, N, K;
     cyf_amx_op();
     if (!cyf_amx_m_shapes(s, c, a, b)) return;
     M = s->rows[c]; N = s->colsb[c] / 4; K = s->colsb[a] / 4;
     for (m = 0; m < M; m++)
         for (n = 0; n < N; n++)
-            for (k = 0; k < K; k++) {
-                uint8_t* cp = s->t[c] + m * 64 + 4 * n;
-                const uint8_t* ap = s->t[a] + m * 64 + 4 * k;
-                const uint8_t* bp = s->t[b] + k * 64 + 4 * n;
-                if (bf16)
-                    cyf_amx_pair_bf16(cp, ap, bp);
-                else
-                    cyf_amx_quad_u8s8(cp, ap, bp);
-            }
+            for (k = 0; k < K; k++)
+                cyf_amx_quad_u8s8(s->t[c] + m * 64 + 4 * n, s->t[a] + m * 64 + 4 * k, s->t[b] + k * 64 + 4 * n);
+}
+
+/* TDPBF16PS as the SDM states it: per output, an even and an odd float32 partial sum from zero
+ * over the instruction's pairs (each product of two bf16 is exact in float32, so the FMA is one
+ * rounded addition), then their sum added to C; inputs' denormals read as zero, results'
+ * flushed. (The Intrinsics Guide's pseudo-code adds each product to C in turn instead.) */
+static void cyf_amx_m_dpbf16ps(cyf_amx_model* s, int c, int a, int b) {
+    int m, n, k, i, M, N, K;
+    cyf_amx_op();
+    if (!cyf_amx_m_shapes(s, c, a, b)) return;
+    M = s->rows[c]; N = s->colsb[c] / 4; K = s->colsb[a] / 4;
+    for (m = 0; m < M; m++)
+        for (n = 0; n < N; n++) {
+            float part[2] = {0.0f, 0.0f}, acc;
+            for (k = 0; k < K; k++)
+                for (i = 0; i < 2; i++)
+                    part[i] = cyf_amx_add_ftz(part[i], cyf_amx_bf16_daz(s->t[a] + m * 64 + 4 * k + 2 * i) *
+                                                           cyf_amx_bf16_daz(s->t[b] + k * 64 + 4 * n + 2 * i));
+            memcpy(&acc, s->t[c] + m * 64 + 4 * n, 4);
+            acc = cyf_amx_add_ftz(acc, cyf_amx_add_ftz(part[0], part[1]));
+            memcpy(s->t[c] + m * 64 + 4 * n, &acc, 4);
+        }
 }
 
 /* ---- the two instruction sets a body is written over ------------------------------------ */
 #define CYF_TILE_STATE_HW
-#define CYF_TILE_CFG_HW(cfg) __asm__ volatile("ldtilecfg %0" ::"m"(*(const cyf_amx_cfg*)(cfg)) : "memory")
+/* (AT&T and Intel syntax, as GCC's headers: -masm=intel builds too) */
+#define CYF_TILE_CFG_HW(cfg) __asm__ volatile("ldtilecfg %X0" ::"m"(*(const cyf_amx_cfg*)(cfg)) : "memory")
 #define CYF_TILE_ZERO_HW(t) __asm__ volatile("tilezero %%tmm" #t ::: "memory")
-#define CYF_TILE_LOAD_HW(t, p, stride) \
-    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"((const void*)(p)), "r"((long)(stride)) : "memory")
-#define CYF_TILE_STORE_HW(t, p, stride) \
-    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"((void*)(p)), "r"((long)(stride)) : "memory")
-#define CYF_TILE_DPBUSD_HW(c, a, b) __asm__ volatile("tdpbusd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
-#define CYF_TILE_DPBF16PS_HW(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
+#define CYF_TILE_LOAD_HW(t, p, stride)                                                            \
+    __asm__ volatile("{tileloadd\t(%0,%1,1), %%tmm" #t "|tileloadd\t%%tmm" #t ", [%0+%1*1]}"    \
+                     ::"r"((const void*)(p)), "r"((long)(stride)) : "memory")
+#define CYF_TILE_STORE_HW(t, p, stride)                                                           \
+    __asm__ volatile("{tilestored\t%%tmm" #t ", (%0,%1,1)|tilestored\t[%0+%1*1], %%tmm" #t "}"  \
+                     ::"r"((void*)(p)), "r"((long)(stride)) : "memory")
+#define CYF_TILE_DPBUSD_HW(c, a, b)                                                               \
+    __asm__ volatile("{tdpbusd\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbusd\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::: "memory")
+#define CYF_TILE_DPBF16PS_HW(c, a, b)                                                             \
+    __asm__ volatile("{tdpbf16ps\t%%tmm" #b ", %%tmm" #a ", %%tmm" #c "|tdpbf16ps\t%%tmm" #c ", %%tmm" #a ", %%tmm" #b "}" ::: "memory")
 #define CYF_TILE_RELEASE_HW() __asm__ volatile("tilerelease" ::: "memory")
 
 #define CYF_TILE_STATE_EMU cyf_amx_model amx_model_state; amx_model_state.configured = 0;
@@ -257,8 +281,8 @@ static void cyf_amx_m_dot(cyf_amx_model* s, int c, int a, int b, int bf16) {
 #define CYF_TILE_ZERO_EMU(t) cyf_amx_m_zero(&amx_model_state, t)
 #define CYF_TILE_LOAD_EMU(t, p, stride) cyf_amx_m_load(&amx_model_state, t, (p), (stride))
 #define CYF_TILE_STORE_EMU(t, p, stride) cyf_amx_m_store(&amx_model_state, t, (p), (stride))
-#define CYF_TILE_DPBUSD_EMU(c, a, b) cyf_amx_m_dot(&amx_model_state, c, a, b, 0)
-#define CYF_TILE_DPBF16PS_EMU(c, a, b) cyf_amx_m_dot(&amx_model_state, c, a, b, 1)
+#define CYF_TILE_DPBUSD_EMU(c, a, b) cyf_amx_m_dpbusd(&amx_model_state, c, a, b)
+#define CYF_TILE_DPBF16PS_EMU(c, a, b) cyf_amx_m_dpbf16ps(&amx_model_state, c, a, b)
 #define CYF_TILE_RELEASE_EMU() (amx_model_state.configured = 0)
 
 /* the pseudo-random fill of the self-checks: small values, so every sum is exact */

@@ -10,7 +10,8 @@
  * A block is 32 output columns x 32 rows: C tiles 0-3 (column halves x row halves), A tiles 4
  * and 5, B tiles 6 and 7. Where the weights' tile would read past K or past the last column of
  * the call, it is loaded from a zeroed copy of the part that exists; rows past M are zero in
- * the packing. Each output is one float sum over k in a fixed order, whatever the split of
+ * the packing. The hardware's order of additions within one TDPBF16PS (even and odd partial
+ * sums, amx.h) is its own, so bf16 results match the other bodies to float32 rounding. Each output is one float sum over k in a fixed order, whatever the split of
  * rows (at multiples of 16) or columns between threads.
  */
 #ifndef CYFORMER_BGEMM_AMX_H
@@ -48,7 +49,7 @@ static void cyf_ba_pack(const float* x, long ldx, int M, int K, int b0, int b1, 
 /* rows m0 <= m < m1 (m0 a multiple of 16) and columns n0 <= n < n1 of out from the packed
  * activations xp (cyf_ba_pack of the whole x) and the bf16 weights w (rows ldw apart) */
 #define CYF_BA_BODY(SUF)                                                                          \
-    static void cyf_ba_gemm_##SUF(const uint16_t* xp, int m0, int m1, const uint16_t* w, long ldw, \
+    CYF_BA_T512 static void cyf_ba_gemm_##SUF(const uint16_t* xp, int m0, int m1, const uint16_t* w, long ldw, \
                                   const float* bias, float* out, long ldo, int n0, int n1, int K,  \
                                   int accumulate) {                                                \
         const long K2 = cyf_ba_k2(K), steps = K2 / 16;                                              \
@@ -118,14 +119,18 @@ static void cyf_ba_pack(const float* x, long ldx, int M, int K, int b0, int b1, 
     }
 
 /* the A tile of weight rows n..n+nr-1, k-step s (kc values of k): in place when it is whole,
- * else a zeroed copy in az (16 rows, 64 bytes apart) */
-static const uint16_t* cyf_ba_weights(const uint16_t* w, long ldw, int n, int nr, long s, int kc,
-                                      uint16_t* az) {
-    int r;
+ * else a copy in az (16 rows, 64 bytes apart) with zeros past nr and kc; inline vector copies
+ * (no call while tiles are configured) */
+#define CYF_BA_T512 __attribute__((target("avx512f,avx512bw")))
+CYF_BA_T512 static inline __attribute__((always_inline)) const uint16_t*
+cyf_ba_weights(const uint16_t* w, long ldw, int n, int nr, long s, int kc, uint16_t* az) {
     const uint16_t* src = w + (long)n * ldw + 32 * s;
+    const __mmask32 cols = kc >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << kc) - 1);
+    int r;
     if (nr == 16 && kc == 32) return src;
-    memset(az, 0, 16 * 32 * sizeof(uint16_t));
-    for (r = 0; r < nr; r++) memcpy(az + r * 32, src + (long)r * ldw, (size_t)kc * sizeof(uint16_t));
+    for (r = 0; r < 16; r++)
+        _mm512_store_si512((void*)(az + r * 32),
+                           r < nr ? _mm512_maskz_loadu_epi16(cols, src + (long)r * ldw) : _mm512_setzero_si512());
     return az;
 }
 

@@ -8,8 +8,9 @@
  * A block is 32 rows x 32 columns: C tiles 0-3 (rows 0-15 / 16-31 x blocks b, b+1), A tiles 4
  * and 5 (the two halves of the rows), B tiles 6 and 7 (the two blocks). Every tile is 16 x 64
  * bytes, so one configuration serves the whole call:
- * - the last k-step, when K4 is not a multiple of 16, loads B from a zeroed copy of its groups
- *   (the groups after them belong to the next block); A's bytes past K meet zero weights;
+ * - the last k-step, when K4 is not a multiple of 16, loads B from a zeroed copy of its groups,
+ *   made once per block of columns (the groups after them belong to the next block); A's bytes
+ *   past K meet zero weights;
  * - the last rows, when fewer than 32 remain, load their A tile from 16 rows ending at the last
  *   row (the range has at least CYF_QA_MIN_ROWS) and store only the rows not stored before: the
  *   sums are the same exact integers either way;
@@ -25,6 +26,18 @@
 #define CYF_QA_MIN_ROWS 16
 
 #if CYF_Q_HAVE_X86
+/* groups 0..g-1 (64 bytes each) of a packed block's k-step into dst, inline (no call while
+ * tiles are configured) */
+CYF_Q_T512 static inline __attribute__((always_inline)) void cyf_qa_copy_groups(int8_t* dst, const int8_t* src,
+                                                                               int g) {
+    int i;
+    for (i = 0; i < g; i++) {
+        __m512i v = _mm512_loadu_si512((const void*)(src + 64 * i));
+        __asm__("" : "+v"(v));   /* a copy loop the compiler would turn into a memcpy call */
+        _mm512_store_si512((void*)(dst + 64 * i), v);
+    }
+}
+
 #define CYF_QA_BODY(SUF)                                                                          \
     CYF_Q_T512 static void cyf_qa_gemm_##SUF(const uint8_t* xq, long ldq, const float* xs, int m0,  \
                                              int m1, const int8_t* p, const float* ws,              \
@@ -48,6 +61,10 @@
             const int ncols = n1 - n < 32 ? n1 - n : 32, two = ncols > 16;                          \
             const int8_t* b0 = p + (long)(n / CYF_QP_COLS) * bstride;                               \
             const int8_t* b1 = b0 + bstride;                                                        \
+            if (tail < 16) { /* the last k-step's groups; the copies' other rows stay zero */       \
+                cyf_qa_copy_groups(bz[0], b0 + (steps - 1) * 1024, tail);                           \
+                if (two) cyf_qa_copy_groups(bz[1], b1 + (steps - 1) * 1024, tail);                  \
+            }                                                                                       \
             for (m = m0; m < m1; m += 32) {                                                         \
                 /* row starts and the rows already stored of each half */                          \
                 const int rem = m1 - m, halves = rem > 16 ? 2 : 1;                                  \
@@ -62,16 +79,9 @@
                     if (two) CYF_TILE_ZERO_##SUF(3);                                                \
                 }                                                                                   \
                 for (s = 0; s < steps; s++) {                                                       \
-                    const int8_t* pb0 = b0 + s * 1024;                                              \
-                    const int8_t* pb1 = b1 + s * 1024;                                              \
-                    if (s == steps - 1 && tail < 16) { /* the copies' other rows stay zero */       \
-                        memcpy(bz[0], pb0, (size_t)tail * 64);                                      \
-                        pb0 = bz[0];                                                                \
-                        if (two) {                                                                  \
-                            memcpy(bz[1], pb1, (size_t)tail * 64);                                  \
-                            pb1 = bz[1];                                                            \
-                        }                                                                           \
-                    }                                                                               \
+                    const int last = s == steps - 1 && tail < 16;                                   \
+                    const int8_t* pb0 = last ? bz[0] : b0 + s * 1024;                               \
+                    const int8_t* pb1 = last ? bz[1] : b1 + s * 1024;                               \
                     CYF_TILE_LOAD_##SUF(4, a0 + s * 64, ldq);                                       \
                     CYF_TILE_LOAD_##SUF(6, pb0, 64);                                                \
                     CYF_TILE_DPBUSD_##SUF(0, 4, 6);                                                 \

@@ -46,7 +46,7 @@ cdef extern from "qgemm.h" nogil:
                      int n0, int n1, int K, int accumulate, int32_t* raw, long ldr)
 
 cdef extern from "amx.h" nogil:
-    int CYF_AMX_OK, CYF_AMX_NO_CPU, CYF_AMX_NO_XCR0, CYF_AMX_NO_PERM, CYF_AMX_BAD_SELFCHECK
+    int CYF_AMX_OK, CYF_AMX_NO_CPU, CYF_AMX_NO_XCR0, CYF_AMX_NO_PERM, CYF_AMX_BAD_SELFCHECK, CYF_AMX_OFF
     int cyf_amx_emulate
     long cyf_amx_ops, cyf_amx_faults
 
@@ -153,15 +153,16 @@ cdef dict _AMX_STATE = {}
 
 def amx_status(str kind="int8"):
     """Whether the AMX tiles of ``kind`` ("int8" or "bf16") run here: "available", or why not
-    (the CPU lacks them, the OS does not enable or grant their state, or the hardware body
-    failed its self-check against exact sums)."""
+    (the CPU lacks them, the OS does not enable or grant their state, the hardware body
+    failed its self-check against exact sums, or CYFORMER_AMX=0 turned them off)."""
     if kind not in ("int8", "bf16"):
         raise ValueError(f"kind must be 'int8' or 'bf16', got {kind!r}")
     if not _AMX_STATE:
         _AMX_STATE.update({CYF_AMX_OK: "available", CYF_AMX_NO_CPU: "this CPU has no AMX tiles",
                            CYF_AMX_NO_XCR0: "the OS does not enable the tile state (XCR0)",
                            CYF_AMX_NO_PERM: "the kernel did not grant the tile state (arch_prctl)",
-                           CYF_AMX_BAD_SELFCHECK: "the tiles failed cyformer's self-check; not used"})
+                           CYF_AMX_BAD_SELFCHECK: "the tiles failed cyformer's self-check; not used",
+                           CYF_AMX_OFF: "turned off by CYFORMER_AMX=0"})
     return _AMX_STATE[cyf_qa_status() if kind == "int8" else cyf_ba_status()]
 
 

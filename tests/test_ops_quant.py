@@ -5,6 +5,7 @@ bf16 on every body against float64 of its own rounded operands; threads against 
 bodies also run on cyformer's software model of the tiles ("amx-model", wherever the CPU has
 the AVX-512 instructions of their stores), and on the tiles themselves where the CPU has them."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -494,13 +495,27 @@ needs_amx_model = pytest.mark.skipif(not (quant.int8_path_supported("vnni512") a
 def test_amx_status_says_why():
     for kind in ("int8", "bf16"):
         status = quant.amx_status(kind)
-        assert status == "available" or any(w in status for w in ("no AMX", "OS", "kernel", "self-check"))
+        assert status == "available" or any(w in status for w in ("no AMX", "OS", "kernel", "self-check", "CYFORMER_AMX"))
         paths = quant.INT8_PATHS if kind == "int8" else quant.BF16_PATHS
         assert "amx" in paths
         if status == "available":   # the dispatch takes the tiles first
             assert (quant.best_int8_path() if kind == "int8" else quant.best_bf16_path()) == "amx"
     with pytest.raises(ValueError, match="kind"):
         quant.amx_status("fp16")
+
+
+def test_amx_can_be_turned_off():
+    # CYFORMER_AMX=0: no tile-state request, the dispatch keeps the AVX-512 bodies
+    import subprocess
+    import sys
+
+    code = ("from cyformer._engine import quant; "
+            "print(quant.amx_status('int8'), '|', quant.amx_status('bf16'), '|', quant.int8_path(), quant.bf16_path())")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, CYFORMER_AMX="0"),
+                         capture_output=True, text=True, check=True).stdout
+    int8_status, bf16_status, paths = (part.strip() for part in out.split("|"))
+    assert int8_status == bf16_status == "turned off by CYFORMER_AMX=0"
+    assert "amx" not in paths.split()
 
 
 @needs_amx_model
