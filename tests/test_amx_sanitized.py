@@ -1,7 +1,8 @@
-"""The AMX tile bodies on the software model, built from engine/ with AddressSanitizer and UBSan
+"""The AMX tile bodies: on the software model, built from engine/ with AddressSanitizer and UBSan
 (tests/amx_harness.c): no access outside the buffers the kernels are given, exact sums, no tile
-shape the hardware would reject. Needs a source checkout, a C compiler with the sanitizers, and
-the AVX-512 instructions of the bodies' stores."""
+shape the hardware would reject (needs a source checkout, a C compiler with the sanitizers, and
+the AVX-512 instructions of the bodies' stores); and the compiled hardware bodies, which make no
+call while tiles are configured (needs objdump)."""
 import os
 import shutil
 import subprocess
@@ -34,3 +35,39 @@ def test_amx_bodies_under_sanitizers(tmp_path):
     run = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "model faults 0" in run.stdout
+
+
+def _disassembly(path, function):
+    # the instructions of each copy of `function` in the shared object (objdump), or None
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        return None
+    text = subprocess.run([objdump, "-d", "--no-show-raw-insn", path], capture_output=True, text=True).stdout
+    bodies, current = [], None
+    for line in text.splitlines():
+        if line.endswith(">:"):
+            current = [] if f"<{function}" in line else None
+            if current is not None:
+                bodies.append(current)
+        elif current is not None and line.strip():
+            current.append(line)
+    return bodies or None
+
+
+@pytest.mark.parametrize("function", ["cyf_qa_gemm_HW", "cyf_ba_gemm_HW"])
+def test_amx_hardware_bodies_call_nothing_while_tiles_are_configured(function):
+    # Tile data and the tile configuration are caller-saved: a call between ldtilecfg and
+    # tilerelease (a memcpy for a tail, say) would rely on the callee leaving them alone.
+    bodies = _disassembly(quant.__file__, function)
+    if bodies is None:
+        pytest.skip("no objdump, or the engine's symbols are stripped")
+    for body in bodies:
+        configured = False
+        for line in body:
+            if "ldtilecfg" in line:
+                configured = True
+            elif "tilerelease" in line:
+                configured = False
+            elif configured:
+                assert "call" not in line.split(), f"{function}: {line.strip()}"
+        assert any("tdp" in line for line in body)
