@@ -38,20 +38,24 @@ def test_amx_bodies_under_sanitizers(tmp_path):
 
 
 def _disassembly(path, function):
-    # the instructions of each copy of `function` in the shared object (objdump), or None
+    # the instructions of each copy of `function` in the shared object (objdump); a stripped
+    # object (a repaired wheel's) has no function names: then the whole text, in address order
+    # (a body runs from its ldtilecfg to its tilerelease); None without objdump
     objdump = shutil.which("objdump")
     if objdump is None:
         return None
     text = subprocess.run([objdump, "-d", "--no-show-raw-insn", path], capture_output=True, text=True).stdout
-    bodies, current = [], None
+    bodies, current, everything = [], None, []
     for line in text.splitlines():
         if line.endswith(">:"):
             current = [] if f"<{function}" in line else None
             if current is not None:
                 bodies.append(current)
-        elif current is not None and line.strip():
-            current.append(line)
-    return bodies or None
+        elif line.strip():
+            everything.append(line)
+            if current is not None:
+                current.append(line)
+    return bodies or [everything]
 
 
 @pytest.mark.parametrize("function", ["cyf_qa_gemm_HW", "cyf_ba_gemm_HW"])
@@ -60,14 +64,15 @@ def test_amx_hardware_bodies_call_nothing_while_tiles_are_configured(function):
     # tilerelease (a memcpy for a tail, say) would rely on the callee leaving them alone.
     bodies = _disassembly(quant.__file__, function)
     if bodies is None:
-        pytest.skip("no objdump, or the engine's symbols are stripped")
+        pytest.skip("no objdump")
+    configured_somewhere = False
     for body in bodies:
         configured = False
         for line in body:
             if "ldtilecfg" in line:
-                configured = True
+                configured = configured_somewhere = True
             elif "tilerelease" in line:
                 configured = False
             elif configured:
                 assert "call" not in line.split(), f"{function}: {line.strip()}"
-        assert any("tdp" in line for line in body)
+    assert configured_somewhere
