@@ -148,7 +148,11 @@ cdef int _forced(str kind, name, str best, supported, dict isa, dict codes) exce
     return codes[name]
 
 
-cdef dict _AMX_STATE = {}
+_AMX_STATE = {CYF_AMX_OK: "available", CYF_AMX_NO_CPU: "this CPU has no AMX tiles",
+              CYF_AMX_NO_XCR0: "the OS does not enable the tile state (XCR0)",
+              CYF_AMX_NO_PERM: "the kernel did not grant the tile state (arch_prctl)",
+              CYF_AMX_BAD_SELFCHECK: "the tiles failed cyformer's self-check; not used",
+              CYF_AMX_OFF: "turned off by CYFORMER_AMX=0"}
 
 
 def amx_status(str kind="int8"):
@@ -157,12 +161,6 @@ def amx_status(str kind="int8"):
     failed its self-check against exact sums, or CYFORMER_AMX=0 turned them off)."""
     if kind not in ("int8", "bf16"):
         raise ValueError(f"kind must be 'int8' or 'bf16', got {kind!r}")
-    if not _AMX_STATE:
-        _AMX_STATE.update({CYF_AMX_OK: "available", CYF_AMX_NO_CPU: "this CPU has no AMX tiles",
-                           CYF_AMX_NO_XCR0: "the OS does not enable the tile state (XCR0)",
-                           CYF_AMX_NO_PERM: "the kernel did not grant the tile state (arch_prctl)",
-                           CYF_AMX_BAD_SELFCHECK: "the tiles failed cyformer's self-check; not used",
-                           CYF_AMX_OFF: "turned off by CYFORMER_AMX=0"})
     return _AMX_STATE[cyf_qa_status() if kind == "int8" else cyf_ba_status()]
 
 
@@ -557,15 +555,27 @@ def from_bfloat16(a):
     return (u.astype(np.uint32) << 16).view(np.float32)
 
 
+cdef inline void _bf16_part(bint tiles, int path, const void* xp, long ldp, int m0, int m1,
+                            const uint16_t* w, int k, const float* bias, float* out, long ldo,
+                            int n0, int n1, int accumulate) noexcept nogil:
+    # rows m0:m1, columns n0:n1: on the tiles (xp packed in pairs of k) or on body `path`
+    if tiles:
+        cyf_ba_gemm(<const uint16_t*>xp, m0, m1, w, k, bias, out, ldo, n0, n1, k, accumulate)
+    else:
+        cyf_b_gemm(path, xp, ldp, m0, m1, w, k, bias, out, ldo, n0, n1, k, accumulate)
+
+
 cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uint16_t* w, int n,
                      const float* bias, float* out, long ldo, int accumulate,
                      int n_threads) noexcept nogil:
     cdef int t, i, team = _team(m, n, k, n_threads), nblk
+    # AMX: the tiles from CYF_BA_MIN_ROWS rows, rows split between threads at their blocks of 16
+    cdef bint tiles = path == CYF_B_AMX and m >= CYF_BA_MIN_ROWS and k > 0
+    cdef int row_align = 16 if tiles else _ROW_ALIGN
     cdef const void* xp = x
     cdef long ldp = ldx
     cdef uint16_t* xb = NULL
-    if path == CYF_B_AMX and m >= CYF_BA_MIN_ROWS and k > 0:
-        # the tiles: the activations in pairs of k, rows split between threads at multiples of 16
+    if tiles:  # the activations in pairs of k (cyf_ba_pack), once per call
         xb = <uint16_t*>cyf_scratch_bytes(0, <size_t>cyf_ba_size(m, k) * sizeof(uint16_t))
         if xb == NULL:
             return -1
@@ -575,18 +585,8 @@ cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uin
                 cyf_ba_pack(x, ldx, m, k, _split(nblk, team, t, 1), _split(nblk, team, t + 1, 1), xb)
         else:
             cyf_ba_pack(x, ldx, m, k, 0, nblk, xb)
-        if team == 1:
-            cyf_ba_gemm(xb, 0, m, w, k, bias, out, ldo, 0, n, k, accumulate)
-        elif m >= _SPLIT_ROWS * team:
-            for t in prange(team, num_threads=team, schedule='static'):
-                cyf_ba_gemm(xb, _split(m, team, t, 16), _split(m, team, t + 1, 16), w, k, bias, out, ldo,
-                            0, n, k, accumulate)
-        else:
-            for t in prange(team, num_threads=team, schedule='static'):
-                cyf_ba_gemm(xb, 0, m, w, k, bias, out, ldo, _split(n, team, t, _COL_ALIGN),
-                            _split(n, team, t + 1, _COL_ALIGN), k, accumulate)
-        return 0
-    if cyf_b_packs(path):  # the activations rounded to bf16 once per call
+        xp = xb
+    elif cyf_b_packs(path):  # the activations rounded to bf16 once per call
         ldp = ((k + 31) // 32) * 32
         xb = <uint16_t*>cyf_scratch_bytes(0, <size_t>m * ldp * sizeof(uint16_t))
         if xb == NULL:
@@ -595,15 +595,15 @@ cdef int _bf16_nogil(int path, const float* x, long ldx, int m, int k, const uin
             cyf_bf16_round_row(x + i * ldx, k, xb + i * ldp)
         xp = xb
     if team == 1:
-        cyf_b_gemm(path, xp, ldp, 0, m, w, k, bias, out, ldo, 0, n, k, accumulate)
+        _bf16_part(tiles, path, xp, ldp, 0, m, w, k, bias, out, ldo, 0, n, accumulate)
     elif m >= _SPLIT_ROWS * team:
         for t in prange(team, num_threads=team, schedule='static'):
-            cyf_b_gemm(path, xp, ldp, _split(m, team, t, _ROW_ALIGN), _split(m, team, t + 1, _ROW_ALIGN),
-                       w, k, bias, out, ldo, 0, n, k, accumulate)
+            _bf16_part(tiles, path, xp, ldp, _split(m, team, t, row_align), _split(m, team, t + 1, row_align),
+                       w, k, bias, out, ldo, 0, n, accumulate)
     else:
         for t in prange(team, num_threads=team, schedule='static'):
-            cyf_b_gemm(path, xp, ldp, 0, m, w, k, bias, out, ldo,
-                       _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN), k, accumulate)
+            _bf16_part(tiles, path, xp, ldp, 0, m, w, k, bias, out, ldo,
+                       _split(n, team, t, _COL_ALIGN), _split(n, team, t + 1, _COL_ALIGN), accumulate)
     return 0
 
 
