@@ -155,12 +155,21 @@ _AMX_STATE = {CYF_AMX_OK: "available", CYF_AMX_NO_CPU: "this CPU has no AMX tile
               CYF_AMX_OFF: "turned off by CYFORMER_AMX=0"}
 
 
-def amx_status(str kind="int8"):
-    """Whether the AMX tiles of ``kind`` ("int8" or "bf16") run here: "available", or why not
-    (the CPU lacks them, the OS does not enable or grant their state, the hardware body
-    failed its self-check against exact sums, or CYFORMER_AMX=0 turned them off)."""
+def _amx_kind(str kind):
+    """"int8" or "bf16" ("bfloat16", the compute type's name, is the same tiles)."""
+    if kind == "bfloat16":
+        return "bf16"
     if kind not in ("int8", "bf16"):
-        raise ValueError(f"kind must be 'int8' or 'bf16', got {kind!r}")
+        raise ValueError(f"kind must be 'int8', 'bf16' or 'bfloat16', got {kind!r}")
+    return kind
+
+
+def amx_status(str kind="int8"):
+    """Whether the AMX tiles of ``kind`` ("int8", or "bf16" alias "bfloat16") run here:
+    "available", or why not (the CPU lacks them, the OS does not enable or grant their state,
+    the hardware body failed its self-check against exact sums, or CYFORMER_AMX=0 turned them
+    off)."""
+    kind = _amx_kind(kind)
     return _AMX_STATE[cyf_qa_status() if kind == "int8" else cyf_ba_status()]
 
 
@@ -188,8 +197,7 @@ def amx_model_counts():
 def amx_selfcheck(str kind="int8", bint model=True):
     """Run the AMX body's self-check (exact sums of a 37 x 40 x 203 case with every tail) on
     the model or, where the CPU has tiles, on the hardware."""
-    if kind not in ("int8", "bf16"):
-        raise ValueError(f"kind must be 'int8' or 'bf16', got {kind!r}")
+    kind = _amx_kind(kind)
     if not (int8_path_supported("vnni512") if kind == "int8" else bf16_path_supported("avx512bf16")):
         raise ValueError(f"the AMX {kind} body needs {INT8_ISA['vnni512'] if kind == 'int8' else BF16_ISA['avx512bf16']}")
     if not model and amx_status(kind) != "available":

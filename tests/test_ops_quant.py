@@ -500,6 +500,7 @@ def test_amx_status_says_why():
         assert "amx" in paths
         if status == "available":   # the dispatch takes the tiles first
             assert (quant.best_int8_path() if kind == "int8" else quant.best_bf16_path()) == "amx"
+    assert quant.amx_status("bfloat16") == quant.amx_status("bf16")   # the compute type's name
     with pytest.raises(ValueError, match="kind"):
         quant.amx_status("fp16")
 

@@ -107,7 +107,7 @@ def bf16_linear_forward(
     """out[M, N] (+)= x @ weight^T + bias, bf16 weights, float32 accumulation."""
 
 def amx_status(kind: str = "int8") -> str:
-    """Whether the AMX tiles of ``kind`` ("int8" or "bf16") run here: "available", or why not."""
+    """Whether the AMX tiles of ``kind`` ("int8", or "bf16" alias "bfloat16") run here: "available", or why not."""
 
 def set_amx_emulation(on: bool) -> bool:
     """Run the AMX bodies on cyformer's software model of the tiles; returns the previous setting."""
